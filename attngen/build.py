@@ -1,0 +1,146 @@
+"""spec -> kernel: lower, compile, cache on disk, load.
+
+The cache key covers everything that can change the binary: the spec's key, the target, the
+schedule config, the text of ``templates/`` and ``schedules/``, and the versions of attngen and
+TVM.  An entry is a directory holding the exported module and ``meta.json`` (arguments and calls),
+written to a temporary name and renamed into place, so a crash never leaves half an entry and
+two processes building the same kernel both end with a complete one.  A cache hit imports no
+TVM compiler code.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Mapping, Optional
+
+from . import __version__
+from .family import Arg, Call, Lowered, family_of
+from .resources import resource_dir
+from .targets import Target, get as get_target
+
+ENV_CACHE = "ATTNGEN_CACHE_DIR"
+_LIB = "kernel.so"
+_META = "meta.json"
+
+
+def cache_dir() -> Path:
+    """``$ATTNGEN_CACHE_DIR`` or ``$XDG_CACHE_HOME/attngen`` (``~/.cache/attngen``), mode 0700."""
+    base = os.environ.get(ENV_CACHE) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "attngen")
+    path = Path(base) / "kernels"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _sources_digest() -> str:
+    """Hash of every template and schedule file: editing one invalidates the cache."""
+    h = hashlib.sha256()
+    for kind in ("templates", "schedules"):
+        root = resource_dir(kind)
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _tvm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("apache-tvm")
+    except PackageNotFoundError:  # runtime-only bundle on a GPU host
+        import tvm
+
+        return getattr(tvm, "__version__", "unknown")
+
+
+def cache_key(spec, target: Target, config: Optional[Mapping]) -> str:
+    text = json.dumps({"spec": spec.key, "target": [target.name, target.arch],
+                       "config": dict(sorted((config or {}).items())),
+                       "sources": _sources_digest(), "attngen": __version__,
+                       "tvm": _tvm_version()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def lower(spec, target="cpu", config: Optional[Mapping] = None) -> Lowered:
+    target = get_target(target) if isinstance(target, str) else target
+    return family_of(spec).lower(spec, target, dict(config or {}))
+
+
+def compile_lowered(lowered: Lowered, target: Target):
+    """tvm.compile with the lowering's pass config; checks that CUDA code was generated."""
+    import tvm
+
+    from .pipeline import ensure_registered
+
+    ensure_registered()
+    with tvm.transform.PassContext(opt_level=3, config=lowered.pass_config):
+        ex = tvm.compile(lowered.mod, target=target.to_tvm(), tir_pipeline=lowered.pipeline)
+    if target.is_cuda and not any(m.kind == "cuda" for m in ex.mod.imports):
+        # an unbound schedule "compiles" with the loops on the host (tvm-0.27 pitfall 17)
+        raise RuntimeError("CUDA build produced no device module: the schedule binds no threads")
+    return ex
+
+
+def cuda_source(spec, target="cuda-sm90a", config: Optional[Mapping] = None) -> str:
+    target = get_target(target) if isinstance(target, str) else target
+    if not target.is_cuda:
+        raise ValueError(f"target {target.name} is not a CUDA target")
+    ex = compile_lowered(lower(spec, target, config), target)
+    return next(m for m in ex.mod.imports if m.kind == "cuda").inspect_source()
+
+
+def build(spec, target="cpu", config: Optional[Mapping] = None, *, use_cache: bool = True):
+    """Build (or load from the cache) the kernel of ``spec`` for ``target``."""
+    from .kernel import Kernel
+
+    target = get_target(target) if isinstance(target, str) else target
+    config = dict(config or {})
+    entry = cache_dir() / cache_key(spec, target, config)
+    if use_cache and (entry / _META).is_file():
+        args, calls = _read_meta(entry / _META)
+        return Kernel(spec, target, _load_module(entry / _LIB, target), args, calls)
+    lowered = lower(spec, target, config)
+    ex = compile_lowered(lowered, target)
+    if use_cache:
+        _write_entry(entry, ex, lowered)
+    return Kernel(spec, target, ex, lowered.args, lowered.calls)
+
+
+def _load_module(path: Path, target: Target):
+    import tvm
+
+    if target.is_cuda:
+        from .runtime import ensure_cuda_runtime
+
+        ensure_cuda_runtime()
+    return tvm.runtime.load_module(str(path))
+
+
+def _read_meta(path: Path):
+    meta = json.loads(path.read_text())
+    args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in meta["args"])
+    calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
+    return args, calls
+
+
+def _write_entry(entry: Path, ex, lowered: Lowered):
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
+    try:
+        ex.export_library(str(tmp / _LIB))
+        meta = {"args": [a.__dict__ for a in lowered.args],
+                "calls": [{"func": c.func, "args": list(c.args)} for c in lowered.calls]}
+        (tmp / _META).write_text(json.dumps(meta, indent=1))
+        try:
+            os.rename(tmp, entry)  # atomic; fails if another process got there first
+        except OSError:
+            if not (entry / _META).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

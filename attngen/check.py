@@ -1,0 +1,78 @@
+"""Validate a kernel against its float64 reference on fresh random inputs.
+
+For each length: draw inputs (rounded to the kernel's dtype; the reference sees exactly those
+values), poison the outputs with NaN, run, and compare every output with the tolerance of
+``attngen.tolerance``.  Used by ``attngen check``, the tests and the tuner.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import tolerance
+from .family import family_of
+
+DEFAULT_LENGTHS = (1, 17, 65, 257)
+
+
+@dataclass
+class Result:
+    length: int
+    sizes: dict
+    errors: dict = field(default_factory=dict)  # output name -> errors()
+    passed: bool = False
+
+
+def poisoned(kernel, sizes) -> dict:
+    """NaN-filled outputs (integers: a sentinel), so an unwritten element cannot pass."""
+    import torch
+
+    from .kernel import _torch_dtype
+
+    out = {}
+    for arg in kernel.args:
+        if arg.role == "out":
+            dtype = _torch_dtype(arg.dtype)
+            fill = float("nan") if dtype.is_floating_point else -7
+            out[arg.name] = torch.full(arg.concrete_shape(sizes), fill, dtype=dtype,
+                                       device="cuda" if kernel.target.is_cuda else "cpu")
+    return out
+
+
+def check_length(kernel, length: int, batch: int, rng: np.random.Generator) -> Result:
+    import torch
+
+    spec, fam = kernel.spec, kernel.family
+    sizes = {"batch": batch, "heads": spec.num_heads, "q_len": length, "kv_len": length}
+    inputs = fam.sample(spec, sizes, rng)
+    ref = fam.reference(spec, inputs)
+    device = "cuda" if kernel.target.is_cuda else "cpu"
+    feed = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
+    feed = {k: v.to(device=device) for k, v in feed.items()}
+    sizes = fam.sizes(spec, feed)
+    for arg in kernel.args:
+        if arg.role == "in":
+            feed[arg.name] = feed[arg.name].to(getattr(torch, arg.dtype))
+    out = kernel.run(feed, poisoned(kernel, sizes))
+    result = Result(length, sizes)
+    ok = True
+    for name, expected in ref.items():
+        got = out[name].detach().to("cpu", torch.float64).numpy()
+        err = tolerance.errors(got, expected)
+        result.errors[name] = err
+        ok &= tolerance.passes(err, spec.dtype)
+    result.passed = bool(ok)
+    return result
+
+
+def check(spec, target="cpu", lengths: Sequence[int] = DEFAULT_LENGTHS, batch: int = 2,
+          seed: Optional[int] = None, config=None):
+    """Build ``spec`` for ``target`` and check it at every length; returns the results."""
+    from .build import build
+
+    family_of(spec)  # a clear TypeError for a non-spec before anything is built
+    kernel = build(spec, target, config)
+    rng = np.random.default_rng(seed)
+    return [check_length(kernel, n, batch, rng) for n in lengths]

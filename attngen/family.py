@@ -1,0 +1,77 @@
+"""What every kernel family (softmax attention, linear attention) provides to the driver.
+
+A family turns a spec into a :class:`Lowered` program for a target: a scheduled IRModule, the
+arguments of the whole program (inputs, outputs, scratch), and the calls to make in order.
+It also draws random inputs and computes float64 references, so that ``check``, the tests
+and the tuner treat every family alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol
+
+import numpy as np
+
+SIZE_NAMES = ("batch", "heads", "q_len", "kv_len")
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One buffer of the program.  ``shape`` holds ints and size names (``SIZE_NAMES`` or any
+    extra size the family's ``sizes`` returns, e.g. ``num_pages``); ``role`` is ``"in"``,
+    ``"out"`` or ``"scratch"`` (allocated by the driver, shared between calls)."""
+
+    name: str
+    shape: tuple
+    dtype: str
+    role: str = "in"
+
+    def concrete_shape(self, sizes: Mapping[str, int]) -> tuple:
+        return tuple(d if isinstance(d, int) else sizes[d] for d in self.shape)
+
+
+@dataclass(frozen=True)
+class Call:
+    """Call ``func`` of the built module with the program's buffers ``args`` (by name)."""
+
+    func: str
+    args: tuple
+
+
+@dataclass
+class Lowered:
+    mod: object  # tvm.IRModule, scheduled for the target
+    args: tuple  # of Arg, in a fixed order
+    calls: tuple  # of Call
+    pass_config: dict = field(default_factory=dict)
+    pipeline: str = "default"  # "default" or "attngen" (see attngen.pipeline)
+
+
+class Family(Protocol):
+    name: str
+
+    def matches(self, spec) -> bool: ...
+
+    def lower(self, spec, target, config: Mapping | None = None) -> Lowered: ...
+
+    def sizes(self, spec, inputs: Mapping[str, np.ndarray]) -> dict:
+        """The concrete sizes (``SIZE_NAMES`` and extras) implied by the inputs (numpy arrays or
+        torch tensors; only ``.shape`` is read)."""
+
+    def sample(self, spec, sizes: Mapping[str, int], rng: np.random.Generator) -> dict:
+        """Fresh random inputs (every ``role == "in"`` arg) as numpy arrays."""
+
+    def reference(self, spec, inputs: Mapping[str, np.ndarray]) -> dict:
+        """float64 outputs by name (every ``role == "out"`` arg), computed from exactly the
+        values the kernel sees; for quantized specs, the exact simulation of the quantizer, so
+        that the per-dtype bounds of ``attngen.tolerance`` apply to every family alike."""
+
+
+def family_of(spec) -> "Family":
+    from .linear import FAMILY as linear
+    from .softmax import FAMILY as softmax
+
+    for fam in (softmax, linear):
+        if fam.matches(spec):
+            return fam
+    raise TypeError(f"not an attngen spec: {type(spec).__name__}")

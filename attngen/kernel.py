@@ -1,0 +1,148 @@
+"""A built kernel: checks its inputs, allocates outputs and scratch, makes the calls.
+
+Inputs are torch tensors (on the target's device) or, for convenience on the CPU, numpy
+arrays, which are converted to the argument's dtype.  Everything is checked before anything
+is launched: names, dtypes, devices, contiguity, and that all shapes agree with the sizes
+implied by the inputs.  Outputs are returned as torch tensors in argument order.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import numpy as np
+
+from .family import family_of
+
+
+class KernelInputError(ValueError):
+    """An input that does not match the kernel's signature (raised before launch)."""
+
+
+_TORCH_DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32",
+                 "int32": "int32", "int8": "int8"}
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, _TORCH_DTYPES[name])
+
+
+class Kernel:
+    def __init__(self, spec, target, module, args, calls):
+        self.spec, self.target, self.module = spec, target, module
+        self.args, self.calls = tuple(args), tuple(calls)
+        self.family = family_of(spec)
+        self._funcs = {c.func: module[c.func] for c in calls}
+
+    @property
+    def input_names(self) -> tuple:
+        return tuple(a.name for a in self.args if a.role == "in")
+
+    @property
+    def output_names(self) -> tuple:
+        return tuple(a.name for a in self.args if a.role == "out")
+
+    def __repr__(self):
+        return (f"Kernel({self.spec!r}, target={self.target.name!r}, "
+                f"inputs={self.input_names}, outputs={self.output_names})")
+
+    def __call__(self, *args, **kwargs):
+        """``kernel(q, k, v, ...)`` or by name; returns the outputs (a tuple if several)."""
+        if len(args) > len(self.input_names):
+            raise KernelInputError(f"expected at most {len(self.input_names)} positional inputs "
+                                   f"{self.input_names}, got {len(args)}")
+        named = dict(zip(self.input_names, args))
+        for k, v in kwargs.items():
+            if k in named:
+                raise KernelInputError(f"input {k!r} given twice")
+            named[k] = v
+        out = self.run(named)
+        values = tuple(out[n] for n in self.output_names)
+        return values[0] if len(values) == 1 else values
+
+    def run(self, inputs: Mapping, outputs: Optional[Mapping] = None) -> dict:
+        """Run on ``inputs`` (by name); ``outputs`` may pre-allocate (e.g. poisoned) outputs."""
+        import torch
+
+        tensors = self._convert_inputs(inputs)
+        sizes = self.family.sizes(self.spec, tensors)
+        device = next(iter(tensors.values())).device
+        for arg in self.args:
+            if arg.role == "in":
+                _check_tensor(arg, tensors[arg.name], sizes, device)
+        given = dict(outputs or {})
+        for arg in self.args:
+            if arg.role == "in":
+                continue
+            if arg.name in given:
+                _check_tensor(arg, given[arg.name], sizes, device)
+                tensors[arg.name] = given[arg.name]
+            else:
+                tensors[arg.name] = torch.empty(arg.concrete_shape(sizes),
+                                                dtype=_torch_dtype(arg.dtype), device=device)
+        self._launch(tensors, device)
+        return {a.name: tensors[a.name] for a in self.args if a.role == "out"}
+
+    # -- helpers --
+    def _convert_inputs(self, inputs: Mapping) -> dict:
+        import torch
+
+        unknown = set(inputs) - set(self.input_names)
+        if unknown:
+            raise KernelInputError(f"unknown input(s) {sorted(unknown)}; this kernel takes "
+                                   f"{self.input_names}")
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise KernelInputError(f"missing input(s) {missing}; this kernel takes {self.input_names}")
+        out = {}
+        for arg in self.args:
+            if arg.role != "in":
+                continue
+            x = inputs[arg.name]
+            if isinstance(x, np.ndarray):
+                if self.target.is_cuda:
+                    raise KernelInputError(f"input {arg.name}: a numpy array cannot go to a CUDA "
+                                           "kernel; pass a torch CUDA tensor")
+                x = torch.from_numpy(np.ascontiguousarray(x)).to(_torch_dtype(arg.dtype))
+            elif not isinstance(x, torch.Tensor):
+                raise KernelInputError(f"input {arg.name}: expected a torch tensor or numpy array, "
+                                       f"got {type(x).__name__}")
+            out[arg.name] = x
+        devices = {t.device for t in out.values()}
+        if len(devices) > 1:
+            raise KernelInputError(f"inputs are on different devices: {sorted(map(str, devices))}")
+        want = "cuda" if self.target.is_cuda else "cpu"
+        if next(iter(devices)).type != want:
+            raise KernelInputError(f"this kernel was built for {self.target.name} and needs {want} "
+                                   f"tensors, got {next(iter(devices))}")
+        return out
+
+    def _launch(self, tensors: dict, device) -> None:
+        if self.target.is_cuda:
+            import torch
+            import tvm_ffi
+
+            with torch.cuda.device(device), tvm_ffi.use_torch_stream():
+                for call in self.calls:
+                    self._funcs[call.func](*(tensors[n] for n in call.args))
+        else:
+            for call in self.calls:
+                self._funcs[call.func](*(tensors[n] for n in call.args))
+
+
+def _check_tensor(arg, t, sizes, device) -> None:
+    import torch
+
+    if not isinstance(t, torch.Tensor):
+        raise KernelInputError(f"{arg.name}: expected a torch tensor, got {type(t).__name__}")
+    if t.dtype != _torch_dtype(arg.dtype):
+        raise KernelInputError(f"{arg.name}: dtype must be {arg.dtype}, got {str(t.dtype)[6:]}")
+    want = arg.concrete_shape(sizes)
+    if tuple(t.shape) != want:
+        raise KernelInputError(f"{arg.name}: shape must be {want} "
+                               f"({', '.join(map(str, arg.shape))}), got {tuple(t.shape)}")
+    if t.device != device:
+        raise KernelInputError(f"{arg.name}: on {t.device}, the other tensors are on {device}")
+    if not t.is_contiguous():
+        raise KernelInputError(f"{arg.name}: must be contiguous (call .contiguous())")

@@ -1,0 +1,81 @@
+"""spec + target + schedule config -> Lowered: render the form's template(s), parse, schedule.
+
+The recurrent and chunkwise forms are one kernel each.  The parallel form is a short program:
+the gates are summed over the sequence once (``cumulate_gates``), the delta rule's pseudo-values
+are solved for (``solve_delta``), and then every query row and the final state are computed
+independently (``outputs``, ``final_state``); the scratch buffers of ``signature`` carry the
+data between the calls.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from . import signature
+from ..family import Call, Lowered
+from ..render import parse, render
+from ..resources import load_schedule
+from ..spec import LinearAttention
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One PrimFunc of the program: which template renders it and which buffers it takes."""
+
+    name: str
+    template: str
+    part: Optional[str]  # the parallel form's step, None for a one-kernel form
+    args: tuple
+
+
+def schedule_module(target):
+    return load_schedule("linear_cpu" if target.kind == "llvm" else "linear_cuda")
+
+
+def kernels(spec: LinearAttention) -> tuple:
+    io = tuple(a.name for a in signature.inputs(spec) + signature.outputs(spec))
+    if spec.form != "parallel":
+        return (Kernel(f"linear_{spec.form}", f"linear_{spec.form}.j2", None, io),)
+    names = {a.name for a in signature.args(spec)}
+    pick = lambda *wanted: tuple(n for n in wanted if n in names)  # noqa: E731
+    gates = "cum_gate" if "cum_gate" in names else None
+    steps = []
+    if gates:
+        steps.append(Kernel("linear_parallel_cumulate_gates", "linear_parallel.j2", "cumulate_gates",
+                            ("g", "cum_gate")))
+    common = pick("q", "k", "v", "cum_gate", "beta", "omega", "initial_state", "z0")
+    if spec.update == "delta":
+        steps.append(Kernel("linear_parallel_solve_delta", "linear_parallel.j2", "solve_delta",
+                            common + ("u",)))
+    values = common + pick("u")
+    steps.append(Kernel("linear_parallel_outputs", "linear_parallel.j2", "outputs", values + ("o",)))
+    steps.append(Kernel("linear_parallel_final_state", "linear_parallel.j2", "final_state",
+                        values + pick("final_state", "z_final")))
+    return tuple(steps)
+
+
+def spec_context(spec: LinearAttention) -> dict:
+    """What the templates read from the spec (the knobs come from the schedule module)."""
+    M = spec.num_features or 0
+    return dict(
+        dtype=spec.dtype, H=spec.num_heads, D=spec.head_dim, F=spec.feature_dim, V=spec.head_dim_v,
+        M=M, feature_map=spec.feature_map, gate=spec.gate, delta=spec.update == "delta",
+        normalize=spec.normalize, scale=float(spec.scale), C=spec.chunk_size,
+        x_scale=spec.head_dim ** -0.25, feature_norm=(2 * M) ** -0.5 if M else 1.0)
+
+
+def lower(spec: LinearAttention, target, config: Optional[Mapping] = None) -> Lowered:
+    import tvm
+
+    sched = schedule_module(target)
+    config = {**sched.default(spec, target), **dict(config or {})}
+    sched.validate(spec, target, config)
+    context = {**spec_context(spec), **sched.template_params(spec, target, config)}
+    funcs = {}
+    for kernel in kernels(spec):
+        text = render(kernel.template, name=kernel.name, part=kernel.part, args=kernel.args, **context)
+        funcs[kernel.name] = parse(text)
+    mod = sched.schedule(tvm.IRModule(funcs), spec, target, config)
+    calls = tuple(Call(k.name, k.args) for k in kernels(spec))
+    return Lowered(mod, signature.args(spec), calls, dict(sched.pass_config(spec, target, config)))

@@ -1,0 +1,83 @@
+"""CPU (LLVM) schedule of the softmax-attention kernels.
+
+The "tile" block of ``templates/attention.j2`` (one row tile of one (batch, kv head)) is the
+unit of parallelism: its grid loops are fused and run on the thread pool.  Inside a tile the
+two products are ordered for unit-stride inner loops that LLVM vectorizes:
+
+* S = Q Kᵀ: the K tile is stored transposed (``Ks[c, j]``) and the loop order is (r, c, j),
+  so the innermost loop runs along keys;
+* O += P V: loop order (r, j, c), the innermost along V's channels.
+
+Both reductions are decomposed (their init, which carries the online-softmax rescale for O,
+becomes its own loop) so the inner loops are plain multiply-adds.
+
+Knobs:
+    block_q   packed rows (query x head-in-group) per tile: more rows reuse each K/V tile more
+    block_k   keys per K/V tile: the width of the vectorized score loop
+"""
+from __future__ import annotations
+
+KNOBS = {
+    "block_q": "packed query rows per tile (power of two, 1..256)",
+    "block_k": "keys per K/V tile (power of two, 4..256)",
+}
+
+
+def default(spec, target) -> dict:
+    rows = spec.group_size * (spec.phase.q_len if spec.is_decode else 64)
+    return {"block_q": min(64, _pow2_at_least(rows)), "block_k": 64 if spec.head_dim <= 256 else 32}
+
+
+def validate(spec, target, config) -> None:
+    unknown = set(config) - set(KNOBS)
+    if unknown:
+        raise ValueError(f"unknown knob(s) {sorted(unknown)} for attention_cpu; known: {sorted(KNOBS)}")
+    for name, lo, hi in (("block_q", 1, 256), ("block_k", 4, 256)):
+        v = config[name]
+        if not (isinstance(v, int) and lo <= v <= hi and v & (v - 1) == 0):
+            raise ValueError(f"attention_cpu.{name}: must be a power of two in [{lo}, {hi}], got {v!r}")
+
+
+def scopes(spec, target, config) -> dict:
+    return {"q": "global", "kv": "global", "work": "global"}
+
+
+def pass_config(spec, target, config) -> dict:
+    return {}
+
+
+def schedule(mod, spec, target, config):
+    import tvm
+
+    sch = tvm.s_tir.Schedule(mod)
+    for gv in mod.get_global_vars():
+        sch.work_on(gv.name_hint)
+        {"attention": _attention, "combine": _rows, "quantize_k": _quantize,
+         "quantize_q": _quantize}[gv.name_hint](sch, spec, config)
+    return sch.mod
+
+
+def _attention(sch, spec, config):
+    tile = sch.get_sblock("tile")
+    sch.parallel(sch.fuse(*sch.get_loops(tile)))
+
+
+def _rows(sch, spec, config):
+    row = sch.get_sblock("row")
+    sch.parallel(sch.fuse(*sch.get_loops(row)))
+
+
+def _quantize(sch, spec, config):
+    for name in ("mean", "block"):
+        try:
+            blk = sch.get_sblock(name)
+        except Exception:  # noqa: BLE001 - quantize_q has no "mean" block
+            continue
+        sch.parallel(sch.fuse(*sch.get_loops(blk)))
+
+
+def _pow2_at_least(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p

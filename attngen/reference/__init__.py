@@ -1,2 +1,2 @@
 """Float64 numpy references for every attention family attngen generates kernels for."""
-from . import linear, softmax
+from . import linear, mla, quant, softmax, sparse, ttt

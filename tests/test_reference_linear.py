@@ -36,7 +36,8 @@ def make_gate(rng, kind, length):
     if kind == "none":
         return None
     if kind == "scalar":
-        return -np.exp(rng.uniform(0.0, 1.5, (1, H, 1))) * np.logaddexp(0.0, rng.standard_normal((B, H, length)) - 2.0)
+        dt = np.logaddexp(0.0, rng.standard_normal((B, H, length)) - 2.0)
+        return -np.exp(rng.uniform(0.0, 1.5, (1, H, 1))) * dt
     g = log_sigmoid(2.0 * rng.standard_normal((B, H, length, DK))) / 4.0
     g[..., ::5, 0] = -8.0  # a few near-total decays
     return g
@@ -179,7 +180,8 @@ def test_normalised_prefill_then_decode_carries_key_sum(rng):
     v = rng.standard_normal((B, H, 30, DV))
     o_ref, (S_ref, z_ref) = linear.recurrent(q, k, v, normalize=True)
     _, state = linear.chunkwise(q[:, :, :29], k[:, :, :29], v[:, :, :29], chunk_size=8, normalize=True)
-    o_last, (S, z) = linear.recurrent(q[:, :, 29:], k[:, :, 29:], v[:, :, 29:], normalize=True, initial_state=state)
+    o_last, (S, z) = linear.recurrent(q[:, :, 29:], k[:, :, 29:], v[:, :, 29:], normalize=True,
+                                      initial_state=state)
     assert_close(o_last, o_ref[:, :, 29:])
     assert_close(S, S_ref)
     assert_close(z, z_ref)

@@ -13,7 +13,7 @@ Options, keyword-only and identical for `recurrent`, `chunkwise` and `parallel`:
   update   "additive" or "delta" (DeltaNet; with g, Gated DeltaNet). "delta" needs beta [B, H, T].
   normalize  linear transformer normaliser (4.1): o_t = q'_t S_t / (q'_t . z_t + eps) with
            q' = scale q and the key-sum state z_t = F_t(z_{t-1}) + k_t [B, H, dk]. The state is
-           then the pair (S, z), for initial_state as for the returned final state. Additive only.
+           then the pair (S, z), both as initial_state and as the returned final state. Additive only.
   bonus    u [H, dk], RWKV-6 (4.9): o_t = scale (q_t S_{t-1} + (q_t . (u * k_t)) v_t); the current
            token reaches the output only through u. Additive only.
   scale    multiplies q. Default 1.0: linear attention has no softmax scale to imply; GLA, RetNet
@@ -25,6 +25,8 @@ Each form returns (o [B, H, T, dv], final_state).
 Feature maps are applied by the caller: `feature_map(x, kind)` or `performer_features`.
 mLSTM (4.10) has its own stabilised normaliser and lives in `mlstm_*`.
 """
+from functools import partial
+
 import numpy as np
 
 from ._util import chunk_bounds, f64, swap, unit_lower_inverse
@@ -94,7 +96,7 @@ def chunkwise(q, k, v, *, chunk_size, g=None, update="additive", beta=None, norm
     With a bonus, the query side uses the exclusive cumsum b - g, A is strictly lower and
     O gains rowsum(Q * u * K) * V. Returns (o, final_state).
     """
-    core = lambda *args: _chunkwise_core(*args, chunk_size=chunk_size, solve=_forward_substitution)
+    core = partial(_chunkwise_core, chunk_size=chunk_size, solve=_forward_substitution)
     return _evaluate(core, q, k, v, g, update, beta, normalize, bonus, scale, initial_state, eps)
 
 
@@ -106,8 +108,7 @@ def parallel(q, k, v, *, g=None, update="additive", beta=None, normalize=False, 
     T x T unit lower-triangular system is solved with a dense solver (no cheaper masked form exists).
     Returns (o, final_state).
     """
-    core = lambda *args: _chunkwise_core(*args, chunk_size=max(q.shape[2], 1), solve=np.linalg.solve)
-    return _evaluate(core, q, k, v, g, update, beta, normalize, bonus, scale, initial_state, eps)
+    return _evaluate(_parallel_core, q, k, v, g, update, beta, normalize, bonus, scale, initial_state, eps)
 
 
 def mlstm_recurrent(q, k, v, i_pre, f_pre, *, initial_state=None, eps=0.0):
@@ -147,7 +148,8 @@ def mlstm_chunkwise(q, k, v, i_pre, f_pre, *, chunk_size, initial_state=None, ep
     h = np.empty(q.shape[:3] + (v.shape[-1],))
     for t0, t1 in chunk_bounds(q.shape[2], chunk_size):
         h[..., t0:t1, :], state = _mlstm_chunk(
-            q[..., t0:t1, :], k[..., t0:t1, :], v[..., t0:t1, :], i_pre[..., t0:t1], log_f[..., t0:t1], state, eps)
+            q[..., t0:t1, :], k[..., t0:t1, :], v[..., t0:t1, :], i_pre[..., t0:t1], log_f[..., t0:t1],
+            state, eps)
     return h, state
 
 
@@ -180,7 +182,8 @@ def _evaluate(core, q, k, v, g, update, beta, normalize, bonus, scale, initial_s
 
 def _check_options(q, k, v, update, beta, normalize, bonus):
     if q.shape != k.shape or q.shape[:3] != v.shape[:3]:
-        raise ValueError(f"Expected q, k [B, H, T, dk] and v [B, H, T, dv], got {q.shape}, {k.shape}, {v.shape}.")
+        raise ValueError(f"Expected q, k [B, H, T, dk] and v [B, H, T, dv], "
+                         f"got {q.shape}, {k.shape}, {v.shape}.")
     if update not in ("additive", "delta"):
         raise ValueError(f"Expected update 'additive' or 'delta', got {update!r}.")
     if (update == "delta") != (beta is not None):
@@ -195,7 +198,7 @@ def _check_options(q, k, v, update, beta, normalize, bonus):
 def _initial_state(initial_state, normalize, k, v):
     """The state as one array [B, H, dk, dv]; with normalize, z rides along as an extra last column."""
     if initial_state is None:
-        return np.zeros(k.shape[:2] + (k.shape[-1], v.shape[-1] + normalize))
+        return np.zeros(k.shape[:2] + (k.shape[-1], v.shape[-1] + int(normalize)))
     if normalize:
         S, z = initial_state
         return np.concatenate([f64(S), f64(z)[..., None]], axis=-1)
@@ -210,7 +213,8 @@ def _channel_gate(g, key_shape):
     if g.shape == key_shape[:3]:
         g = g[..., None]
     elif g.shape != key_shape:
-        raise ValueError(f"Expected g of shape {key_shape[:3]} (scalar) or {key_shape} (per channel), got {g.shape}.")
+        raise ValueError(f"Expected g of shape {key_shape[:3]} (scalar) or {key_shape} (per channel), "
+                         f"got {g.shape}.")
     return np.broadcast_to(g, key_shape)
 
 
@@ -227,6 +231,10 @@ def _recurrent_core(q, k, v, g, beta, bonus, S):
         if bonus is None:
             o[..., t, :] = np.einsum("bhk,bhkv->bhv", q_t, S)
     return o, S
+
+
+def _parallel_core(q, k, v, g, beta, bonus, S):
+    return _chunkwise_core(q, k, v, g, beta, bonus, S, chunk_size=max(q.shape[2], 1), solve=np.linalg.solve)
 
 
 def _chunkwise_core(q, k, v, g, beta, bonus, S, *, chunk_size, solve):
@@ -289,7 +297,8 @@ def _mlstm_chunk(Q, K, V, i_pre, log_f, state, eps):
     C, n, m = state
     b = np.cumsum(log_f, axis=-1)
     n_tokens = b.shape[-1]
-    log_intra = np.where(np.tri(n_tokens, dtype=bool), b[..., :, None] - b[..., None, :] + i_pre[..., None, :], -np.inf)
+    log_intra = b[..., :, None] - b[..., None, :] + i_pre[..., None, :]
+    log_intra = np.where(np.tri(n_tokens, dtype=bool), log_intra, -np.inf)
     log_inter = b + m[..., None]
     m_row = np.maximum(log_inter, log_intra.max(-1))
     inter = np.exp(log_inter - m_row)

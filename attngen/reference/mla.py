@@ -40,7 +40,8 @@ def mla_naive(q_nope, q_rope, c_kv, k_rope, w_uk, w_uv, *, scale=None, mask=None
     k_rope_heads = np.broadcast_to(k_rope[:, None], (k_rope.shape[0], heads, tokens, k_rope.shape[-1]))
     q = np.concatenate([q_nope, q_rope], axis=-1)
     k = np.concatenate([k_nope, k_rope_heads], axis=-1)
-    o, _ = attention(q, k, np.einsum("btr,hrv->bhtv", c_kv, w_uv), scale=_scale(scale, q_nope, q_rope), mask=mask)
+    v = np.einsum("btr,hrv->bhtv", c_kv, w_uv)
+    o, _ = attention(q, k, v, scale=_scale(scale, q_nope, q_rope), mask=mask)
     return o
 
 
@@ -53,7 +54,8 @@ def mla_absorbed(q_nope, q_rope, c_kv, k_rope, w_uk, w_uv, *, scale=None, mask=N
     """
     q_nope, q_rope, w_uk, w_uv = map(f64, (q_nope, q_rope, w_uk, w_uv))
     q_latent = np.einsum("bhtn,hrn->bhtr", q_nope, w_uk)
-    o_latent, _ = mla_latent_attention(q_latent, q_rope, c_kv, k_rope, scale=_scale(scale, q_nope, q_rope), mask=mask)
+    o_latent, _ = mla_latent_attention(q_latent, q_rope, c_kv, k_rope, scale=_scale(scale, q_nope, q_rope),
+                                       mask=mask)
     return np.einsum("bhtr,hrv->bhtv", o_latent, w_uv)
 
 

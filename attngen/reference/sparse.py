@@ -28,12 +28,14 @@ def longformer_mask(length, *, window, global_tokens):
     """
     is_global = np.zeros(length, bool)
     is_global[np.asarray(global_tokens, int)] = True
-    return sliding_window_mask(length, length, left=window, right=window) | is_global[:, None] | is_global[None, :]
+    local = sliding_window_mask(length, length, left=window, right=window)
+    return local | is_global[:, None] | is_global[None, :]
 
 
 def block_layout_to_mask(layout, *, block_q, block_k, q_len, kv_len):
     """Token mask [..., q_len, kv_len] of a block layout [..., nq, nk] (kron with ones, cropped)."""
-    return np.asarray(layout, bool)[..., np.arange(q_len)[:, None] // block_q, np.arange(kv_len)[None, :] // block_k]
+    row_block, col_block = np.arange(q_len)[:, None] // block_q, np.arange(kv_len)[None, :] // block_k
+    return np.asarray(layout, bool)[..., row_block, col_block]
 
 
 def bigbird_block_layout(num_blocks, *, num_random, seed, num_global=1):
@@ -112,8 +114,8 @@ def lsh_attention(qk, v, *, rotations, chunk_size, causal=True):
     """
     qk, v = f64(qk), f64(v)
     if qk.shape[2] % chunk_size:
-        raise ValueError(f"Expected T to be a multiple of chunk_size, got T={qk.shape[2]} and chunk_size={chunk_size}; "
-                         f"pad the sequence.")
+        raise ValueError(f"Expected T to be a multiple of chunk_size, got T={qk.shape[2]} and "
+                         f"chunk_size={chunk_size}; pad the sequence.")
     rounds = [_lsh_round(qk, v, buckets, chunk_size, causal) for buckets in lsh_buckets(qk, rotations)]
     return combine(np.stack([o for o, _ in rounds], axis=3), np.stack([lse for _, lse in rounds], axis=3))
 
@@ -130,7 +132,8 @@ def h2o_keep_mask(q, k, *, heavy, recent, scale=None):
     q, k = f64(q), f64(k)
     k = repeat_kv(k, q.shape[1])
     if q.shape[2] != k.shape[2]:
-        raise ValueError(f"Expected self-attention decoding with Tq == Tk, got Tq={q.shape[2]} and Tk={k.shape[2]}.")
+        raise ValueError(f"Expected self-attention decoding with Tq == Tk, "
+                         f"got Tq={q.shape[2]} and Tk={k.shape[2]}.")
     logits = (q.shape[-1] ** -0.5 if scale is None else scale) * q @ swap(k)
     token = np.arange(q.shape[2])
     cached, accumulated = np.zeros(q.shape[:3], bool), np.zeros(q.shape[:3])

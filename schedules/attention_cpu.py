@@ -39,7 +39,9 @@ def validate(spec, target, config) -> None:
 
 
 def scopes(spec, target, config) -> dict:
-    return {"q": "global", "kv": "global", "work": "global"}
+    # K/V tiles in float32: converted once per load, not once per multiply (without F16C,
+    # LLVM converts each half with a library call)
+    return {"q": "global", "kv": "global", "work": "global", "kv_dtype": "float32"}
 
 
 def pass_config(spec, target, config) -> dict:
@@ -60,6 +62,29 @@ def schedule(mod, spec, target, config):
 def _attention(sch, spec, config):
     tile = sch.get_sblock("tile")
     sch.parallel(sch.fuse(*sch.get_loops(tile)))
+    # S = Q K^T along keys: K tile transposed to [c, j], loops (r, c, j)
+    sch.transform_layout(sch.get_sblock("k_load"), ("write", 0), lambda j, c: (c, j))
+    s_gemm, reduction = _vectorize_spatial_inner(sch, "s_gemm")
+    sch.decompose_reduction(s_gemm, reduction)
+    # O = P V along channels: loops (r, j, c).  Its init (the online-softmax rescale of acc)
+    # stays a branch on j == 0: acc also has the writer acc_init, so o_gemm is not the
+    # "dominant" writer that decompose_reduction requires
+    _vectorize_spatial_inner(sch, "o_gemm")
+
+
+def _vectorize_spatial_inner(sch, name):
+    """Move the block's last spatial loop below its reduction loop and vectorize it (before
+    any decompose_reduction: an update block without its init is no longer a "reduction
+    block", and vectorize refuses loops over it)."""
+    blk = sch.get_sblock(name)
+    _, _, spatial, reduction = sch.get_loops(blk)  # (kt, r, spatial, reduction) as written
+    sch.reorder(reduction, spatial)
+    extent = sch.get(spatial).extent.value
+    lanes = next(n for n in (16, 8, 4, 2, 1) if extent % n == 0)
+    # vectors of at most 16 floats: a 512-wide LLVM vector (MLA's head_dim_v) compiles slowly
+    _, vec = sch.split(spatial, [None, lanes])
+    sch.vectorize(vec)
+    return blk, reduction
 
 
 def _rows(sch, spec, config):

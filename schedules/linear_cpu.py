@@ -8,11 +8,13 @@ from __future__ import annotations
 
 KNOBS = {
     "block_v": "value columns per task; divides head_dim_v (more tasks when batch*heads is small)",
+    "block_q": "parallel form: query rows per output task (a power of two)",
+    "block_k": "parallel form: keys per tile (a power of two)",
 }
 
 
 def default(spec, target) -> dict:
-    return {"block_v": spec.head_dim_v}
+    return {"block_v": spec.head_dim_v, "block_q": 64, "block_k": 64}
 
 
 def validate(spec, target, config) -> None:
@@ -22,11 +24,16 @@ def validate(spec, target, config) -> None:
     bv = config["block_v"]
     if not (isinstance(bv, int) and bv >= 1 and spec.head_dim_v % bv == 0):
         raise ValueError(f"block_v must be a positive divisor of head_dim_v ({spec.head_dim_v}), got {bv!r}")
+    for name in ("block_q", "block_k"):
+        x = config[name]
+        if not (isinstance(x, int) and 1 <= x <= 1024 and x & (x - 1) == 0):
+            raise ValueError(f"{name} must be a power of two in [1, 1024], got {x!r}")
 
 
 def template_params(spec, target, config) -> dict:
     bv = config["block_v"]
-    return {"BV": bv, "NV": spec.head_dim_v // bv, "tile_scope": "global", "state_scope": "global"}
+    return {"BV": bv, "NV": spec.head_dim_v // bv, "BQ": config["block_q"], "BK": config["block_k"],
+            "tile_scope": "global", "state_scope": "global"}
 
 
 def pass_config(spec, target, config) -> dict:

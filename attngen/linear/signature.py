@@ -1,59 +1,45 @@
-"""The calling convention of a linear-attention kernel, as data: its arguments in order.
-
-Head-major, one name per tensor of the math (methods.md section 4):
-
-    q, k           [batch, heads, q_len, head_dim]       spec.dtype
-    v              [batch, heads, q_len, head_dim_v]     spec.dtype
-    g              gate "scalar": [batch, heads, q_len]            float32 log gate (<= 0)
-                   gate "vector": [batch, heads, q_len, feature_dim] float32 log gate (<= 0)
-                   gate "fixed" (RetNet) has no tensor: log gamma_h = log(1 - 2^(-5-h)) is built in
-    beta           update "delta": [batch, heads, q_len]  float32 in (0, 1)
-    omega          feature_map "performer": [head_dim, num_features] float32 projection
-    initial_state  [batch, heads, feature_dim, head_dim_v] float32
-    z0             normalize: [batch, heads, feature_dim] float32 (the running key sum)
-  outputs
-    o              [batch, heads, q_len, head_dim_v]     spec.dtype
-    final_state    [batch, heads, feature_dim, head_dim_v] float32
-    z_final        normalize: [batch, heads, feature_dim] float32
-  scratch (parallel form only; allocated by the driver)
-    cum_gate       gated, not "fixed": the log gates summed over the sequence, like g
-    u              update "delta": the pseudo-values [batch, heads, q_len, head_dim_v] float32
-
-The sequence length is the size name ``q_len`` (``kv_len`` is the same length).
-"""
+"""The calling convention of ``attngen.linear`` (see its docstring), as data: the arguments of
+a program in order (inputs, outputs, scratch), with ``q_len`` naming the sequence length."""
 from __future__ import annotations
 
 from ..family import Arg
 from ..spec import LinearAttention
 
-_TOKENS = ("batch", "heads", "q_len")
+
+def tokens(spec: LinearAttention) -> tuple:
+    """The leading dims of every per-token tensor: [batch, num_heads, q_len]."""
+    return ("batch", spec.num_heads, "q_len")
 
 
 def gate_shape(spec: LinearAttention) -> tuple:
-    return _TOKENS + ((spec.feature_dim,) if spec.gate == "vector" else ())
+    return tokens(spec) + ((spec.feature_dim,) if spec.gate == "vector" else ())
+
+
+def state_shape(spec: LinearAttention) -> tuple:
+    return ("batch", spec.num_heads, spec.feature_dim, spec.head_dim_v)
 
 
 def inputs(spec: LinearAttention) -> tuple:
-    out = [Arg("q", _TOKENS + (spec.head_dim,), spec.dtype),
-           Arg("k", _TOKENS + (spec.head_dim,), spec.dtype),
-           Arg("v", _TOKENS + (spec.head_dim_v,), spec.dtype)]
+    out = [Arg("q", tokens(spec) + (spec.head_dim,), spec.dtype),
+           Arg("k", tokens(spec) + (spec.head_dim,), spec.dtype),
+           Arg("v", tokens(spec) + (spec.head_dim_v,), spec.dtype)]
     if spec.gate in ("scalar", "vector"):
         out.append(Arg("g", gate_shape(spec), "float32"))
     if spec.update == "delta":
-        out.append(Arg("beta", _TOKENS, "float32"))
+        out.append(Arg("beta", tokens(spec), "float32"))
     if spec.feature_map == "performer":
         out.append(Arg("omega", (spec.head_dim, spec.num_features), "float32"))
-    out.append(Arg("initial_state", ("batch", "heads", spec.feature_dim, spec.head_dim_v), "float32"))
+    out.append(Arg("initial_state", state_shape(spec), "float32"))
     if spec.normalize:
-        out.append(Arg("z0", ("batch", "heads", spec.feature_dim), "float32"))
+        out.append(Arg("z0", ("batch", spec.num_heads, spec.feature_dim), "float32"))
     return tuple(out)
 
 
 def outputs(spec: LinearAttention) -> tuple:
-    out = [Arg("o", _TOKENS + (spec.head_dim_v,), spec.dtype, "out"),
-           Arg("final_state", ("batch", "heads", spec.feature_dim, spec.head_dim_v), "float32", "out")]
+    out = [Arg("o", tokens(spec) + (spec.head_dim_v,), spec.dtype, "out"),
+           Arg("final_state", state_shape(spec), "float32", "out")]
     if spec.normalize:
-        out.append(Arg("z_final", ("batch", "heads", spec.feature_dim), "float32", "out"))
+        out.append(Arg("z_final", ("batch", spec.num_heads, spec.feature_dim), "float32", "out"))
     return tuple(out)
 
 
@@ -65,7 +51,7 @@ def scratch(spec: LinearAttention) -> tuple:
     if spec.gate in ("scalar", "vector"):
         out.append(Arg("cum_gate", gate_shape(spec), "float32", "scratch"))
     if spec.update == "delta":
-        out.append(Arg("u", _TOKENS + (spec.head_dim_v,), "float32", "scratch"))
+        out.append(Arg("u", tokens(spec) + (spec.head_dim_v,), "float32", "scratch"))
     return tuple(out)
 
 
@@ -80,5 +66,5 @@ def sizes(spec: LinearAttention, tensors) -> dict:
     shape = tuple(tensors["q"].shape)
     if len(shape) != 4:
         raise ValueError(f"q must be [batch, heads, q_len, head_dim], got shape {shape}")
-    batch, heads, length, _ = shape
+    batch, heads, length, _ = (int(n) for n in shape)
     return {"batch": batch, "heads": heads, "q_len": length, "kv_len": length}

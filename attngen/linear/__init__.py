@@ -1,0 +1,72 @@
+"""The linear-attention family: ``LinearAttention`` specs lowered to TensorIR kernels.
+
+Calling convention (head-major; ``H`` = num_heads, ``D`` = head_dim, ``Dv`` = head_dim_v,
+``F`` = feature_dim, the width of phi(q) and phi(k): D, or 2 * num_features for performer;
+batch and q_len are symbolic: one build serves every length):
+
+inputs
+    q, k           [batch, H, q_len, D]       spec.dtype; q is scaled by spec.scale, and the
+                                              feature map is applied in the kernel
+    v              [batch, H, q_len, Dv]      spec.dtype
+    g              [batch, H, q_len]          gate "scalar": float32 log gate (<= 0) per token
+                   [batch, H, q_len, F]       gate "vector": float32 log gate per key channel
+                                              (gate "fixed", RetNet, takes no tensor: log gamma_h
+                                              = log(1 - 2^(-5-h)) is built in)
+    beta           [batch, H, q_len]          update "delta": float32 in (0, 1); the keys must
+                                              be L2-normalised by the caller
+    omega          [D, num_features]          feature_map "performer": float32 projection
+    initial_state  [batch, H, F, Dv]          float32
+    z0             [batch, H, F]              normalize: float32 running key sum
+outputs
+    o              [batch, H, q_len, Dv]      spec.dtype
+    final_state    [batch, H, F, Dv]          float32 (continue with it: chunkwise prefill, then
+                                              recurrent decode steps)
+    z_final        [batch, H, F]              normalize: float32
+scratch (parallel form; allocated by the driver, shared by the calls)
+    cum_gate       like g                     the log gates summed over the sequence
+    u              [batch, H, q_len, Dv]      update "delta": float32 pseudo-values
+
+The math is methods.md section 4 in the row-vector convention (S is [F, Dv], o_t = scale
+phi(q_t) S_t); with normalize o_t is divided by scale phi(q_t) . z_t (no epsilon).  performer
+uses hyperbolic positive random features (see ``data.features``).
+
+Kernels, in call order: ``linear_recurrent`` or ``linear_chunkwise`` (one each); the parallel
+form calls ``linear_parallel_cumulate_gates`` (scalar/vector gates), ``linear_parallel_solve_delta``
+(delta rule), ``linear_parallel_outputs`` and ``linear_parallel_final_state``.  Templates:
+``templates/linear_{recurrent,chunkwise,parallel}.j2``.  Schedules: ``schedules/linear_cpu.py``
+(llvm) and ``schedules/linear_cuda.py`` (SIMT), each declaring its knobs in ``KNOBS`` with
+``default(spec, target)`` and ``validate(spec, target, config)``.
+"""
+from __future__ import annotations
+
+from ..spec import LinearAttention
+from ..tolerance import BY_DTYPE
+from . import data, lower as _lower, signature
+
+
+class LinearFamily:
+    name = "linear"
+
+    def matches(self, spec) -> bool:
+        return isinstance(spec, LinearAttention)
+
+    def lower(self, spec, target, config=None):
+        return _lower.lower(spec, target, config)
+
+    def sizes(self, spec, inputs) -> dict:
+        return signature.sizes(spec, inputs)
+
+    def sample(self, spec, sizes, rng) -> dict:
+        return data.sample(spec, sizes, rng)
+
+    def reference(self, spec, inputs) -> dict:
+        return data.reference(spec, inputs)
+
+    def tolerance(self, spec) -> dict:
+        """Bounds per output (``attngen.tolerance.Bound``): those of the input dtype, for the
+        state too (it is accumulated in float32 from inputs of that dtype)."""
+        bound = BY_DTYPE[spec.dtype]
+        return {a.name: bound for a in signature.outputs(spec)}
+
+
+FAMILY = LinearFamily()

@@ -54,9 +54,17 @@ def schedule(mod, spec, target, config):
     sch = tvm.s_tir.Schedule(mod)
     for gv in mod.get_global_vars():
         sch.work_on(gv.name_hint)
-        {"attention": _attention, "combine": _rows, "quantize_k": _quantize,
-         "quantize_q": _quantize}[gv.name_hint](sch, spec, config)
+        if gv.name_hint == "attention":
+            _attention(sch, spec, config)
+        else:  # small row-parallel kernels: their top-level blocks on the thread pool
+            for name in _PARALLEL_BLOCKS[gv.name_hint]:
+                blk = sch.get_sblock(name)
+                sch.parallel(sch.fuse(*sch.get_loops(blk)))
     return sch.mod
+
+
+_PARALLEL_BLOCKS = {"combine": ("row",), "quantize_k": ("mean", "block"),
+                    "quantize_q": ("block", "shift")}
 
 
 def _attention(sch, spec, config):
@@ -85,20 +93,6 @@ def _vectorize_spatial_inner(sch, name):
     _, vec = sch.split(spatial, [None, lanes])
     sch.vectorize(vec)
     return blk, reduction
-
-
-def _rows(sch, spec, config):
-    row = sch.get_sblock("row")
-    sch.parallel(sch.fuse(*sch.get_loops(row)))
-
-
-def _quantize(sch, spec, config):
-    for name in ("mean", "block"):
-        try:
-            blk = sch.get_sblock(name)
-        except Exception:  # noqa: BLE001 - quantize_q has no "mean" block
-            continue
-        sch.parallel(sch.fuse(*sch.get_loops(blk)))
 
 
 def _pow2_at_least(n: int) -> int:

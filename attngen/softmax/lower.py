@@ -121,7 +121,6 @@ def attention_context(spec: Attention, cfg, scope, args) -> dict:
         at = f"vb, vhk, {kpos}"
     k_elem = f"{'K_INT8' if quant else 'K'}[{at}, vc]"
     v_elem = f"V[{at}, vc]"
-    k_scale_elem = f"K_SCALE[vb, vhk, {kpos} // {spec.quant.block_k}]" if quant else None
 
     names = {"b": "vb", "h": row_head, "q_idx": row_q, "kv_idx": "(kv0 + vj)",
              "q_len": q_len, "kv_len": "kvl"}
@@ -134,7 +133,9 @@ def attention_context(spec: Attention, cfg, scope, args) -> dict:
     # into Q; a score mod needs the natural score, so then Q carries the scale only
     mod = predicate.score_expr(spec)
     if quant:  # Sage folds scale*log2(e) into Q before quantizing
-        raw = "T.Cast(\"float32\", Sdot[vr, vj]) * q_scale[vr] * k_scale[vj]"
+        # the key's block scale straight from memory: one load per logit, no tile of scales
+        k_scale = f"K_SCALE[vb, vhk, {kpos} // {spec.quant.block_k}]"
+        raw = f"T.Cast(\"float32\", Sdot[vr, vj]) * q_scale[vr] * {k_scale}"
         natural = f"({raw}) * T.float32({LN2!r})"
         q_prescale = None
     elif mod is None:
@@ -164,7 +165,7 @@ def attention_context(spec: Attention, cfg, scope, args) -> dict:
     return dict(
         params=params, size_vars=sig.size_vars(args), dtype=spec.dtype, head_dim=D, head_dim_v=Dv,
         num_kv_heads=spec.num_kv_heads, group=G, q_len=q_len, block_q=BQ, block_k=BK, scope=scope,
-        kv_len_of_b=kv_len_of_b, k_elem=k_elem, v_elem=v_elem, k_scale_elem=k_scale_elem,
+        kv_len_of_b=kv_len_of_b, k_elem=k_elem, v_elem=v_elem,
         row_q=row_q, row_head=row_head, visible=visible, logit=logit, kv_lo=lo, kv_hi=hi,
         q_prescale=repr(q_prescale), quant=quant,
         block_q_quant=spec.quant.block_q if quant else None, latent=spec.latent_kv,

@@ -14,18 +14,23 @@ becomes its own loop) so the inner loops are plain multiply-adds.
 Knobs:
     block_q   packed rows (query x head-in-group) per tile: more rows reuse each K/V tile more
     block_k   keys per K/V tile: the width of the vectorized score loop
+    kv_tile   element type of the K/V tiles: "float32" (default: each element converted once,
+              at the load; without F16C, LLVM converts a half with a library call) or "input"
+              (the input dtype, as the CUDA schedule stores them: tests run that variant here)
 """
 from __future__ import annotations
 
 KNOBS = {
     "block_q": "packed query rows per tile (power of two, 1..256)",
     "block_k": "keys per K/V tile (power of two, 4..256)",
+    "kv_tile": 'element type of the K/V tiles: "float32" or "input"',
 }
 
 
 def default(spec, target) -> dict:
     rows = spec.group_size * (spec.phase.q_len if spec.is_decode else 64)
-    return {"block_q": min(64, _pow2_at_least(rows)), "block_k": 64 if spec.head_dim <= 256 else 32}
+    return {"block_q": min(64, _pow2_at_least(rows)), "block_k": 64 if spec.head_dim <= 256 else 32,
+            "kv_tile": "float32"}
 
 
 def validate(spec, target, config) -> None:
@@ -36,12 +41,13 @@ def validate(spec, target, config) -> None:
         v = config[name]
         if not (isinstance(v, int) and lo <= v <= hi and v & (v - 1) == 0):
             raise ValueError(f"attention_cpu.{name}: must be a power of two in [{lo}, {hi}], got {v!r}")
+    if config["kv_tile"] not in ("float32", "input"):
+        raise ValueError(f'attention_cpu.kv_tile: must be "float32" or "input", got {config["kv_tile"]!r}')
 
 
 def scopes(spec, target, config) -> dict:
-    # K/V tiles in float32: converted once per load, not once per multiply (without F16C,
-    # LLVM converts each half with a library call)
-    return {"q": "global", "kv": "global", "work": "global", "kv_dtype": "float32"}
+    kv_dtype = spec.dtype if config["kv_tile"] == "input" else "float32"
+    return {"q": "global", "kv": "global", "work": "global", "kv_dtype": kv_dtype}
 
 
 def pass_config(spec, target, config) -> dict:

@@ -70,15 +70,16 @@ def _problems(spec, target, config) -> list:
 
 
 def tile_smem_bytes(spec, block_k: int) -> int:
-    """Shared memory of one K tile and one V tile (latent KV: V is a view of K)."""
-    elem = 1 if spec.quant is not None else _BYTES[spec.dtype]
-    widths = spec.head_dim + (0 if spec.latent_kv else spec.head_dim_v)
-    return block_k * widths * elem
+    """Shared memory of one K tile (INT8 codes when quantized) and one V tile (none for a
+    latent KV: V is a view of the K tile)."""
+    k_elem = 1 if spec.quant is not None else _BYTES[spec.dtype]
+    v_bytes = 0 if spec.latent_kv else spec.head_dim_v * _BYTES[spec.dtype]
+    return block_k * (spec.head_dim * k_elem + v_bytes)
 
 
 def scopes(spec, target, config) -> dict:
-    return {"q": "local", "kv": "shared", "work": "local",
-            "kv_dtype": "int8" if spec.quant is not None else spec.dtype}
+    # K/V tiles in the input dtype (the K tile holds INT8 codes when quantized, whatever this says)
+    return {"q": "local", "kv": "shared", "work": "local", "kv_dtype": spec.dtype}
 
 
 def pass_config(spec, target, config) -> dict:

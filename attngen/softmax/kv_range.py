@@ -25,25 +25,29 @@ Linear = dict
 
 _ROW_VARS = ("q_idx",)             # vary over the rows of a tile
 _FIXED_VARS = ("q_len", "kv_len")  # the same for every row of a tile
+_ORDER = ("q_idx", "kv_len", "q_len", "")  # how a bound's terms are printed
 
 
 @dataclass(frozen=True)
 class Bound:
-    """A bound ``kv_idx (>=|<=) sum(coeff * var) + const`` (``lower`` or upper)."""
+    """The linear function ``sum(coeff * var) + const`` of ``q_idx``, ``q_len``, ``kv_len`` that
+    bounds ``kv_idx`` (from below or above: the side of the :class:`Interval` it sits on)."""
 
-    form: tuple  # sorted ((var, coeff), ...) with the constant under var ""
+    form: tuple  # ((var, coeff), ...), the constant under var ""
 
     def render(self, names: Mapping[str, str], row: Mapping[str, str]) -> str:
         """TVMScript text; ``row`` gives the text of ``q_idx`` (a tile's first or last row),
-        ``names`` that of the lengths."""
-        terms = []
-        for var, coeff in self.form:
+        ``names`` that of the lengths.  ``q_idx + kv_len - q_len - 255`` reads as written."""
+        text = ""
+        for var, coeff in sorted(self.form, key=lambda vc: _ORDER.index(vc[0])):
+            sign = "-" if coeff < 0 else "+"
             if var == "":
-                terms.append(f"T.int32({coeff})")
-                continue
-            text = row[var] if var in _ROW_VARS else names[var]
-            terms.append(f"({text})" if coeff == 1 else f"({coeff} * ({text}))")
-        return " + ".join(terms) if terms else "T.int32(0)"
+                term = str(abs(coeff))
+            else:
+                value = row[var] if var in _ROW_VARS else names[var]
+                term = value if abs(coeff) == 1 else f"{abs(coeff)} * {value}"
+            text = (f"-{term}" if sign == "-" else term) if not text else f"{text} {sign} {term}"
+        return f"({text or '0'})"
 
     def q_coeff(self) -> int:
         return dict(self.form).get("q_idx", 0)
@@ -51,9 +55,9 @@ class Bound:
 
 @dataclass(frozen=True)
 class Interval:
-    """Sound bounds on visible keys: ``lower`` is a max over bounds, ``upper`` a min over
-    bounds (conjunction); ``None`` for a side without a bound.  A disjunction is encoded as
-    nested tuples ``("max", a, b)`` / ``("min", a, b)`` over Bounds."""
+    """Bounds on the keys one row sees, ``lower <= kv_idx <= upper``.  Each side is None
+    (unbounded), a :class:`Bound`, or ``(op, a, b)`` with op ``"max"`` or ``"min"`` combining
+    two sides (``&`` takes the tighter of two bounds, ``|`` the looser)."""
 
     lower: object = None
     upper: object = None

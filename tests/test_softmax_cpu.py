@@ -308,9 +308,11 @@ def test_unimplemented_quantization_raises(quant, field):
         lower(Attention(num_heads=2, head_dim=64, quant=quant), "cpu")
 
 
-def test_quantization_of_a_cache_raises():
-    with pytest.raises(NotImplementedError, match="quant"):
-        lower(Attention(num_heads=2, head_dim=64, quant=Quant(), phase=Decode(1)), "cpu")
+@pytest.mark.parametrize("changes", [{"phase": Decode(1)}, {"kv_layout": Paged(16)}, {"sinks": True},
+                                     {"score_mod": mods.softcap(20.0)}])
+def test_quantization_outside_contiguous_prefill_raises(changes):
+    with pytest.raises(NotImplementedError, match="Attention.quant"):
+        lower(Attention(num_heads=2, head_dim=64, quant=Quant(), **changes), "cpu")
 
 
 # ----------------------------------------------------------------------------- knobs

@@ -31,7 +31,7 @@ def schedule_module(target):
     return load_schedule("attention_cpu" if target.kind == "llvm" else "attention_cuda")
 
 
-def supported(spec: Attention) -> None:
+def check_supported(spec: Attention) -> None:
     """Raise NotImplementedError, naming the field, for what these kernels do not do yet."""
     q = spec.quant
     if q is None:
@@ -44,12 +44,16 @@ def supported(spec: Attention) -> None:
     if spec.is_decode or spec.is_paged:
         raise NotImplementedError("Attention.quant with a KV cache (phase=Decode or kv_layout=Paged):"
                                   " quantization is implemented for contiguous prefill only")
+    if spec.score_mod is not None or spec.sinks:
+        # the kernel would compose them, but the quantized reference has neither to check it
+        raise NotImplementedError("Attention.quant with a score_mod or sinks: "
+                                  "attngen.reference.quant.quantized_attention models neither")
 
 
 def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
     import tvm
 
-    supported(spec)
+    check_supported(spec)
     sched = schedule_module(target)
     cfg = {**sched.default(spec, target), **dict(config or {})}
     sched.validate(spec, target, cfg)
@@ -59,7 +63,7 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
 
     kernels = []  # (func name, template, context, arg names)
     if spec.quant is not None:
-        kernels += quant_kernels(spec, cfg)
+        kernels += quant_kernels(spec)
     att_args = attention_arg_names(spec)
     kernels.append(("attention", "attention.j2",
                     attention_context(spec, cfg, scope, [by_name[n] for n in att_args]), att_args))
@@ -182,22 +186,7 @@ _OUTPUTS = ("o", "lse", "o_parts", "lse_parts")
 
 def _regions(params) -> str:
     """Whole-buffer regions ``X[0:n0, 0:n1, ...]`` for a block's T.reads / T.writes."""
-    return ", ".join(f"{buf}[{', '.join(f'0:{d.strip()}' for d in _split_dims(shape))}]"
-                     for _, buf, shape, _ in params)
-
-
-def _split_dims(shape: str) -> list:
-    """Split a shape text at top-level commas (dims may be expressions with parentheses)."""
-    out, depth, cur = [], 0, ""
-    for ch in shape:
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch == "," and depth == 0:
-            out.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    return out + [cur]
+    return ", ".join(f"{buf}[{', '.join(f'0:{d}' for d in dims)}]" for _, buf, dims, _ in params)
 
 
 # ----------------------------------------------------------------------------- combine
@@ -212,7 +201,7 @@ def combine_context(spec: Attention, args) -> dict:
 # ----------------------------------------------------------------------------- quantization
 
 
-def quant_kernels(spec: Attention, cfg) -> list:
+def quant_kernels(spec: Attention) -> list:
     """Sage Ψ (methods.md 1.4): K smoothed by its per-channel mean, then INT8 per block of
     ``block_k`` keys; Q times scale*log2(e), INT8 per block of ``block_q`` rows; plus the lse
     correction scale * q.k_mean that smoothing removed."""

@@ -113,12 +113,10 @@ def complete(spec: Attention, sizes) -> dict:
 
 
 def tir_params(args, spec: Attention) -> list:
-    """``[(handle, buffer, shape_text, dtype)]`` for a kernel's ``T.match_buffer`` lines."""
-    out = []
-    for a in args:
-        shape = ", ".join(_tir_dim(d, spec) for d in a.shape)
-        out.append((f"{a.name}_handle", buffer_name(a.name), shape, a.dtype))
-    return out
+    """``[(handle, buffer, dims, dtype)]`` for a kernel's ``T.match_buffer`` lines; ``dims``
+    are TVMScript texts."""
+    return [(f"{a.name}_handle", buffer_name(a.name), [_tir_dim(d, spec) for d in a.shape], a.dtype)
+            for a in args]
 
 
 def buffer_name(arg_name: str) -> str:

@@ -7,7 +7,9 @@ input dimension reveals).  Shapes are head-major and use the size names of
 by the spec.
 
 Extra sizes: ``num_pages`` / ``max_pages`` (paged KV pool and page-table width),
-``q_blocks`` / ``k_blocks`` (quantisation groups along the sequence, ``ceil(len / block)``).
+``q_blocks`` / ``k_blocks`` (quantisation groups along the sequence, ``ceil(len / block)``),
+and a runtime tensor's derived dims under their own spelling (``kv_len/64``: ``ceil(kv_len /
+64)``), all filled in by :func:`complete`.
 """
 from __future__ import annotations
 

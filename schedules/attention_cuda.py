@@ -1,12 +1,13 @@
 """CUDA SIMT schedule of the softmax-attention kernels (no tensor cores: a later schedule).
 
-attention: one CTA per (row tile, batch x kv head, split), one thread per packed query row
+attention: one CTA per (batch x kv head, row tile, split), one thread per packed query row
 (``block_q`` threads).  The K/V tiles live in static shared memory, loaded cooperatively by all
 threads with vector loads; every per-row block of the template (the S row, P row, running max,
 sum and the accumulator row) binds its row loop to ``threadIdx.x``, so those buffers compact
-to per-thread arrays.  ThreadSync places the two barriers around the shared tiles.  Grid axes
-stay unfused: fusing with the symbolic tile count would turn every index into a division by a
-run-time value.
+to per-thread arrays.  ThreadSync places the two barriers around the shared tiles.  Batch and
+KV head fuse into one grid axis (the divisor that splits them again is the constant head
+count); the row tiles keep their own: fusing with their symbolic count would turn every index
+into a division by a run-time value.
 
 combine / quantize_*: one CTA per row (or per quantization block), one thread per channel;
 the block reductions over channels are cross-thread reductions (``threadIdx.x`` bound to a
@@ -62,7 +63,8 @@ def _problems(spec, target, config) -> list:
     if smem > STATIC_SMEM_BYTES:
         out.append(f"K/V tiles need {smem} B of shared memory, over the static limit "
                    f"{STATIC_SMEM_BYTES} B: lower block_k")
-    for what, width in (("K", spec.head_dim), ("V", spec.head_dim_v)):
+    tiles = (("K", spec.head_dim),) + (() if spec.latent_kv else (("V", spec.head_dim_v),))
+    for what, width in tiles:
         if (bk * width) % bq:
             out.append(f"a {what} tile of block_k * {width} = {bk * width} elements does not split "
                        f"evenly over block_q = {bq} threads")
@@ -78,7 +80,7 @@ def tile_smem_bytes(spec, block_k: int) -> int:
 
 
 def scopes(spec, target, config) -> dict:
-    # K/V tiles in the input dtype (the K tile holds INT8 codes when quantized, whatever this says)
+    # kv_dtype: the V tile's element type, and the K tile's unless quantized (then INT8 codes)
     return {"q": "local", "kv": "shared", "work": "local", "kv_dtype": spec.dtype}
 
 
@@ -108,10 +110,11 @@ def _attention(sch, spec, config):
     bq = config["block_q"]
     grid = sch.get_loops(sch.get_sblock("tile"))
     b, hk, qt = grid[:3]
-    sch.bind(qt, "blockIdx.x")
-    sch.bind(sch.fuse(b, hk), "blockIdx.y")
+    # batch x kv heads on x (up to 2^31 - 1: large decode batches), row tiles on y (65535)
+    sch.bind(sch.fuse(b, hk), "blockIdx.x")
+    sch.bind(qt, "blockIdx.y")
     if len(grid) == 4:
-        sch.bind(grid[3], "blockIdx.z")  # the KV split
+        sch.bind(grid[3], "blockIdx.z")  # the KV split (<= 256)
     quant = spec.quant is not None
     for name in _ROW_BLOCKS + _KV_LOOP_ROW_BLOCKS:
         if name == "q_scale_load" and not quant:

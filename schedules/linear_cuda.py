@@ -49,7 +49,7 @@ def template_params(spec, target, config) -> dict:
 
 
 def pass_config(spec, target, config) -> dict:
-    return {"tirx.disable_storage_rewrite": True}
+    return {}
 
 
 # the task block of each kernel and the grid axis of each of its loops

@@ -71,6 +71,8 @@ class Expr:
 
     # -- structural identity (``==`` builds comparisons, so equality lives in ``same``) --
     def _key(self):
+        if self.op == "const":  # 1, 1.0 and True are equal in Python but not as constants
+            return (self.op, (type(self.args[0]).__name__, self.args[0]))
         return (self.op, tuple(a._key() if isinstance(a, Expr) else a for a in self.args))
 
     def __hash__(self):
@@ -202,7 +204,9 @@ def where(cond, then, otherwise) -> Expr:
     cond, then, otherwise = const(cond), const(then), const(otherwise)
     if _kind(cond) != "bool":
         raise ExprError(f"where() needs a boolean condition, got {cond!r}")
-    return Expr("where", (cond, then, otherwise))
+    e = Expr("where", (cond, then, otherwise))
+    _kind(e)  # mixing boolean and numeric branches fails here, not at first use
+    return e
 
 
 def minimum(x, y) -> Expr: return _bin("min", x, y)
@@ -371,6 +375,9 @@ def to_tir(e: Expr, names: Mapping[str, str], buffers: Mapping[str, str] | None 
 
     def go(x: Expr, want_float=False) -> str:
         op, kind = x.op, _kind(x)
+        if want_float and kind == "int" and op not in ("const", "var", "load"):
+            # an integer subexpression stays int32 (T.floordiv/floormod reject floats): cast it
+            return f'T.Cast("float32", {go(x)})'
         if op == "const":
             v = x.args[0]
             if isinstance(v, bool):
@@ -430,7 +437,17 @@ def to_sympy(e: Expr):
                   "and": sp.And, "or": sp.Or, "not": sp.Not,
                   "exp": sp.exp, "exp2": lambda p: 2 ** p, "log": sp.log, "tanh": sp.tanh,
                   "sqrt": sp.sqrt}
+        if op in ("//", "%") and a[0].has(sp.Piecewise, sp.Min, sp.Max):
+            # sympy (1.14) takes the parity of a Piecewise/Min/Max from its branches and then
+            # wrongly calls even/6 an integer (floor(where(c, 8, 4) / 6) loses its floor, the
+            # Mod becomes 0): fold the where/min/max out and floor each branch separately
+            folded = sp.piecewise_fold(a[0].rewrite(sp.Piecewise))
+            if isinstance(folded, sp.Piecewise):
+                return sp.Piecewise(*((simple[op](v, a[1]), c) for v, c in folded.args))
+            return simple[op](folded, a[1])
         if op == "where":
+            if _kind(x) == "bool":  # a Piecewise is no Boolean: And/Or/Not would refuse it
+                return sp.Or(sp.And(a[0], a[1]), sp.And(sp.Not(a[0]), a[2]))
             return sp.Piecewise((a[1], a[0]), (a[2], True))
         return simple[op](*a)
 
@@ -468,6 +485,10 @@ def _repr(e: Expr, parent_prec: int = 0) -> str:
         # comparisons and logic bind looser than & and | in Python: always parenthesise them
         lhs = _repr(e.args[0], prec if op not in _COMPARE else 99)
         rhs = _repr(e.args[1], prec + 1 if op not in _COMPARE else 99)
+        if e.args[0].op == "const" and (op in _COMPARE or e.args[1].op == "const"):
+            # a plain number on the left would make Python fold two constants (3 - 4) or
+            # reflect a comparison (3 < q_idx becomes q_idx > 3): keep it an expression
+            lhs = f"const({e.args[0].args[0]!r})"
         text = f"{lhs} {sym} {rhs}"
     needs = prec < parent_prec or op in _COMPARE or op in _LOGIC
     return f"({text})" if needs and parent_prec else text

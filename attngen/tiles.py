@@ -12,7 +12,6 @@ decide (always for masks that read runtime tensors: those get a per-tile map at 
 from __future__ import annotations
 
 import enum
-import functools
 from typing import Mapping, Optional
 
 import sympy as sp
@@ -29,9 +28,18 @@ class Tile(enum.Enum):
 _I, _J = sp.symbols("_tile_i _tile_j", integer=True)
 
 
-@functools.lru_cache(maxsize=256)
+_SYMPY_CACHE: dict = {}
+
+
 def _sympy_mask(mask: E.Expr):
-    return E.to_sympy(mask)
+    # keyed on the structural key: Expr.__eq__ builds a comparison, so an Expr cannot be a
+    # dict/lru_cache key (a second, equal mask object would raise in the lookup)
+    key = mask._key()
+    if key not in _SYMPY_CACHE:
+        if len(_SYMPY_CACHE) >= 256:
+            _SYMPY_CACHE.clear()
+        _SYMPY_CACHE[key] = E.to_sympy(mask)
+    return _SYMPY_CACHE[key]
 
 
 def classify(mask: E.Expr, *, q0: int, k0: int, block_m: int, block_n: int, q_len: int,

@@ -151,7 +151,7 @@ class Quant:
             _fail("Quant", "qk", "at least one of qk and pv must quantize (else pass quant=None)")
         for name in ("block_q", "block_k"):
             v = getattr(self, name)
-            if not (isinstance(v, int) and v >= 1 and v & (v - 1) == 0):
+            if not (_posint(v) and v & (v - 1) == 0):
                 _fail("Quant", name, f"must be a power of two >= 1, got {v!r}")
 
 
@@ -164,8 +164,7 @@ class Paged:
     page_size: int = 16
 
     def __post_init__(self):
-        if not (isinstance(self.page_size, int) and self.page_size >= 1
-                and self.page_size & (self.page_size - 1) == 0):
+        if not (_posint(self.page_size) and self.page_size & (self.page_size - 1) == 0):
             _fail("Paged", "page_size", f"must be a power of two, got {self.page_size!r}")
 
 
@@ -179,9 +178,9 @@ class Decode:
     split_kv: int = 1
 
     def __post_init__(self):
-        if not (isinstance(self.q_len, int) and 1 <= self.q_len <= 64):
+        if not (_posint(self.q_len) and self.q_len <= 64):
             _fail("Decode", "q_len", f"must be an int in [1, 64], got {self.q_len!r}")
-        if not (isinstance(self.split_kv, int) and 1 <= self.split_kv <= 256):
+        if not (_posint(self.split_kv) and self.split_kv <= 256):
             _fail("Decode", "split_kv", f"must be an int in [1, 256], got {self.split_kv!r}")
 
 
@@ -251,10 +250,9 @@ class Attention(_Spec):
         if self.latent_kv and self.head_dim_v > self.head_dim:
             _fail(A, "head_dim_v", "with latent_kv, V is the first head_dim_v columns of K, so "
                                    f"head_dim_v <= head_dim ({self.head_dim}), got {self.head_dim_v}")
-        if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale) and self.scale > 0):
+        if not (_real(self.scale) and self.scale > 0):
             _fail(A, "scale", f"must be a positive finite number, got {self.scale!r}")
-        set_scale = float(self.scale)
-        object.__setattr__(self, "scale", set_scale)
+        object.__setattr__(self, "scale", float(self.scale))
         if not isinstance(self.mask, Mask):
             _fail(A, "mask", f"must be an attngen Mask (see attngen.masks), got {type(self.mask).__name__}")
         if self.score_mod is not None and not isinstance(self.score_mod, ScoreMod):
@@ -380,7 +378,7 @@ class LinearAttention(_Spec):
         if not (_posint(self.chunk_size) and self.chunk_size & (self.chunk_size - 1) == 0
                 and self.chunk_size <= 256):
             _fail(L, "chunk_size", f"must be a power of two in [1, 256], got {self.chunk_size!r}")
-        if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale) and self.scale > 0):
+        if not (_real(self.scale) and self.scale > 0):
             _fail(L, "scale", f"must be a positive finite number, got {self.scale!r}")
         object.__setattr__(self, "scale", float(self.scale))
         if self.dtype not in DTYPES:
@@ -400,6 +398,10 @@ class LinearAttention(_Spec):
 
 def _posint(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _repr_fields(spec, defaults) -> str:

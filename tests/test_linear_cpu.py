@@ -95,6 +95,14 @@ def test_long_sequence(form, gate, update):
 
 
 @pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("gate", ["scalar", "vector", "fixed"])
+def test_long_sequence_float32(form, gate):
+    """2000 tokens at the float32 bound (rel-RMSE 1e-5): the log gates summed over the whole
+    sequence (parallel form) reach |B| ~ 2e3, where one float32 would be off by 1e-4."""
+    check(small(form=form, gate=gate), (2000,), batch=1)
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("gate,update", [("scalar", "additive"), ("vector", "additive"), ("scalar", "delta")])
 @pytest.mark.parametrize("log_gate", [-1e-9, -200.0], ids=["no-decay", "underflow"])
 def test_extreme_gates(form, gate, update, log_gate):

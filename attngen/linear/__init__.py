@@ -23,7 +23,8 @@ outputs
                                               recurrent decode steps)
     z_final        [batch, H, F]              normalize: float32
 scratch (parallel form; allocated by the driver, shared by the calls)
-    cum_gate       like g                     the log gates summed over the sequence
+    cum_gate       like g, then 2             the log gates summed over the sequence, as a
+                                              compensated (hi, lo) pair
     u              [batch, H, q_len, Dv]      update "delta": float32 pseudo-values
 
 The math is methods.md section 4 in the row-vector convention (S is [F, Dv], o_t = scale

@@ -49,7 +49,7 @@ def scratch(spec: LinearAttention) -> tuple:
         return ()
     out = []
     if spec.gate in ("scalar", "vector"):
-        out.append(Arg("cum_gate", gate_shape(spec), "float32", "scratch"))
+        out.append(Arg("cum_gate", gate_shape(spec) + (2,), "float32", "scratch"))  # (hi, lo)
     if spec.update == "delta":
         out.append(Arg("u", tokens(spec) + (spec.head_dim_v,), "float32", "scratch"))
     return tuple(out)

@@ -5,10 +5,12 @@ axes, and whose inputs are contiguous along it too or do not depend on it, gets 
 its innermost loop (after the reduction loops: an outer-product update, row by row) and
 vectorized; the other blocks run as written.
 
-Knobs (``KNOBS``): the template reads ``block_v``, ``block_q`` and ``block_k``; ``schedule``
+Knobs (``KNOBS``): the templates read ``block_v``, ``block_q`` and ``block_k``; ``schedule``
 reads ``lanes``.
 """
 from __future__ import annotations
+
+from attngen.linear import blocks
 
 KNOBS = {
     "block_v": "value columns per task; divides head_dim_v (more tasks when batch*heads is small)",
@@ -51,17 +53,12 @@ def schedule(mod, spec, target, config):
     sch = tvm.s_tir.Schedule(mod)
     for gv in mod.get_global_vars():
         sch.work_on(gv.name_hint)
-        task = sch.get_sblock(_TASK_BLOCK[spec.form])
+        task = sch.get_sblock(blocks.TASK)
         sch.parallel(sch.fuse(*sch.get_loops(task)))
         if config["lanes"] > 1:
-            for block in sch.get_child_blocks(task):
-                if sch.get(block).name_hint.endswith("_scope"):  # a reduction in its own scope
-                    (block,) = sch.get_child_blocks(block)
+            for block in blocks.inner_blocks(sch, task):
                 _vectorize(sch, block, config["lanes"])
     return sch.mod
-
-
-_TASK_BLOCK = {"chunkwise": "chunk_scan", "recurrent": "scan", "parallel": "task"}
 
 
 def _vectorize(sch, block, lanes) -> None:
@@ -69,27 +66,22 @@ def _vectorize(sch, block, lanes) -> None:
     from tvm.tirx import IterVar
 
     stmt = sch.get(block)
-    loops = sch.get_loops(block)
-    own = loops[len(loops) - len(stmt.iter_vars):]
     axis = _contiguous_axis(stmt)
-    if axis is None:
+    names = [iv.var.name for iv in stmt.iter_vars]
+    if axis not in names:  # none, or a let-bound index (a scan step)
         return
-    kinds = {iv.var.name: iv.iter_type for iv in stmt.iter_vars}
-    if kinds[axis] != IterVar.DataPar:
+    own = blocks.own_loops(sch, block)
+    inner = own[names.index(axis)]
+    if int(sch.get(inner).extent) < 2:
         return
-    position = [iv.var.name for iv in stmt.iter_vars].index(axis)
-    inner = own[position]
-    extent = int(sch.get(inner).extent)
-    if extent < 2:
-        return
-    reductions = [loop for loop, iv in zip(own, stmt.iter_vars) if iv.iter_type == IterVar.CommReduce]
-    if reductions and not _starts_from_constant(stmt):
-        return  # an accumulate block (its init reads the target): elementwise and cheap
+    sums = [loop for loop, iv in zip(own, stmt.iter_vars) if iv.iter_type == IterVar.CommReduce]
+    if sums and not blocks.starts_from_constant(stmt):
+        return  # an accumulate block (its init decays the target): elementwise and cheap
     if own[-1] != inner:  # after the reduction loops: out[.., j:j+lanes] += a * b[.., j:j+lanes]
         sch.reorder(*[loop for loop in own if loop != inner], inner)
     _split_and_vectorize(sch, inner, lanes)
-    if reductions:  # the init (a fill with 0) in its own loop nest, vectorized too
-        init = sch.decompose_reduction(block, reductions[0])
+    if sums:  # the init (a fill with 0) in its own loop nest, vectorized too
+        init = sch.decompose_reduction(block, sums[0])
         _split_and_vectorize(sch, sch.get_loops(init)[-1], lanes)
 
 
@@ -120,10 +112,3 @@ def _contiguous_axis(block):
         if uses(inner.min) and not (inner.min.same_as(last) and int(inner.extent) == 1):
             return None
     return last.name
-
-
-def _starts_from_constant(block) -> bool:
-    from tvm.tirx import BufferStore, FloatImm, IntImm
-
-    init = block.init
-    return isinstance(init, BufferStore) and isinstance(init.value, (FloatImm, IntImm))

@@ -1,24 +1,39 @@
 """CUDA SIMT schedule of the linear-attention kernels (no tensor cores yet).
 
-One thread block per task of the template ((batch * head, value block), plus the query tile in
-the parallel form's ``outputs``).  Every TensorIR block inside a task is spread over the
-block's threads: its spatial loops are fused and split by ``threads``, its reduction loops run
-serially in each thread.  The per-task scratch and the carried state live in dynamic shared
-memory; ``ThreadSync`` inserts the barriers between blocks.  Blocks whose spatial axes carry a
-dependency keep those axes serial (the forward substitution's rows); the parallel form's gate
-cumsum is one sequential scan per thread.
+One thread block per task of a template: (batch * head, value block), and the query tile in
+the parallel form's ``outputs``.  Inside a task, every block is spread over the threads: its
+spatial loops are fused and split by ``threads`` (exactly: excess threads are predicated off),
+its sums run serially in each thread with a register accumulator and one store.  The scans
+that the templates write as loops around blocks (over chunks, tokens, the forward
+substitution's rows, key tiles) stay serial; the parallel form's gate cumsum is one scan per
+thread.  Per-task scratch lives in dynamic shared memory, which TVM merges by liveness;
+``ThreadSync`` places the barriers.  ``schedule`` checks the merged size against the target.
 
-Knobs (``KNOBS``): the template reads ``block_v``, ``block_q`` and ``block_k``; ``schedule``
+Knobs (``KNOBS``): the templates read ``block_v``, ``block_q``, ``block_k``; ``schedule``
 reads ``threads``.
 """
 from __future__ import annotations
+
+from attngen.linear import blocks
 
 KNOBS = {
     "block_v": "value columns per thread block; divides head_dim_v",
     "block_q": "parallel form: query rows per thread block (a power of two)",
     "block_k": "parallel form: keys per tile (a power of two)",
-    "threads": "threads per block (a multiple of 32, at most the target's limit)",
+    "threads": "threads per block (a multiple of the warp size, at most the target's limit)",
 }
+
+# grid axes of the task loops of each kernel; blockIdx axes stay unfused: fusing with a
+# symbolic extent turns every index into a division by a runtime value (tvm-0.27.md 3.1)
+_GRID = {
+    "linear_recurrent": ("blockIdx.x", "blockIdx.y"),
+    "linear_chunkwise": ("blockIdx.x", "blockIdx.y"),
+    "linear_parallel_solve_delta": ("blockIdx.x", "blockIdx.y"),
+    "linear_parallel_outputs": ("blockIdx.y", "blockIdx.x", "blockIdx.z"),
+    "linear_parallel_final_state": ("blockIdx.x", "blockIdx.y"),
+}
+_SCANS_PER_BLOCK = 64  # linear_parallel_cumulate_gates: threads (= scans) per thread block
+
 
 def default(spec, target) -> dict:
     return {"block_v": min(spec.head_dim_v, 32), "block_q": 32, "block_k": 32, "threads": 128}
@@ -52,44 +67,22 @@ def pass_config(spec, target, config) -> dict:
     return {}
 
 
-# the task block of each kernel and the grid axis of each of its loops
-_TASKS = {"chunk_scan": ("blockIdx.x", "blockIdx.y"), "scan": ("blockIdx.x", "blockIdx.y")}
-_PARALLEL_TASKS = {
-    "linear_parallel_cumulate_gates": None,  # one thread per (batch * head, channel): see below
-    "linear_parallel_solve_delta": ("blockIdx.x", "blockIdx.y"),
-    "linear_parallel_outputs": ("blockIdx.y", "blockIdx.x", "blockIdx.z"),
-    "linear_parallel_final_state": ("blockIdx.x", "blockIdx.y"),
-}
-
-
 def schedule(mod, spec, target, config):
     import tvm
 
     sch = tvm.s_tir.Schedule(mod)
-    threads = config["threads"]
     for gv in mod.get_global_vars():
-        name = gv.name_hint
-        sch.work_on(name)
-        if spec.form != "parallel":
-            task = sch.get_sblock("chunk_scan" if spec.form == "chunkwise" else "scan")
-            axes = _TASKS[sch.get(task).name_hint]
-        else:
-            task = sch.get_sblock("task")
-            axes = _PARALLEL_TASKS[name]
-        if axes is None:  # a sequential scan per (batch * head, channel): one thread each
-            fused = sch.fuse(*sch.get_loops(task))
-            bx, tx = sch.split(fused, [None, min(threads, 64)])
-            sch.bind(bx, "blockIdx.x")
-            sch.bind(tx, "threadIdx.x")
+        sch.work_on(gv.name_hint)
+        task = sch.get_sblock(blocks.TASK)
+        if gv.name_hint == "linear_parallel_cumulate_gates":  # one sequential scan per thread
+            _, thread = sch.split(sch.fuse(*sch.get_loops(task)), [None, _SCANS_PER_BLOCK])
+            sch.bind(sch.get_loops(task)[0], "blockIdx.x")
+            sch.bind(thread, "threadIdx.x")
             continue
-        # keep blockIdx axes unfused: fusing with a symbolic extent turns every index into a
-        # division by a runtime value (tvm-0.27.md 3.1)
-        for loop, axis in zip(sch.get_loops(task), axes):
+        for loop, axis in zip(sch.get_loops(task), _GRID[gv.name_hint]):
             sch.bind(loop, axis)
-        for block in sch.get_child_blocks(task):
-            if sch.get(block).name_hint.endswith("_scope"):  # a reduction in its own scope
-                (block,) = sch.get_child_blocks(block)
-            _spread(sch, block, threads)
+        for block in blocks.inner_blocks(sch, task):
+            _spread(sch, block, config["threads"])
     limit = target.max_shared_memory_per_block
     need = shared_memory_bytes(sch.mod, target)
     if limit and need > limit:
@@ -99,8 +92,8 @@ def schedule(mod, spec, target, config):
 
 
 def shared_memory_bytes(mod, target) -> int:
-    """The largest dynamic shared memory allocation of the scheduled ``mod``, after TVM has merged
-    the per-task buffers (liveness-based reuse; run through the same TIR pipeline as the build)."""
+    """The largest dynamic shared memory allocation of the scheduled ``mod`` once TVM has merged
+    the task's buffers, from the same TIR pipeline the build runs."""
     import re
 
     import tvm
@@ -114,36 +107,27 @@ def shared_memory_bytes(mod, target) -> int:
 
 
 def _spread(sch, block, threads) -> None:
-    """Fuse the block's spatial loops and split them over threadIdx.x.  A reduction runs
-    serially in each thread, accumulating in a register (its init, 0 in every template, moves
-    out of the loop) and storing once.  A block without spatial loops runs in every thread."""
+    """Fuse the block's spatial loops and split them over threadIdx.x; a sum accumulates in a
+    register and is stored once.  A block without spatial loops runs in every thread."""
     from tvm.tirx import IterVar
 
     stmt = sch.get(block)
-    own = sch.get_loops(block)[len(sch.get_loops(block)) - len(stmt.iter_vars):]
+    own = blocks.own_loops(sch, block)
     kinds = [iv.iter_type for iv in stmt.iter_vars]
     spatial = [loop for loop, kind in zip(own, kinds) if kind == IterVar.DataPar]
-    reduction = [loop for loop, kind in zip(own, kinds) if kind == IterVar.CommReduce]
+    sums = [loop for loop, kind in zip(own, kinds) if kind == IterVar.CommReduce]
     if not spatial:
         return
     assert own[:len(spatial)] == spatial, f"block {stmt.name_hint}: reduction loops must be innermost"
     fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
-    # a sum from 0 accumulates in a register; the accumulate blocks (linear_macros.j2), whose
-    # init decays the target in place, stay as they are: a register copy would lose that value
-    in_registers = bool(reduction) and _starts_from_constant(stmt)
+    # an accumulate block decays its target in its init: a register copy would lose that value
+    in_registers = bool(sums) and blocks.starts_from_constant(stmt)
     if in_registers:  # before the split, so that its predicate covers the store too
         store = sch.cache_write(block, 0, "local")
         sch.reverse_compute_at(store, fused)
     # always exactly `threads` iterations: a shorter loop bound to threadIdx.x would run in
-    # every thread of the block unguarded; the split predicates the excess threads off
-    _, thread_loop = sch.split(fused, [None, threads])
-    sch.bind(thread_loop, "threadIdx.x")
+    # every thread of the block, unguarded
+    _, thread = sch.split(fused, [None, threads])
+    sch.bind(thread, "threadIdx.x")
     if in_registers:
-        sch.decompose_reduction(block, reduction[0])
-
-
-def _starts_from_constant(block) -> bool:
-    from tvm.tirx import BufferStore, FloatImm, IntImm
-
-    init = block.init
-    return isinstance(init, BufferStore) and isinstance(init.value, (FloatImm, IntImm))
+        sch.decompose_reduction(block, sums[0])

@@ -197,7 +197,7 @@ def test_calling_convention():
     assert gla["g"] == ("batch", H, "q_len", D)
     delta = dict((n, (s, r)) for n, s, _, r in names(small(gate="scalar", update="delta", form="parallel")))
     assert delta["g"][0] == delta["beta"][0] == ("batch", H, "q_len")
-    assert delta["cum_gate"] == (("batch", H, "q_len"), "scratch")
+    assert delta["cum_gate"] == (("batch", H, "q_len", 2), "scratch")  # (hi, lo) pairs
     assert delta["u"] == (("batch", H, "q_len", 8), "scratch")
     performer = dict((n, s) for n, s, *_ in names(small(feature_map="performer", num_features=4, normalize=True)))
     assert performer["omega"] == (D, 4)

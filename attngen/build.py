@@ -60,8 +60,25 @@ def _tvm_version() -> str:
         return getattr(tvm, "__version__", "unknown")
 
 
+def _host_cpu_id() -> str:
+    """The host CPU's model name, read without importing TVM (cache hits must stay cheap)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cache_key(spec, target: Target, config: Optional[Mapping]) -> str:
-    text = json.dumps({"spec": spec.key, "target": [target.name, target.arch],
+    # a CPU kernel is built for this host's CPU model: a cache shared across machines must not
+    # hand a znver4 binary to another CPU
+    machine = target.arch if target.is_cuda else _host_cpu_id()
+    text = json.dumps({"spec": spec.key, "target": [target.name, machine],
                        "config": dict(sorted((config or {}).items())),
                        "sources": _sources_digest(), "attngen": __version__,
                        "tvm": _tvm_version()}, sort_keys=True)

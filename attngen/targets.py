@@ -34,10 +34,19 @@ class Target:
         import tvm  # the compiler is imported only when something is built
 
         if self.kind == "llvm":
-            return tvm.target.Target({"kind": "llvm", "num-cores": _cores()})
+            # name the host CPU: generic x86-64 code runs the same kernels ~3.5x slower
+            return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu(), "num-cores": _cores()})
         return tvm.target.Target({"kind": "cuda", "arch": self.arch,
                                   "max_num_threads": self.max_threads_per_block,
                                   "thread_warp_size": self.warp_size})
+
+
+@functools.lru_cache(maxsize=1)
+def host_cpu() -> str:
+    """LLVM's name for this machine's CPU (e.g. ``znver4``); part of the kernel cache key."""
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_cpu())
 
 
 def _cores() -> int:

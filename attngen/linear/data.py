@@ -43,7 +43,8 @@ def sample(spec: LinearAttention, sizes, rng: np.random.Generator) -> dict:
 
 def log_gates(rng: np.random.Generator, shape) -> np.ndarray:
     """logsigmoid of normal logits (mostly gates in (0.5, 1)), with a few tokens at the extremes:
-    log gates around -2e-9 (no decay at all) and in [-120, -20] (exp underflows in float32)."""
+    log gates in [-3e-7, -1e-13] (no decay to speak of) and in [-120, -20] (a token that wipes
+    the state; exp of one, or of a few summed, underflows in float32)."""
     logits = rng.normal(1.0, 2.0, shape)
     pick = rng.random(shape)
     logits = np.where(pick < _UNDERFLOW, -rng.uniform(20.0, 120.0, shape), logits)

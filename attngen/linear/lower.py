@@ -8,7 +8,6 @@ data between the calls.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -37,22 +36,18 @@ def kernels(spec: LinearAttention) -> tuple:
     io = tuple(a.name for a in signature.inputs(spec) + signature.outputs(spec))
     if spec.form != "parallel":
         return (Kernel(f"linear_{spec.form}", f"linear_{spec.form}.j2", None, io),)
-    names = {a.name for a in signature.args(spec)}
-    pick = lambda *wanted: tuple(n for n in wanted if n in names)  # noqa: E731
-    gates = "cum_gate" if "cum_gate" in names else None
+    present = {a.name for a in signature.args(spec)}
+    pick = lambda *names: tuple(n for n in names if n in present)  # noqa: E731
+    values = "u" if spec.update == "delta" else "v"  # what the keys carry into o and the state
     steps = []
-    if gates:
-        steps.append(Kernel("linear_parallel_cumulate_gates", "linear_parallel.j2", "cumulate_gates",
-                            ("g", "cum_gate")))
-    common = pick("q", "k", "v", "cum_gate", "beta", "omega", "initial_state", "z0")
+    if "cum_gate" in present:
+        steps.append(("cumulate_gates", pick("g", "cum_gate")))
     if spec.update == "delta":
-        steps.append(Kernel("linear_parallel_solve_delta", "linear_parallel.j2", "solve_delta",
-                            common + ("u",)))
-    values = common + pick("u")
-    steps.append(Kernel("linear_parallel_outputs", "linear_parallel.j2", "outputs", values + ("o",)))
-    steps.append(Kernel("linear_parallel_final_state", "linear_parallel.j2", "final_state",
-                        values + pick("final_state", "z_final")))
-    return tuple(steps)
+        steps.append(("solve_delta", pick("k", "v", "cum_gate", "beta", "initial_state", "u")))
+    steps.append(("outputs", pick("q", "k", values, "cum_gate", "omega", "initial_state", "z0", "o")))
+    steps.append(("final_state", pick("k", values, "cum_gate", "omega", "initial_state", "z0",
+                                      "final_state", "z_final")))
+    return tuple(Kernel(f"linear_parallel_{part}", "linear_parallel.j2", part, args) for part, args in steps)
 
 
 def spec_context(spec: LinearAttention) -> dict:

@@ -69,6 +69,8 @@ def cmd_show(args) -> int:
     target = resolve_target(args.target)
     from .build import cuda_source, lower
 
+    if args.tiles:
+        return _write_tiles(spec, target, args)
     if args.cuda_source:
         if not target.is_cuda:
             raise UsageError(f"--cuda-source needs a CUDA target, got {target.name}")
@@ -76,6 +78,23 @@ def cmd_show(args) -> int:
         return 0
     print(f"# spec: {spec!r}\n# key: {spec.key}\n# target: {target.name}")
     print(lower(spec, target).mod.script())
+    return 0
+
+
+def _write_tiles(spec, target, args) -> int:
+    from .spec import Attention
+    from .visual import svg
+
+    if not isinstance(spec, Attention):
+        raise UsageError("--tiles draws the mask of a softmax Attention spec")
+    if spec.is_decode:
+        raise UsageError("--tiles draws prefill masks; this spec decodes")
+    text = svg(spec, target, args.length)
+    try:
+        Path(args.tiles).write_text(text)
+    except OSError as err:
+        raise UsageError(f"cannot write {args.tiles}: {err.strerror}") from None
+    print(text.rsplit("<text", 1)[1].split(">", 1)[1].split("</text")[0])  # the caption
     return 0
 
 
@@ -130,6 +149,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("spec", help="gallery name or .py file defining `spec`")
     s.add_argument("--target", default="cpu", help="cpu, cuda, cuda-sm80, cuda-sm90a (default cpu)")
     s.add_argument("--cuda-source", action="store_true", help="print only the generated CUDA source")
+    s.add_argument("--tiles", metavar="OUT.svg", help="draw the mask and its tile map (empty/full/partial)")
+    s.add_argument("--length", type=int, default=1024, help="sequence length drawn by --tiles")
     s.set_defaults(run=cmd_show)
     s = sub.add_parser("check", help="build, run on random inputs, compare with the float64 reference")
     s.add_argument("spec", help="gallery name or .py file defining `spec`")

@@ -137,7 +137,11 @@ def _valid(cache, kv_lens):
 
 
 def _runtime_tensor(rng, t, args, sizes) -> np.ndarray:
-    shape = next(a for a in args if a.name == t.name).concrete_shape(sizes)
+    return sample_tensor(t, next(a for a in args if a.name == t.name).concrete_shape(sizes), rng)
+
+
+def sample_tensor(t, shape: tuple, rng: np.random.Generator) -> np.ndarray:
+    """Random values for the runtime tensor ``t`` of a mask or score mod, by ``t.sample``."""
     if t.sample == "segments":
         # sorted document ids along the last axis, 1-4 documents per row
         docs = rng.integers(1, 5, shape[:-1] + (1,))

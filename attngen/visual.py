@@ -1,11 +1,12 @@
 """``attngen show SPEC --tiles out.svg``: the mask and what it costs, as a picture.
 
 Left: the mask itself (query rows down, keys across; each pixel the visible fraction of the
-entries it covers).  Right: the tile map at the kernel's tile size, each tile coloured by what
-the kernel does with it: never visited (empty), run without mask arithmetic (full), or run with
-the predicate (partial).  Tiles are classified exactly, from the mask evaluated over the tile;
-runtime tensors (document ids, block layouts, bias tables) are drawn at random as the checker
-draws them, which the caption says.
+entries it covers).  Right: the tile map at the kernel's tile size: tiles the kernel never
+visits (skipped: outside the key range that ``softmax.kv_range`` reads off the mask), tiles it
+visits although nothing in them is visible (empty: wasted work, which a per-tile map of the
+mask would save), and tiles whose entries are all visible (full) or some (partial).  Tiles are
+classified exactly, from the mask evaluated over the tile; runtime tensors (document ids, block
+layouts, bias tables) are drawn at random as the checker draws them, which the caption says.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 from . import expr as E
 from .spec import Attention
 
-COLORS = {"empty": "#f2f2f2", "full": "#2b6cb0", "partial": "#f6ad55"}
+COLORS = {"skipped": "#f2f2f2", "empty": "#fc8181", "full": "#2b6cb0", "partial": "#f6ad55"}
 PIXELS = 512  # drawing size of each panel
 
 
@@ -51,20 +52,49 @@ def tile_counts(mask: np.ndarray, block_m: int, block_n: int) -> np.ndarray:
     return np.stack([fold(padded), fold(inside)])
 
 
-def classify(counts: np.ndarray) -> np.ndarray:
+def classify(counts: np.ndarray, visited: np.ndarray) -> np.ndarray:
     seen, total = counts
-    return np.where(seen == 0, "empty", np.where(seen == total, "full", "partial"))
+    kind = np.where(seen == 0, "empty", np.where(seen == total, "full", "partial"))
+    return np.where(visited, kind, "skipped")
+
+
+def visited_tiles(spec: Attention, length: int, block_m: int, block_n: int) -> np.ndarray:
+    """``[tiles_m, tiles_n]``: which tiles the kernel loads, from the bounds of ``kv_range``."""
+    from .softmax.kv_range import Bound, visible_keys
+
+    interval = visible_keys(spec.mask.expr)
+    rows = np.arange(length)
+    env = {"q_idx": rows, "q_len": length, "kv_len": length, "": 1}
+
+    def value(tree):
+        if isinstance(tree, Bound):
+            return sum(c * env[v] for v, c in tree.form) + np.zeros(length, np.int64)
+        op, a, b = tree
+        return (np.maximum if op == "max" else np.minimum)(value(a), value(b))
+
+    lo = np.zeros(length, np.int64) if interval.lower is None else value(interval.lower)
+    hi = np.full(length, length - 1) if interval.upper is None else value(interval.upper)
+    tm, tn = -(-length // block_m), -(-length // block_n)
+    out = np.zeros((tm, tn), bool)
+    for i in range(tm):
+        first = max(lo[i * block_m:(i + 1) * block_m].min(), 0)
+        last = min(hi[i * block_m:(i + 1) * block_m].max(), length - 1)
+        if first <= last:
+            out[i, first // block_n:last // block_n + 1] = True
+    return out
 
 
 def svg(spec: Attention, target, length: int, seed: int = 0) -> str:
     rng = np.random.default_rng(seed)
     block_m, block_n = tile_shape(spec, target)
     mask = visible(spec, length, length, rng)
-    kinds = classify(tile_counts(mask, block_m, block_n))
+    kinds = classify(tile_counts(mask, block_m, block_n),
+                     visited_tiles(spec, length, block_m, block_n))
     frac = {k: float((kinds == k).mean()) for k in COLORS}
     caption = (f"{spec.mask!r}  |  length {length}, tiles {block_m}x{block_n} ({target.name}): "
-               f"{frac['empty']:.0%} empty (skipped), {frac['full']:.0%} full, "
-               f"{frac['partial']:.0%} partial; visible {mask.mean():.1%} of the matrix")
+               f"{frac['skipped']:.0%} skipped, {frac['empty']:.0%} empty but visited, "
+               f"{frac['full']:.0%} full, {frac['partial']:.0%} partial; "
+               f"visible {mask.mean():.1%} of the matrix")
     if spec.runtime_tensors:
         caption += "  (runtime tensors drawn at random)"
     pad, gap = 20, 30

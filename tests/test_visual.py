@@ -1,0 +1,50 @@
+"""`attngen show --tiles`: the tile map counts what the kernel does with each tile."""
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import numpy as np
+
+from attngen import Attention, masks
+from attngen.targets import get
+from attngen.visual import classify, tile_counts, visited_tiles
+
+
+def test_causal_tile_map_by_hand():
+    spec = Attention(num_heads=2, head_dim=64, mask=masks.causal())
+    n, bm, bn = 200, 64, 64  # 4 x 4 tiles, the last row/column partly outside
+    mask = np.tril(np.ones((n, n), bool))
+    kinds = classify(tile_counts(mask, bm, bn), visited_tiles(spec, n, bm, bn))
+    for i in range(4):
+        for j in range(4):
+            want = "skipped" if j > i else "partial" if j == i else "full"
+            assert kinds[i, j] == want, (i, j, kinds)
+
+
+def test_window_skips_far_tiles_and_visits_every_visible_one():
+    spec = Attention(num_heads=2, head_dim=64, mask=masks.sliding_window(100))
+    n, bm, bn = 500, 32, 32
+    q, k = np.arange(n)[:, None], np.arange(n)[None, :]
+    mask = (k <= q) & (q - k < 100)
+    counts = tile_counts(mask, bm, bn)
+    visited = visited_tiles(spec, n, bm, bn)
+    assert not np.any((counts[0] > 0) & ~visited), "a tile with visible keys is skipped"
+    assert visited.sum() < visited.size / 2
+
+
+def test_cli_writes_an_svg(tmp_path):
+    out = tmp_path / "tiles.svg"
+    run = subprocess.run([sys.executable, "-m", "attngen", "show", "document", "--tiles", str(out),
+                          "--length", "300"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "skipped" in run.stdout and "runtime tensors drawn at random" in run.stdout
+    root = ET.parse(out).getroot()
+    assert root.tag.endswith("svg") and len(root) > 10
+
+
+def test_tile_shape_follows_the_schedule():
+    from attngen.visual import tile_shape
+
+    gqa = Attention(num_heads=8, num_kv_heads=2, head_dim=64)
+    m, n = tile_shape(gqa, get("cpu"))
+    assert m >= 1 and n >= 4

@@ -54,6 +54,16 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
     import tvm
 
     check_supported(spec)
+    # -- bandwidth-bound decode (issue 5): CUDA Decode specs it supports take decode.j2, unless
+    # the config names a knob of the generic SIMT schedule; everything else stays below
+    from . import decode
+    if decode.supports(spec, target, config):
+        return decode.lower(spec, target, config)
+    # -- tensor-core prefill (issue 3): CUDA prefill specs it supports take attention_tc.j2,
+    # unless the config names a SIMT knob; everything else keeps the SIMT kernel below
+    from . import tensorcore
+    if tensorcore.supported(spec, target) and not set(config or {}) & {"block_q", "block_k"}:
+        return tensorcore.lower(spec, target, config)
     sched = schedule_module(target)
     cfg = {**sched.default(spec, target), **dict(config or {})}
     sched.validate(spec, target, cfg)

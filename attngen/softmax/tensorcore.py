@@ -1,0 +1,127 @@
+"""The tensor-core prefill kernel: a softmax spec lowered to ``templates/attention_tc.j2``.
+
+The template is written at warp level (register fragments of mma.sync.m16n8k16, ldmatrix,
+cp.async, quad shuffles), so this module decides only *what* each element computes: the
+log2-domain logit of a fragment element from its query and key position, the mask, the band
+of key tiles a query tile can see (``kv_range``), and which of those tiles are full (inside
+every row's visible interval, so no mask arithmetic).  ``schedules/attention_cuda_tc.py``
+chooses the tile sizes.
+
+Scope (``supported``): contiguous prefill on sm_80 and later, fp16 or bf16, QK and V head dims
+multiples of 16 up to 256 (they may differ), any mask and score mod the expression language
+writes, GQA/MQA, sinks.  Decode, paged or latent caches and quantized specs keep the SIMT
+kernel.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+from .. import expr as E
+from ..family import Call, Lowered
+from ..render import parse, render
+from ..resources import load_schedule
+from ..spec import Attention
+from . import kv_range, predicate, signature as sig
+
+MMA_DTYPE = {"float16": "fp16", "bfloat16": "bf16"}
+SCHEDULE = "attention_cuda_tc"
+
+
+def unsupported_reason(spec: Attention, target) -> Optional[str]:
+    """Why ``spec`` cannot take the tensor-core kernel on ``target`` (None: it can)."""
+    if not target.is_cuda:
+        return "not a CUDA target"
+    if not _arch_at_least(target.arch, 80):
+        return f"mma.sync.m16n8k16 with bf16 needs sm_80 or later, target is {target.arch}"
+    if spec.dtype not in MMA_DTYPE:
+        return f"dtype {spec.dtype} (tensor cores take float16 or bfloat16)"
+    if spec.is_decode or spec.is_paged:
+        return "a KV cache (decode or paged layout)"
+    if spec.latent_kv:
+        return "latent_kv"
+    if spec.quant is not None:
+        return "quantized QK"
+    for what, d in (("head_dim", spec.head_dim), ("head_dim_v", spec.head_dim_v)):
+        if d % 16 or not 16 <= d <= 256:
+            return f"{what}={d} (a multiple of 16 up to 256)"
+    return None
+
+
+def supported(spec: Attention, target) -> bool:
+    return unsupported_reason(spec, target) is None
+
+
+def _arch_at_least(arch: Optional[str], major: int) -> bool:
+    digits = "".join(ch for ch in (arch or "")[3:] if ch.isdigit())
+    return bool(digits) and int(digits) >= major
+
+
+def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
+    import tvm
+
+    reason = unsupported_reason(spec, target)
+    if reason is not None:
+        raise NotImplementedError(f"tensor-core attention: {reason}")
+    sched = load_schedule(SCHEDULE)
+    cfg = {**sched.default(spec, target), **dict(config or {})}
+    sched.validate(spec, target, cfg)
+    args = sig.program_args(spec)
+    names = [a.name for a in args]
+    text = render("attention_tc.j2", name="attention", **context(spec, cfg, args))
+    mod = sched.schedule(tvm.IRModule({"attention": parse(text)}), spec, target, cfg)
+    return Lowered(mod, args, (Call("attention", tuple(names)),), sched.pass_config(spec, target, cfg))
+
+
+def context(spec: Attention, cfg, args) -> dict:
+    from .lower import LN2, LOG2E, NEG
+
+    warps, block_n = cfg["warps"], cfg["block_n"]
+    # C-fragment element i of S in this thread: row q_row + 8 (i % 4 // 2), key 8 (i // 4) + 2 t + i % 2
+    q_idx = "(q_row + i % 4 // 2 * 8)"
+    kv_idx = "(kv0 + i // 4 * 8 + lane % 4 * 2 + i % 2)"
+    names = {"b": "b", "h": "h", "q_idx": q_idx, "kv_idx": kv_idx, "q_len": "LQ", "kv_len": "kvl"}
+
+    mod = predicate.score_expr(spec)
+    if mod is None:
+        logit = f"s[i] * T.float32({spec.scale * LOG2E!r})"
+    else:
+        natural = f"(s[i] * T.float32({spec.scale!r}))"
+        logit = f"({predicate.tir(mod, {**names, 'score': natural}, spec)}) * T.float32({LOG2E!r})"
+    mask = predicate.mask_expr(spec)
+    visible = f"{kv_idx} < kvl"
+    if not mask.same(E.true()):
+        visible = f"T.And({visible}, {predicate.tir(mask, names, spec)})"
+
+    interval = kv_range.visible_keys(mask)
+    lengths = {"q_len": "LQ", "kv_len": "kvl"}
+    kv_lo, kv_hi = kv_range.render_range(interval, lengths, first_row="q0", last_row="q_last")
+    full_lo = full_hi = None
+    if exact_interval(mask):
+        # bounds every row of the tile sees: each side evaluated at the row that tightens it
+        lo, hi = kv_range.render_range(interval, lengths, first_row="q_last", last_row="q0")
+        full_lo, full_hi = lo or "0", hi or "kvl"
+
+    params = sig.tir_params(args, spec)
+    return dict(
+        params=params, size_vars=sig.size_vars(args), dtype=spec.dtype,
+        mma_dtype=MMA_DTYPE[spec.dtype], head_dim=spec.head_dim, head_dim_v=spec.head_dim_v,
+        num_heads=spec.num_heads, group=spec.group_size, warps=warps, block_m=16 * warps,
+        block_n=block_n, pad=8, logit_full=logit,
+        logit_partial=f"T.Select({visible}, {logit}, T.float32({NEG!r}))",
+        kv_lo=kv_lo, kv_hi=kv_hi, full_lo=full_lo, full_hi=full_hi, sinks=spec.sinks,
+        neg=repr(NEG), ln2=repr(LN2), log2e=repr(LOG2E))
+
+
+def exact_interval(mask: E.Expr) -> bool:
+    """Whether the visible keys of a row are exactly ``kv_range``'s interval: the mask is
+    ``true`` or a conjunction of comparisons that each bound ``kv_idx``.  Only then does a tile
+    inside every row's interval need no mask (an ``|`` or a runtime tensor makes the interval
+    a hull with holes)."""
+    if mask.same(E.true()):
+        return True
+    if mask.op == "and":
+        return all(exact_interval(a) for a in mask.args)
+    if mask.op in ("<", "<=", ">", ">=", "=="):
+        iv = kv_range._atom(mask)
+        return iv.lower is not None or iv.upper is not None
+    return False

@@ -1,0 +1,272 @@
+"""Prefill speed: attngen's tensor-core kernel against SDPA (flash and cuDNN backends) and
+FlexAttention (torch.compile, one compile per shape), in one process on one GPU.
+
+Two steps, because the GPU hosts have only TVM's runtime:
+
+    python benchmarks/prefill.py build DIR          # here: lower + compile every case to DIR
+    python benchmarks/prefill.py run DIR [RESULTS]  # on the GPU (source .gpu/env.sh first)
+
+``run`` writes ``RESULTS/<card>-prefill.json`` ({"card", "rows": [{"case", "impl", "ms",
+"tflops"}], "checks"}) and a markdown table beside it.  TFLOP/s count only unmasked work:
+4 * B * H * Nq * Nk * d times the visible fraction of the mask (counted exactly, on the GPU,
+from the same mask FlexAttention gets).  Times: CUDA events around each call after warm-up,
+median of the repetitions.  Every case is also checked against FlexAttention's output (or
+SDPA's where Flex is absent) so that a fast wrong kernel cannot pass unnoticed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    batch: int
+    n: int
+    heads: int = 32
+    kv_heads: int = 32
+    dim: int = 128
+    dtype: str = "float16"
+    mask: str = "full"     # full | causal | window | global_local | document
+    softcap: Optional[float] = None
+
+    @property
+    def sdpa(self) -> bool:
+        """SDPA has these masks natively (is_causal); the others would need a dense N x N mask."""
+        return self.mask in ("full", "causal") and self.softcap is None
+
+
+WINDOW, GLOBAL, DOC_LEN = 1024, 64, 2048
+CASES = [
+    *(Case(f"dense d128 N{n}", 16384 // n, n) for n in (1024, 4096, 16384)),
+    *(Case(f"causal d128 N{n}", 16384 // n, n, mask="causal") for n in (1024, 4096, 16384)),
+    Case("dense d64 N4096", 4, 4096, dim=64),
+    Case("causal d64 N4096", 4, 4096, dim=64, mask="causal"),
+    Case("gqa 32/8 causal N4096", 4, 4096, kv_heads=8, mask="causal"),
+    Case("bf16 causal N4096", 4, 4096, dtype="bfloat16", mask="causal"),
+    Case("window 1024 causal N16384", 1, 16384, mask="window"),
+    Case("global 64 + local 1024 causal N16384", 1, 16384, mask="global_local"),
+    Case("document 8x2048 N16384", 1, 16384, mask="document"),
+    Case("softcap 30 causal N16384", 1, 16384, mask="causal", softcap=30.0),
+]
+
+
+def spec_of(case: Case):
+    from attngen import Attention, masks, mods
+
+    mask = {"full": masks.full(), "causal": masks.causal(), "window": masks.sliding_window(WINDOW),
+            "global_local": masks.global_local(GLOBAL, WINDOW, causal=True),
+            "document": masks.document()}[case.mask]
+    return Attention(num_heads=case.heads, num_kv_heads=case.kv_heads, head_dim=case.dim,
+                     dtype=case.dtype, mask=mask,
+                     score_mod=None if case.softcap is None else mods.softcap(case.softcap))
+
+
+def _file(case: Case) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in case.name)
+
+
+# ----------------------------------------------------------------------------- build (no GPU)
+
+
+def build(out_dir: str) -> None:
+    from attngen.build import compile_lowered, lower
+    from attngen.targets import get
+
+    target = get("cuda-sm90a")
+    os.makedirs(out_dir, exist_ok=True)
+    for case in CASES:
+        low = lower(spec_of(case), target)
+        if low.calls[0].func != "attention" or len(low.calls) != 1:
+            raise RuntimeError(f"{case.name}: expected the tensor-core kernel")
+        compile_lowered(low, target).export_library(os.path.join(out_dir, _file(case) + ".so"))
+        meta = {"args": [a.__dict__ for a in low.args],
+                "calls": [{"func": c.func, "args": list(c.args)} for c in low.calls]}
+        with open(os.path.join(out_dir, _file(case) + ".json"), "w") as f:
+            json.dump(meta, f)
+        print("built", case.name, flush=True)
+
+
+# ----------------------------------------------------------------------------- run (GPU)
+
+
+def _median_ms(fn, reps: int) -> float:
+    import torch
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _mask_mod(case: Case, doc_ids):
+    def full(b, h, q, kv):
+        return q >= 0
+
+    def causal(b, h, q, kv):
+        return kv <= q
+
+    def window(b, h, q, kv):
+        return (kv <= q) & (q - kv < WINDOW)
+
+    def global_local(b, h, q, kv):
+        return (kv <= q) & ((q - kv < WINDOW) | (kv < GLOBAL) | (q < GLOBAL))
+
+    def document(b, h, q, kv):
+        return (doc_ids[b, q] == doc_ids[b, kv]) & (kv <= q)
+
+    return {"full": full, "causal": causal, "window": window, "global_local": global_local,
+            "document": document}[case.mask]
+
+
+def _visible_fraction(case: Case, mask_mod, device) -> float:
+    import torch
+
+    n, rows = case.n, 1024
+    kv = torch.arange(n, device=device)[None, :]
+    b = torch.zeros((), dtype=torch.long, device=device)
+    count = 0
+    for r0 in range(0, n, rows):
+        q = torch.arange(r0, min(r0 + rows, n), device=device)[:, None]
+        count += int(mask_mod(b, 0, q, kv).expand(q.shape[0], n).sum())
+    return count / (n * n)
+
+
+def run(build_dir: str, results_dir: str) -> None:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    import tvm
+    from attngen.family import Arg, Call
+    from attngen.kernel import Kernel
+    from attngen.runtime import ensure_cuda_runtime
+    from attngen.targets import get
+
+    ensure_cuda_runtime()
+    torch._dynamo.config.recompile_limit = 1000
+    torch._dynamo.config.cache_size_limit = 1000
+    flex = torch.compile(flex_attention, dynamic=False)
+    target, dev = get("cuda-sm90a"), "cuda"
+    card = torch.cuda.get_device_name().replace("NVIDIA ", "").replace(" ", "-")
+    rows, checks = [], []
+    for case in CASES:
+        spec = spec_of(case)
+        with open(os.path.join(build_dir, _file(case) + ".json")) as f:
+            meta = json.load(f)
+        args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in meta["args"])
+        calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
+        kernel = Kernel(spec, target, tvm.runtime.load_module(os.path.join(build_dir, _file(case) + ".so")),
+                        args, calls)
+        fn = kernel._funcs["attention"]  # the raw launch: the timing leaves out input checks
+
+        dt = getattr(torch, case.dtype)
+        B, H, Hk, N, D = case.batch, case.heads, case.kv_heads, case.n, case.dim
+        gen = torch.Generator(device=dev).manual_seed(0)
+        q = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen)
+        k = torch.randn(B, Hk, N, D, device=dev, dtype=dt, generator=gen)
+        v = torch.randn(B, Hk, N, D, device=dev, dtype=dt, generator=gen)
+        o = torch.full((B, H, N, D), float("nan"), device=dev, dtype=dt)
+        lse = torch.full((B, H, N), float("nan"), device=dev)
+        doc_ids = (torch.arange(N, device=dev, dtype=torch.int32) // DOC_LEN).expand(B, N).contiguous()
+        feed = [q, k, v] + ([doc_ids] if case.mask == "document" else []) + [o, lse]
+
+        mask_mod = _mask_mod(case, doc_ids)
+        frac = _visible_fraction(case, mask_mod, dev)
+        flops = 4 * B * H * N * N * D * frac
+        cap = case.softcap
+        score_mod = None if cap is None else (lambda s, b, h, qi, kvi: cap * torch.tanh(s / cap))
+        block_mask = create_block_mask(mask_mod, B if case.mask == "document" else None, None, N, N,
+                                       device=dev)
+
+        def attngen():
+            fn(*feed)
+
+        def run_flex():
+            return flex(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=Hk != H)
+
+        impls = {"attngen": attngen, "flex": run_flex}
+        if case.sdpa:
+            causal = case.mask == "causal"
+            for name, backend in (("sdpa_flash", SDPBackend.FLASH_ATTENTION),
+                                  ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
+                def call(backend=backend):
+                    with sdpa_kernel(backend):
+                        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=Hk != H)
+                impls[name] = call
+
+        # correctness first: attngen against Flex (fp32 math of the same inputs is too big at 16K)
+        attngen()
+        torch.cuda.synchronize()
+        ref = run_flex().float()
+        err = float((o.float() - ref).norm() / ref.norm())
+        finite = bool(torch.isfinite(o).all() and torch.isfinite(lse).all())
+        checks.append({"case": case.name, "rel_err_vs_flex": err, "finite": finite})
+        print(f"{case.name}: visible {frac:.3f}, rel err vs flex {err:.2e}, finite {finite}", flush=True)
+
+        reps = 30 if N <= 4096 else 15
+        for impl, f in impls.items():
+            try:
+                ms = _median_ms(f, reps)
+            except Exception as exc:  # a backend that refuses the shape is reported, not fatal
+                print(f"  {impl}: unavailable ({type(exc).__name__}: {str(exc)[:120]})", flush=True)
+                continue
+            rows.append({"case": case.name, "impl": impl, "ms": round(ms, 4),
+                         "tflops": round(flops / ms / 1e9, 1)})
+            print(f"  {impl:11s} {ms:8.3f} ms {flops / ms / 1e9:7.1f} TFLOP/s", flush=True)
+        del q, k, v, o, lse, block_mask
+        torch.cuda.empty_cache()
+
+    os.makedirs(results_dir, exist_ok=True)
+    base = os.path.join(results_dir, f"{card}-prefill")
+    with open(base + ".json", "w") as f:
+        json.dump({"card": card, "rows": rows, "checks": checks}, f, indent=1)
+    with open(base + ".md", "w") as f:
+        f.write(markdown(card, rows, checks))
+    print(markdown(card, rows, checks))
+
+
+def markdown(card: str, rows, checks) -> str:
+    impls = ["attngen", "sdpa_flash", "sdpa_cudnn", "flex"]
+    by = {(r["case"], r["impl"]): r for r in rows}
+    err = {c["case"]: c["rel_err_vs_flex"] for c in checks}
+    lines = [f"# Prefill on {card} (TFLOP/s of unmasked work; ms in parentheses)", "",
+             "| case | " + " | ".join(impls) + " | attngen / flash | attngen / flex | rel err vs flex |",
+             "|" + "---|" * (len(impls) + 4)]
+    for case in dict.fromkeys(r["case"] for r in rows):
+        cells = []
+        for impl in impls:
+            r = by.get((case, impl))
+            cells.append("" if r is None else f"{r['tflops']} ({r['ms']:.3f})")
+        a, fl, fx = (by.get((case, i)) for i in ("attngen", "sdpa_flash", "flex"))
+        ratio = lambda x: "" if x is None or a is None else f"{x['ms'] / a['ms']:.2f}x"
+        lines.append(f"| {case} | " + " | ".join(cells) + f" | {ratio(fl)} | {ratio(fx)} | {err.get(case, float('nan')):.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1] not in ("build", "run"):
+        sys.exit(__doc__)
+    if sys.argv[1] == "build":
+        build(sys.argv[2])
+    else:
+        run(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else os.path.join(ROOT, "benchmarks", "results"))

@@ -1,0 +1,84 @@
+"""Knobs of the tensor-core softmax-attention kernel (``templates/attention_tc.j2``).
+
+The template already is the schedule: explicit thread bindings, register fragments and PTX
+builtins.  What remains to choose is the tile shape:
+
+    warps     warps per CTA; each owns 16 query rows, so a CTA covers 16 * warps rows
+    block_n   keys per K/V tile (a multiple of 16)
+
+Limits checked by ``validate``: the Q, K and V tiles (rows padded by 8 elements) fit the
+target's dynamic shared memory; the K and V tiles split into whole 16-byte copies per thread;
+the per-thread fragments (O accumulator, S, P, Q) stay well inside 255 registers.
+"""
+from __future__ import annotations
+
+KNOBS = {
+    "warps": "warps per CTA, 16 query rows each (1, 2, 4 or 8)",
+    "block_n": "keys per shared-memory K/V tile (16, 32, 64 or 128)",
+}
+
+PAD = 8  # elements of padding per shared-memory row: 16 B, one bank group
+# dynamic shared memory a CTA may opt into
+SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024,
+              "sm_90a": 227 * 1024}
+# 32-bit registers the fragments may take; the rest is addresses, loop state and exp2 temporaries
+FRAGMENT_REGS = 176
+
+
+def default(spec, target) -> dict:
+    for cfg in ({"warps": 4, "block_n": 64}, {"warps": 4, "block_n": 32}, {"warps": 4, "block_n": 16}):
+        if not _problems(spec, target, cfg):
+            return cfg
+    return {"warps": 4, "block_n": 16}  # validate() explains why it does not fit
+
+
+def validate(spec, target, config) -> None:
+    unknown = set(config) - set(KNOBS)
+    if unknown:
+        raise ValueError(f"unknown knob(s) {sorted(unknown)} for attention_cuda_tc; known: {sorted(KNOBS)}")
+    problems = _problems(spec, target, config)
+    if problems:
+        raise ValueError(f"attention_cuda_tc config {config}: " + "; ".join(problems))
+
+
+def smem_bytes(spec, config) -> int:
+    rows = 16 * config["warps"]
+    return 2 * (rows * (spec.head_dim + PAD) + config["block_n"] * (spec.head_dim + spec.head_dim_v + 2 * PAD))
+
+
+def fragment_regs(spec, config) -> int:
+    """32-bit registers of one thread's fragments: O and S in fp32 (4 per 16 x 8 tile), Q and P
+    as 16-bit pairs (4 per 16 x 16 tile), two ldmatrix results."""
+    bn = config["block_n"]
+    return spec.head_dim_v // 2 + bn // 2 + spec.head_dim // 4 + bn // 4 + 8
+
+
+def _problems(spec, target, config) -> list:
+    out = []
+    w, bn = config["warps"], config["block_n"]
+    if w not in (1, 2, 4, 8):
+        out.append(f"warps must be 1, 2, 4 or 8, got {w!r}")
+    if bn not in (16, 32, 64, 128):
+        out.append(f"block_n must be 16, 32, 64 or 128, got {bn!r}")
+    if out:
+        return out
+    threads = 32 * w
+    for what, width in (("K", spec.head_dim), ("V", spec.head_dim_v)):
+        if (bn * width // 8) % threads:
+            out.append(f"a {what} tile of {bn} x {width} is {bn * width // 8} 16-byte copies, "
+                       f"not a multiple of {threads} threads")
+    limit = SMEM_LIMIT.get(target.arch, 99 * 1024)
+    if smem_bytes(spec, config) > limit:
+        out.append(f"Q/K/V tiles need {smem_bytes(spec, config)} B of shared memory, over {limit} B")
+    if fragment_regs(spec, config) > FRAGMENT_REGS:
+        out.append(f"fragments need {fragment_regs(spec, config)} registers per thread, over "
+                   f"{FRAGMENT_REGS}: lower block_n")
+    return out
+
+
+def pass_config(spec, target, config) -> dict:
+    return {}
+
+
+def schedule(mod, spec, target, config):
+    return mod  # the template binds threads and places every fragment itself

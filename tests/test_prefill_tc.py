@@ -1,0 +1,167 @@
+"""The tensor-core prefill kernel (templates/attention_tc.j2, attngen/softmax/tensorcore.py).
+
+CPU side: which specs take it, the tile bounds it is given, its knobs, and that nvcc compiles
+its CUDA without stack or spills.  GPU side (skipped without a GPU): every supported gallery
+spec and a few extra shapes against the float64 references with attngen.check (fresh inputs,
+NaN-poisoned outputs).  Where only TVM's runtime is installed, fill the build cache first on a
+machine with the compiler: ``python -c "import tests.test_prefill_tc as t; t.prebuild()"`` with
+the same ``ATTNGEN_CACHE_DIR``.
+"""
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from attngen import Attention, Decode, expr as E, masks, mods
+from attngen.build import build, compile_lowered, lower
+from attngen.check import check_length
+from attngen.gallery import GALLERY
+from attngen.resources import load_schedule
+from attngen.softmax import tensorcore
+from attngen.spec import Mask
+from attngen.targets import get as get_target
+
+SM90 = get_target("cuda-sm90a")
+NVCC = shutil.which("nvcc")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+
+GALLERY_TC = [n for n, e in GALLERY.items()
+              if isinstance(e.spec, Attention) and tensorcore.supported(e.spec, SM90)]
+# rows 0..8 see no key at all: o = 0, lse = -inf
+LATE_START = Mask(E.kv_idx < E.q_pos - 8, "late_start")
+EXTRA = {
+    "d64_gqa_causal": Attention(num_heads=8, num_kv_heads=2, head_dim=64, mask=masks.causal()),
+    "d64_bf16_dense": Attention(num_heads=4, head_dim=64, dtype="bfloat16"),
+    "d128_bf16_window": Attention(num_heads=4, num_kv_heads=1, head_dim=128, dtype="bfloat16",
+                                  mask=masks.sliding_window(100)),
+    "d256": Attention(num_heads=2, head_dim=256, mask=masks.causal()),
+    "d96_empty_rows": Attention(num_heads=2, head_dim=96, mask=LATE_START),
+}
+
+
+def _is_tc(low) -> bool:
+    return "ptx_legacy.mma" in low.mod.script()
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def test_supported_gallery_prefill_takes_tensor_cores():
+    assert {"full", "causal", "causal_bf16", "gqa", "mqa", "mla_prefill", "softcap",
+            "document", "sinks"} <= set(GALLERY_TC)
+    assert _is_tc(lower(GALLERY["gqa"].spec, SM90))
+
+
+@pytest.mark.parametrize("name", ["sage", "paged_prefill", "decode", "mla_decode"])
+def test_unsupported_specs_keep_simt(name):
+    spec = GALLERY[name].spec
+    assert tensorcore.unsupported_reason(spec, SM90) is not None
+    assert not _is_tc(lower(spec, SM90))
+
+
+def test_reasons_name_the_field():
+    reason = tensorcore.unsupported_reason
+    assert "float32" in reason(Attention(num_heads=2, head_dim=64, dtype="float32"), SM90)
+    assert "head_dim=72" in reason(Attention(num_heads=2, head_dim=72), SM90)
+    assert "cache" in reason(Attention(num_heads=2, head_dim=64, phase=Decode(1)), SM90)
+    assert "CUDA" in reason(Attention(num_heads=2, head_dim=64), get_target("cpu"))
+
+
+def test_simt_knobs_select_the_simt_kernel():
+    spec = GALLERY["causal"].spec
+    assert not _is_tc(lower(spec, SM90, {"block_q": 64, "block_k": 32}))
+    assert _is_tc(lower(spec, SM90, {"warps": 4, "block_n": 32}))
+
+
+# ----------------------------------------------------------------------------- tile bounds
+
+
+def test_exact_interval_only_for_conjunctions_of_key_bounds():
+    exact = lambda m: tensorcore.exact_interval(m.expr)
+    assert exact(masks.full()) and exact(masks.causal()) and exact(masks.sliding_window(64))
+    assert not exact(masks.prefix_lm(64))         # an `|`: the interval is a hull
+    assert not exact(masks.document())            # a runtime tensor
+    assert not exact(masks.dilated(256, 4))       # a modular pattern
+
+
+def test_causal_tiles_have_band_and_full_bounds():
+    args = __import__("attngen.softmax.signature", fromlist=["x"]).program_args(GALLERY["causal"].spec)
+    ctx = tensorcore.context(GALLERY["causal"].spec, {"warps": 4, "block_n": 64}, args)
+    # keys up to the last row's position are visited, and a tile is full below the first row's
+    assert ctx["kv_hi"] == "(q_last + kvl - LQ)" and ctx["kv_lo"] is None
+    assert ctx["full_hi"] == "(q0 + kvl - LQ)" and ctx["full_lo"] == "0"
+    doc = tensorcore.context(GALLERY["document"].spec, {"warps": 4, "block_n": 64},
+                             __import__("attngen.softmax.signature", fromlist=["x"]).program_args(GALLERY["document"].spec))
+    assert doc["full_lo"] is None and doc["kv_hi"] == "(q_last + kvl - LQ)"
+
+
+# ----------------------------------------------------------------------------- knobs
+
+
+def test_knobs_are_validated():
+    sched = load_schedule("attention_cuda_tc")
+    spec = Attention(num_heads=2, head_dim=256)
+    assert sched.default(spec, SM90)["block_n"] < 64  # the 256-wide accumulator needs room
+    with pytest.raises(ValueError, match="registers"):
+        sched.validate(spec, SM90, {"warps": 4, "block_n": 128})
+    with pytest.raises(ValueError, match="warps"):
+        sched.validate(spec, SM90, {"warps": 3, "block_n": 16})
+    with pytest.raises(ValueError, match="unknown"):
+        sched.validate(spec, SM90, {"warps": 4, "block_n": 16, "block_q": 64})
+
+
+# ----------------------------------------------------------------------------- nvcc
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name,arch", [("causal", "sm_90a"), ("mla_prefill", "sm_90a"),
+                                       ("document", "sm_90a"), ("causal_bf16", "sm_80")])
+def test_registers_without_stack_or_spills(name, arch, tmp_path):
+    target = get_target("cuda-sm80" if arch == "sm_80" else "cuda-sm90a")
+    ex = compile_lowered(lower(GALLERY[name].spec, target), target)
+    source = next(m for m in ex.mod.imports if m.kind == "cuda").inspect_source()
+    assert source.count("mma.sync.aligned.m16n8k16") > 0 and "cp.async.cg.shared.global" in source
+    path = tmp_path / "kernel.cu"
+    path.write_text(source)
+    out = subprocess.run([NVCC, "-cubin", f"-arch={arch}", "--resource-usage", "-o",
+                          str(tmp_path / "kernel.cubin"), str(path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    usage = out.stdout + out.stderr
+    assert re.search(r"\b0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads", usage), usage
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+def prebuild(target: str = "cuda-sm90a") -> None:
+    """Fill the build cache for a GPU host that has only TVM's runtime."""
+    for spec in [GALLERY[n].spec for n in GALLERY_TC] + list(EXTRA.values()):
+        build(spec, target)
+
+
+def _check(spec, lengths):
+    kernel = build(spec, "cuda")
+    rng = np.random.default_rng(np.random.SeedSequence())
+    for length in lengths:
+        result = check_length(kernel, length, batch=2 if length <= 257 else 1, rng=rng)
+        assert result.passed, (f"length {length}, seed {rng.bit_generator.seed_seq.entropy}", result.errors)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", GALLERY_TC)
+def test_gallery_spec_on_gpu(name):
+    _check(GALLERY[name].spec, (1, 63, 64, 65, 1000))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(EXTRA))
+def test_extra_shapes_on_gpu(name):
+    _check(EXTRA[name], (1, 17, 64, 65, 130, 1000))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["causal", "gqa"])
+def test_long_on_gpu(name):
+    _check(GALLERY[name].spec, (4096,))

@@ -1,0 +1,293 @@
+"""Decode speed: attngen's bandwidth-bound decode kernel against SDPA (flash and cuDNN
+backends) and FlexAttention (torch.compile, one compile per shape), in one process on one GPU,
+next to the card's measured HBM bandwidth.
+
+Two steps, because the GPU hosts have only TVM's runtime:
+
+    python benchmarks/decode.py build DIR          # here: lower + compile every variant to DIR
+    python benchmarks/decode.py run DIR [RESULTS]  # on the GPU (source .gpu/env.sh first)
+
+``run`` writes ``RESULTS/<card>-decode.json`` ({"card", "hbm", "rows": [{"case", "impl",
+"ms", "gbps", ...}], "checks"}) and a markdown table beside it.  ``gbps`` is the bytes of K
+and V read once (``2 * B * Hkv * L * d * 2`` for fp16, whatever a peer actually reads) over
+the time; ``hbm`` holds the card's copy bandwidth (bytes read + written by a 4 GiB
+device-to-device copy, over its time) and read bandwidth (a 4 GiB fp16 sum), the ceiling the
+kernels are measured against.  attngen runs as its two raw launches (decode, combine) on
+preallocated buffers, so the timing leaves out the driver's input checks; its knobs are swept
+over a few settings (rows ``attngen[knob=value]``), ``attngen`` being the default config.
+Each case is checked against SDPA's output so that a fast wrong kernel cannot pass unnoticed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    batch: int
+    kv_len: int
+    heads: int = 32
+    kv_heads: int = 8
+    dim: int = 128
+    page_size: int = 0  # 0: contiguous cache
+
+    @property
+    def kv_bytes(self) -> int:
+        return 2 * self.batch * self.kv_heads * self.kv_len * self.dim * 2
+
+
+CASES = [
+    Case("B32 Hq32 Hkv8 L8192", 32, 8192),
+    Case("B8 Hq32 Hkv8 L32768", 8, 32768),
+    Case("B64 Hq32 Hkv32 L4096", 64, 4096, kv_heads=32),
+    Case("paged16 B32 Hq32 Hkv8 L8192", 32, 8192, page_size=16),
+    Case("paged16 B8 Hq32 Hkv8 L32768", 8, 32768, page_size=16),
+    Case("paged16 B64 Hq32 Hkv32 L4096", 64, 4096, kv_heads=32, page_size=16),
+]
+# knob settings tried besides the default (contiguous cases only)
+SWEEP = [{"ctas_per_sm": 4}, {"ctas_per_sm": 16}, {"keys_per_thread": 2}, {"keys_per_thread": 8},
+         {"warps": 8}]
+
+
+def spec_of(case: Case):
+    from attngen import Attention, Decode, Paged
+
+    layout = Paged(case.page_size) if case.page_size else None
+    return Attention(num_heads=case.heads, num_kv_heads=case.kv_heads, head_dim=case.dim,
+                     phase=Decode(1), **({"kv_layout": layout} if layout else {}))
+
+
+def variants(case: Case) -> list:
+    """(label, config) pairs built for a case."""
+    out = [("attngen", {})]
+    if not case.page_size:
+        out += [("attngen[" + ",".join(f"{k}={v}" for k, v in cfg.items()) + "]", cfg) for cfg in SWEEP]
+    return out
+
+
+def _file(spec, config) -> str:
+    from attngen.build import cache_key
+    from attngen.targets import get
+
+    return cache_key(spec, get("cuda-sm90a"), config)
+
+
+# ----------------------------------------------------------------------------- build (no GPU)
+
+
+def build(out_dir: str) -> None:
+    from attngen.build import compile_lowered, lower
+    from attngen.targets import get
+
+    target = get("cuda-sm90a")
+    os.makedirs(out_dir, exist_ok=True)
+    done = set()
+    for case in CASES:
+        spec = spec_of(case)
+        for label, cfg in variants(case):
+            name = _file(spec, cfg)
+            if name in done:
+                continue
+            low = lower(spec, target, cfg)
+            if [c.func for c in low.calls] != ["decode", "decode_combine"]:
+                raise RuntimeError(f"{case.name}: expected the decode kernels, got {low.calls}")
+            compile_lowered(low, target).export_library(os.path.join(out_dir, name + ".so"))
+            meta = {"args": [a.__dict__ for a in low.args],
+                    "calls": [{"func": c.func, "args": list(c.args)} for c in low.calls]}
+            with open(os.path.join(out_dir, name + ".json"), "w") as f:
+                json.dump(meta, f)
+            done.add(name)
+            print("built", case.name, label, flush=True)
+
+
+# ----------------------------------------------------------------------------- run (GPU)
+
+
+def _median_ms(fn, reps: int) -> float:
+    import torch
+
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def hbm_bandwidth() -> dict:
+    """GB/s of a 4 GiB device copy (bytes read + written) and of a 4 GiB fp16 sum (read)."""
+    import torch
+
+    n = 1 << 31  # fp16 elements: 4 GiB
+    x = torch.ones(n, device="cuda", dtype=torch.float16)
+    y = torch.empty_like(x)
+    copy_ms = _median_ms(lambda: y.copy_(x), 20)
+    read_ms = _median_ms(lambda: x.sum(dtype=torch.float32), 20)
+    del x, y
+    torch.cuda.empty_cache()
+    return {"copy_gbps": round(2 * 2 * n / copy_ms / 1e6, 1), "read_gbps": round(2 * n / read_ms / 1e6, 1)}
+
+
+def _load(build_dir, spec, cfg):
+    import tvm
+    from attngen.family import Arg, Call
+    from attngen.kernel import Kernel
+    from attngen.targets import get
+
+    name = _file(spec, cfg)
+    with open(os.path.join(build_dir, name + ".json")) as f:
+        meta = json.load(f)
+    args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in meta["args"])
+    calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
+    return Kernel(spec, get("cuda-sm90a"), tvm.runtime.load_module(os.path.join(build_dir, name + ".so")),
+                  args, calls)
+
+
+def run(build_dir: str, results_dir: str) -> None:
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from attngen.runtime import ensure_cuda_runtime
+
+    ensure_cuda_runtime()
+    torch._dynamo.config.recompile_limit = 1000
+    torch._dynamo.config.cache_size_limit = 1000
+    flex = torch.compile(flex_attention, dynamic=False)
+    dev = "cuda"
+    card = torch.cuda.get_device_name().replace("NVIDIA ", "").replace(" ", "-")
+    hbm = hbm_bandwidth()
+    print(f"{card}: HBM copy {hbm['copy_gbps']} GB/s, read {hbm['read_gbps']} GB/s", flush=True)
+    rows, checks = [], []
+    for case in CASES:
+        spec = spec_of(case)
+        B, H, Hk, L, D = case.batch, case.heads, case.kv_heads, case.kv_len, case.dim
+        gen = torch.Generator(device=dev).manual_seed(0)
+        q = torch.randn(B, H, 1, D, device=dev, dtype=torch.float16, generator=gen)
+        k = torch.randn(B, Hk, L, D, device=dev, dtype=torch.float16, generator=gen)
+        v = torch.randn(B, Hk, L, D, device=dev, dtype=torch.float16, generator=gen)
+        kv_lens = torch.full((B,), L, device=dev, dtype=torch.int32)
+        if case.page_size:
+            # the same cache, cut into pages and scattered over the pool in a random order
+            P, mp = case.page_size, L // case.page_size
+            perm = torch.randperm(B * mp, device=dev, generator=gen)
+            table = perm.to(torch.int32).reshape(B, mp)
+            pool = lambda x: torch.empty_like(x).view(B * mp, Hk, P, D).index_copy_(
+                0, perm, x.view(B, Hk, mp, P, D).transpose(1, 2).reshape(B * mp, Hk, P, D))
+            k_in, v_in = pool(k), pool(v)
+            extra = [kv_lens, table]
+        else:
+            k_in, v_in, extra = k, v, [kv_lens]
+        with sdpa_kernel(SDPBackend.MATH):
+            ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=Hk != H)
+
+        impls = {}
+        for label, cfg in variants(case):
+            kernel = _load(build_dir, spec, cfg)
+            sizes = kernel.family.sizes(spec, {"q": q, "k": k_in, "page_table": extra[-1]})
+            bufs = {"q": q, "k": k_in, "v": v_in, "kv_lens": kv_lens}
+            if case.page_size:
+                bufs["page_table"] = extra[-1]
+            for a in kernel.args:
+                if a.role != "in":
+                    bufs[a.name] = torch.full(a.concrete_shape(sizes), float("nan"), device=dev,
+                                              dtype=getattr(torch, a.dtype))
+            launches = [(kernel._funcs[c.func], [bufs[n] for n in c.args]) for c in kernel.calls]
+
+            def attngen(launches=launches):
+                for fn, args in launches:
+                    fn(*args)
+
+            attngen()
+            torch.cuda.synchronize()
+            err = float((bufs["o"].float() - ref).norm() / ref.norm())
+            checks.append({"case": case.name, "impl": label, "rel_err_vs_sdpa_fp32": err,
+                           "finite": bool(torch.isfinite(bufs["o"]).all() and torch.isfinite(bufs["lse"]).all())})
+            print(f"{case.name} {label}: rel err vs fp32 SDPA {err:.2e}", flush=True)
+            impls[label] = (attngen, {"config": cfg})
+
+        if not case.page_size:
+            for name, backend in (("sdpa_flash", SDPBackend.FLASH_ATTENTION),
+                                  ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
+                def native(backend=backend):
+                    with sdpa_kernel(backend):
+                        return F.scaled_dot_product_attention(q, k, v, enable_gqa=Hk != H)
+                # a backend without GQA gets K/V expanded to every query head beforehand (it
+                # then reads group-size times the bytes; gbps still counts K and V once)
+                k_x, v_x = (k.repeat_interleave(H // Hk, dim=1), v.repeat_interleave(H // Hk, dim=1)) \
+                    if Hk != H else (k, v)
+
+                def expanded(backend=backend, k_x=k_x, v_x=v_x):
+                    with sdpa_kernel(backend):
+                        return F.scaled_dot_product_attention(q, k_x, v_x)
+                for fn, note in ((native, "enable_gqa" if Hk != H else ""), (expanded, "kv expanded")):
+                    try:
+                        fn()
+                        impls[name] = (fn, {"note": note})
+                        break
+                    except RuntimeError as exc:
+                        print(f"  {name} ({note}): {str(exc)[:100]}", flush=True)
+            impls["flex"] = (lambda: flex(q, k, v, enable_gqa=Hk != H), {"note": "torch.compile"})
+
+        for impl, (fn, info) in impls.items():
+            try:
+                ms = _median_ms(fn, 50)
+            except Exception as exc:  # a backend that refuses the shape is reported, not fatal
+                print(f"  {impl}: unavailable ({type(exc).__name__}: {str(exc)[:120]})", flush=True)
+                continue
+            gbps = case.kv_bytes / ms / 1e6
+            rows.append({"case": case.name, "impl": impl, "ms": round(ms, 4), "gbps": round(gbps, 1),
+                         "of_hbm_copy": round(gbps / hbm["copy_gbps"], 3), **info})
+            print(f"  {impl:34s} {ms:8.4f} ms {gbps:7.0f} GB/s", flush=True)
+        del q, k, v, k_in, v_in, impls
+        torch.cuda.empty_cache()
+
+    os.makedirs(results_dir, exist_ok=True)
+    base = os.path.join(results_dir, f"{card}-decode")
+    with open(base + ".json", "w") as f:
+        json.dump({"card": card, "hbm": hbm, "rows": rows, "checks": checks}, f, indent=1)
+    with open(base + ".md", "w") as f:
+        f.write(markdown(card, hbm, rows, checks))
+    print(markdown(card, hbm, rows, checks))
+
+
+def markdown(card: str, hbm, rows, checks) -> str:
+    err = {(c["case"], c["impl"]): c["rel_err_vs_sdpa_fp32"] for c in checks}
+    by = {(r["case"], r["impl"]): r for r in rows}
+    lines = [f"# Decode on {card}: GB/s of K+V read once (ms in parentheses)", "",
+             f"HBM copy {hbm['copy_gbps']} GB/s (read + written), fp16 sum {hbm['read_gbps']} GB/s (read).",
+             "", "| case | impl | GB/s | ms | of HBM copy | vs cuDNN | rel err vs fp32 SDPA | note |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cudnn = by.get((r["case"].replace("paged16 ", ""), "sdpa_cudnn"))
+        vs = "" if cudnn is None else f"{r['gbps'] / cudnn['gbps']:.2f}x"
+        e = err.get((r["case"], r["impl"]))
+        note = r.get("note") or ""
+        lines.append(f"| {r['case']} | {r['impl']} | {r['gbps']} | {r['ms']:.4f} | {r['of_hbm_copy']:.2f} | "
+                     f"{vs} | {'' if e is None else f'{e:.1e}'} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1] not in ("build", "run"):
+        sys.exit(__doc__)
+    if sys.argv[1] == "build":
+        build(sys.argv[2])
+    else:
+        run(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else os.path.join(ROOT, "benchmarks", "results"))

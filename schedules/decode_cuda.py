@@ -1,0 +1,109 @@
+"""CUDA schedule of the memory-bound decode kernels (``templates/decode.j2``,
+``templates/decode_combine.j2``; lowered by ``attngen/softmax/decode.py``).
+
+Decoding reads every K/V byte once and does little arithmetic per byte, so the kernel's time
+is the cache's size over the HBM bandwidth if enough loads are in flight.  The template
+already carries the whole SPMD structure (explicit thread bindings, warp shuffles, 16-byte
+vector loads): this module only picks its knobs and checks them.  How the threads map:
+
+* a CTA serves one (batch, kv head, row tile) and one KV split; its ``warps`` warps and their
+  lanes cut each K/V row into 16-byte vectors (``vec`` elements; ``lanes = head_dim / vec``
+  lanes per row), so one warp-wide load reads ``32 / lanes`` whole rows and a CTA-wide one
+  ``groups = warps * 32 / lanes`` consecutive rows; every lane-group keeps its own online
+  softmax state for all packed rows of the tile (GQA packing: a K/V row is read once for the
+  ``group`` query heads and ``q_len`` queries that share it);
+* each thread loads ``keys_per_thread`` K and V vectors before using any of them: those are
+  the loads in flight that hide the memory latency;
+* the number of KV splits is chosen at run time from the batch:
+  ``clamp(ceil(sm_count * ctas_per_sm / (batch * kv_heads * row_tiles)), 1, max_split)``,
+  and every sequence divides its own keys among them (short ones leave trailing splits empty).
+
+Knobs:
+    warps            warps per CTA (1..8)
+    keys_per_thread  K/V rows each thread loads per step (1..8): memory-level parallelism
+    rows             packed query rows per CTA (1..16); more rows mean more row tiles, each
+                     re-reading its K/V (from L2 when neighbours in the grid run together)
+    max_split        most KV splits (1..256), the size of the partial-result scratch
+    ctas_per_sm      CTAs per SM the split heuristic aims at (1..64)
+Validity: the cross-group merge fits the static shared-memory limit (48 KiB).
+"""
+from __future__ import annotations
+
+KNOBS = {
+    "warps": "warps per CTA (1..8)",
+    "keys_per_thread": "K/V rows each thread loads before using them (1..8)",
+    "rows": "packed query rows (query heads x queries of one KV head) per CTA (1..16)",
+    "max_split": "most KV splits; the split count is chosen at run time (1..256)",
+    "ctas_per_sm": "CTAs per SM the run-time split count aims at (1..64)",
+}
+
+STATIC_SMEM_BYTES = 48 * 1024
+VECTOR_BYTES = 16  # one 128-bit load per lane
+_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+
+
+def vector_lanes(spec) -> tuple:
+    """``(vec, lanes)``: elements per 16-byte vector, lanes per K/V row."""
+    vec = VECTOR_BYTES // _BYTES[spec.dtype]
+    return vec, spec.head_dim // vec
+
+
+def fits(spec) -> bool:
+    """Whether a K/V row splits into 16-byte vectors over a power-of-two share of a warp."""
+    if spec.dtype not in _BYTES or spec.head_dim != spec.head_dim_v:
+        return False
+    vec, lanes = vector_lanes(spec)
+    return spec.head_dim % vec == 0 and 1 <= lanes <= 32 and lanes & (lanes - 1) == 0
+
+
+def packed_rows(spec) -> int:
+    return spec.group_size * spec.phase.q_len
+
+
+def default(spec, target) -> dict:
+    rows_total = packed_rows(spec)
+    tiles = -(-rows_total // 8)
+    rows = -(-rows_total // tiles)  # balanced tiles of at most 8 rows
+    # registers: q and the accumulator take 2 * rows * vec floats; fewer rows leave room for
+    # more loads in flight
+    return {"warps": 4, "keys_per_thread": 4 if rows <= 4 else 2, "rows": rows,
+            "max_split": 32, "ctas_per_sm": 8}
+
+
+def validate(spec, target, config) -> None:
+    unknown = set(config) - set(KNOBS)
+    if unknown:
+        raise ValueError(f"unknown knob(s) {sorted(unknown)} for decode_cuda; known: {sorted(KNOBS)}")
+    out = []
+    for name, lo, hi in (("warps", 1, 8), ("keys_per_thread", 1, 8), ("rows", 1, 16),
+                         ("max_split", 1, 256), ("ctas_per_sm", 1, 64)):
+        v = config.get(name)
+        if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
+            out.append(f"{name} must be an int in [{lo}, {hi}], got {v!r}")
+    if not out:
+        smem = merge_smem_bytes(spec, config)
+        if smem > STATIC_SMEM_BYTES:
+            out.append(f"the cross-group merge needs {smem} B of shared memory, over the static "
+                       f"limit {STATIC_SMEM_BYTES} B: lower rows or warps")
+    if out:
+        raise ValueError(f"decode_cuda config {config}: " + "; ".join(out))
+
+
+def groups(spec, config) -> int:
+    """Lane groups per CTA: each reads whole K/V rows and keeps its own softmax state."""
+    _, lanes = vector_lanes(spec)
+    return config["warps"] * (32 // lanes)
+
+
+def merge_smem_bytes(spec, config) -> int:
+    """Each group's running max, sum and accumulator rows, merged through shared memory."""
+    return groups(spec, config) * config["rows"] * (spec.head_dim_v + 2) * 4
+
+
+def pass_config(spec, target, config) -> dict:
+    return {}
+
+
+def schedule(mod, spec, target, config):
+    """The templates bind their own threads: nothing left to transform."""
+    return mod

@@ -1,0 +1,136 @@
+"""The CUDA decode path (attngen/softmax/decode.py, templates/decode*.j2): which specs take
+it, its knobs, the generated code (nvcc, registers, no spills), and on a GPU the float64
+references at lengths 1..32768 with mixed lengths and shuffled pages (skipped without one).
+
+Where only TVM's runtime is installed, the kernels must already be in the build cache
+(``ATTNGEN_CACHE_DIR``): ``python -c "import tests.test_decode_cuda as t; t.prebuild()"``.
+"""
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from attngen import Attention, Decode, Paged, masks
+from attngen.build import build, compile_lowered, lower
+from attngen.check import check_length
+from attngen.gallery import GALLERY
+from attngen.resources import load_schedule
+from attngen.softmax import decode
+from attngen.targets import get as get_target
+
+NVCC = shutil.which("nvcc")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+SM90 = get_target("cuda-sm90a")
+
+SPECS = {
+    "decode": GALLERY["decode"].spec,                   # GQA 4, contiguous
+    "flash_decoding": GALLERY["flash_decoding"].spec,
+    "paged_decode": GALLERY["paged_decode"].spec,       # page size 16
+    "spec_decode": GALLERY["spec_decode"].spec,         # 4 queries, causal, 16 packed rows
+    "mha_bf16": Attention(num_heads=8, head_dim=128, dtype="bfloat16", phase=Decode(1)),
+    "gqa8_q8_paged64": Attention(num_heads=16, num_kv_heads=2, head_dim=128, mask=masks.causal(),
+                                 phase=Decode(8), kv_layout=Paged(64)),
+    "window_paged32_bf16": Attention(num_heads=32, num_kv_heads=8, head_dim=128, dtype="bfloat16",
+                                     mask=masks.sliding_window(100), phase=Decode(2),
+                                     kv_layout=Paged(32)),
+    "sinks_window_d64": Attention(num_heads=16, num_kv_heads=2, head_dim=64, sinks=True,
+                                  mask=masks.sliding_window(128), phase=Decode(1)),
+    "softcap_d256": Attention(num_heads=8, num_kv_heads=4, head_dim=256,
+                              score_mod=GALLERY["softcap"].spec.score_mod, phase=Decode(1)),
+}
+LENGTHS = (1, 63, 64, 65, 4097, 32768)
+
+
+def prebuild(target: str = "cuda") -> None:
+    """Fill the build cache for a GPU host that has only TVM's runtime."""
+    for spec in SPECS.values():
+        build(spec, target)
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_supported_decode_specs_take_the_decode_kernels(name):
+    low = lower(SPECS[name], SM90)
+    assert [c.func for c in low.calls] == ["decode", "decode_combine"]
+    scratch = {a.name: a.shape for a in low.args if a.role == "scratch"}
+    max_split = load_schedule("decode_cuda").default(SPECS[name], SM90)["max_split"]
+    assert scratch["o_parts"][3] == max_split and scratch["lse_parts"][3] == max_split
+
+
+@pytest.mark.parametrize("spec, why", [
+    (GALLERY["mla_decode"].spec, "latent cache"),
+    (Attention(num_heads=4, head_dim=96, phase=Decode(1)), "96 channels: 12 lanes"),
+    (Attention(num_heads=4, head_dim=128, head_dim_v=64, phase=Decode(1)), "Dv != D"),
+    (GALLERY["gqa"].spec, "prefill"),
+])
+def test_other_specs_keep_their_path(spec, why):
+    assert not decode.supports(spec, SM90), why
+    assert "decode" not in [c.func for c in lower(spec, SM90).calls]
+
+
+def test_generic_simt_knobs_select_the_generic_kernel():
+    low = lower(GALLERY["decode"].spec, SM90, {"block_q": 32, "block_k": 32})
+    assert [c.func for c in low.calls] == ["attention"]
+    assert not decode.supports(GALLERY["decode"].spec, get_target("cpu"))
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"warps": 0}, "warps"),
+    ({"keys_per_thread": 9}, "keys_per_thread"),
+    ({"rows": 16, "warps": 8}, "shared memory"),
+    ({"max_split": True}, "max_split"),
+])
+def test_invalid_decode_configs_are_rejected(config, message):
+    with pytest.raises(ValueError, match=message):
+        lower(SPECS["spec_decode"], SM90, config)
+
+
+def test_split_count_follows_the_batch():
+    """The run-time split text: ceil(sm_count * ctas_per_sm / CTAs per split), in [1, max]."""
+    spec = SPECS["decode"]
+    cfg = {**load_schedule("decode_cuda").default(spec, SM90), "ctas_per_sm": 4, "max_split": 16}
+    text = decode.split_count(spec, SM90, cfg)
+    for batch, want in ((1, 16), (8, 9), (64, 2), (1000, 1)):
+        value = eval(text.replace("T.max", "max").replace("T.min", "min"), {"B": batch})
+        assert value == want, (batch, value)
+
+
+# ----------------------------------------------------------------------------- generated code
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name", ["decode", "paged_decode", "spec_decode", "sinks_window_d64"])
+def test_decode_kernels_compile_without_spills(name, tmp_path):
+    low = lower(SPECS[name], SM90)
+    source = next(m for m in compile_lowered(low, SM90).mod.imports if m.kind == "cuda").inspect_source()
+    # 16-byte K/V loads straight into registers, dot products reduced by warp shuffles
+    assert re.search(r"\*\(uint4\*\)\(kr_ptr \+ \d+\) = \*\(uint4\*\)\(K_ptr", source)
+    assert "__shfl_xor_sync" in source
+    path = tmp_path / "kernel.cu"
+    path.write_text(source)
+    out = subprocess.run([NVCC, "-cubin", "-O3", "-arch=sm_90a", "--resource-usage", "-o",
+                          str(tmp_path / "kernel.cubin"), str(path)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    report = out.stdout + out.stderr
+    assert re.findall(r"(\d+) bytes spill stores", report) and \
+        all(n == "0" for n in re.findall(r"(\d+) bytes spill stores", report)), report
+
+
+# ----------------------------------------------------------------------------- on the GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_decode_on_gpu(name):
+    kernel = build(SPECS[name], "cuda")
+    rng = np.random.default_rng(np.random.SeedSequence())
+    for length in LENGTHS:
+        # several sequences: lengths in [1, length], one of them full; pages shuffled
+        result = check_length(kernel, length, batch=4 if length <= 4097 else 2, rng=rng)
+        assert result.passed, (f"length {length}, seed {rng.bit_generator.seed_seq.entropy}",
+                               result.errors)

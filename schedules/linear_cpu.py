@@ -25,22 +25,12 @@ def default(spec, target) -> dict:
 
 
 def validate(spec, target, config) -> None:
-    unknown = set(config) - set(KNOBS)
-    if unknown:
-        raise ValueError(f"unknown linear_cpu knob(s) {sorted(unknown)}; known: {sorted(KNOBS)}")
-    bv = config["block_v"]
-    if not (isinstance(bv, int) and bv >= 1 and spec.head_dim_v % bv == 0):
-        raise ValueError(f"block_v must be a positive divisor of head_dim_v ({spec.head_dim_v}), got {bv!r}")
-    for name, top in (("block_q", 1024), ("block_k", 1024), ("lanes", 64)):
-        x = config[name]
-        if not (isinstance(x, int) and 1 <= x <= top and x & (x - 1) == 0):
-            raise ValueError(f"{name} must be a power of two in [1, {top}], got {x!r}")
+    blocks.check_knobs("linear_cpu", spec, config, KNOBS, largest_tile=1024)
+    blocks.check_power_of_two("lanes", config["lanes"], 64)
 
 
 def template_params(spec, target, config) -> dict:
-    bv = config["block_v"]
-    return {"BV": bv, "NV": spec.head_dim_v // bv, "BQ": config["block_q"], "BK": config["block_k"],
-            "tile_scope": "global", "state_scope": "global"}
+    return blocks.template_params(spec, config, "global")
 
 
 def pass_config(spec, target, config) -> dict:

@@ -40,16 +40,7 @@ def default(spec, target) -> dict:
 
 
 def validate(spec, target, config) -> None:
-    unknown = set(config) - set(KNOBS)
-    if unknown:
-        raise ValueError(f"unknown linear_cuda knob(s) {sorted(unknown)}; known: {sorted(KNOBS)}")
-    bv = config["block_v"]
-    if not (isinstance(bv, int) and bv >= 1 and spec.head_dim_v % bv == 0):
-        raise ValueError(f"block_v must be a positive divisor of head_dim_v ({spec.head_dim_v}), got {bv!r}")
-    for name in ("block_q", "block_k"):
-        x = config[name]
-        if not (isinstance(x, int) and 1 <= x <= 256 and x & (x - 1) == 0):
-            raise ValueError(f"{name} must be a power of two in [1, 256], got {x!r}")
+    blocks.check_knobs("linear_cuda", spec, config, KNOBS, largest_tile=256)
     threads = config["threads"]
     if not (isinstance(threads, int) and threads % target.warp_size == 0
             and 0 < threads <= target.max_threads_per_block):
@@ -58,9 +49,7 @@ def validate(spec, target, config) -> None:
 
 
 def template_params(spec, target, config) -> dict:
-    bv = config["block_v"]
-    return {"BV": bv, "NV": spec.head_dim_v // bv, "BQ": config["block_q"], "BK": config["block_k"],
-            "tile_scope": "shared.dyn", "state_scope": "shared.dyn"}
+    return blocks.template_params(spec, config, "shared.dyn")
 
 
 def pass_config(spec, target, config) -> dict:

@@ -16,6 +16,8 @@ NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 
 SPECS = {name: e.spec for name, e in GALLERY.items() if isinstance(e.spec, LinearAttention)}
+# the gallery has no parallel form; its kernels (gates summed over the sequence, the delta
+# rule's T x T forward substitution, the quadratic outputs) are built here too
 SPECS.update({
     "parallel_gated_delta": LinearAttention(num_heads=8, head_dim=64, gate="scalar", update="delta",
                                             form="parallel"),

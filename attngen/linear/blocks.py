@@ -1,4 +1,5 @@
-"""What the linear-attention schedules (``schedules/linear_*.py``) rely on in the templates.
+"""What the linear-attention schedules (``schedules/linear_*.py``) rely on in the templates:
+the knobs that shape the templates' loops, and the blocks those loops hold.
 
 Every kernel has one task block named ``task`` whose loops are the task grid.  Inside it, each
 sum over a loop starts from 0 and sits alone in an opaque ``<name>_scope`` block, so that a
@@ -9,6 +10,32 @@ over chunks or tokens is not: tvm-0.27.md pitfall 8).  The accumulate blocks of
 from __future__ import annotations
 
 TASK = "task"
+
+
+def check_knobs(schedule: str, spec, config, known, largest_tile: int) -> None:
+    """The rules of the knobs every template reads (raises ValueError): no unknown knob,
+    ``block_v`` divides head_dim_v, ``block_q`` and ``block_k`` are powers of two up to
+    ``largest_tile``."""
+    unknown = set(config) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {schedule} knob(s) {sorted(unknown)}; known: {sorted(known)}")
+    bv = config["block_v"]
+    if not (isinstance(bv, int) and bv >= 1 and spec.head_dim_v % bv == 0):
+        raise ValueError(f"block_v must be a positive divisor of head_dim_v ({spec.head_dim_v}), got {bv!r}")
+    for name in ("block_q", "block_k"):
+        check_power_of_two(name, config[name], largest_tile)
+
+
+def check_power_of_two(name: str, value, top: int) -> None:
+    if not (isinstance(value, int) and 1 <= value <= top and value & (value - 1) == 0):
+        raise ValueError(f"{name} must be a power of two in [1, {top}], got {value!r}")
+
+
+def template_params(spec, config, scope: str) -> dict:
+    """The templates' knobs from a schedule config, all scratch in ``scope``."""
+    bv = config["block_v"]
+    return {"BV": bv, "NV": spec.head_dim_v // bv, "BQ": config["block_q"], "BK": config["block_k"],
+            "tile_scope": scope, "state_scope": scope}
 
 
 def inner_blocks(sch, task):

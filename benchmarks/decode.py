@@ -74,10 +74,10 @@ def variants(case: Case) -> list:
 
 
 def _file(spec, config) -> str:
-    from attngen.build import cache_key
-    from attngen.targets import get
-
-    return cache_key(spec, get("cuda-sm90a"), config)
+    """The build's file name: the spec's key and the config (not the cache key, which changes
+    with every template edit between the build and the run)."""
+    knobs = "_".join(f"{k}{v}" for k, v in sorted(config.items()))
+    return spec.key + (f"_{knobs}" if knobs else "")
 
 
 # ----------------------------------------------------------------------------- build (no GPU)

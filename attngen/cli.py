@@ -1,4 +1,5 @@
-"""``attngen``: list the gallery, show what a spec lowers to, check a kernel against its reference.
+"""``attngen``: list the gallery, show what a spec lowers to, check a kernel against its reference,
+tune it, measure candidates built elsewhere, export the tuned kernels.
 
 SPEC is a gallery name (``attngen list``) or a Python file that defines ``spec``.  Bad input
 prints one line to stderr and exits 2; a failed check exits 1.
@@ -123,6 +124,82 @@ def cmd_check(args) -> int:
     return 0 if passed else 1
 
 
+def cmd_tune(args) -> int:
+    """Tune here, build candidates for another host (--build-only), or import its results."""
+    from .tune import tuner
+
+    if args.import_dir:
+        if args.spec:
+            raise UsageError("--import DIR takes no SPEC: the directory names its spec")
+        n = tuner.import_dir(_measured_dir(args.import_dir), args.db)
+        print(f"recorded {n} measurements from {args.import_dir}")
+        return 0
+    if not args.spec:
+        raise UsageError("tune needs a SPEC (or --import DIR)")
+    spec = load_spec(args.spec)
+    target = resolve_target(args.target)
+    options = dict(lengths=args.lengths, batch=args.batch, trials=args.trials, jobs=args.jobs,
+                   timeout=args.timeout)
+    if args.build_only:
+        if not args.output:
+            raise UsageError("--build-only needs -o DIR")
+        deadline = time.monotonic() + 60 * args.minutes if args.minutes else None
+        manifest = tuner.build_only(spec, target, args.output, deadline=deadline, **options)
+        built = sum(c["status"] == "built" for c in manifest["candidates"])
+        print(f"built {built}/{len(manifest['candidates'])} candidates into {args.output}; "
+              f"next: `attngen measure {args.output}` where the GPU is, then "
+              f"`attngen tune --import {args.output}` here")
+        return 0 if built else 1
+    if target.is_cuda:
+        from .targets import local_cuda_arch
+
+        if local_cuda_arch() is None:
+            raise UsageError("no CUDA GPU visible: use `attngen tune SPEC --target cuda-sm90a "
+                             "--build-only -o DIR` and measure DIR on the GPU host")
+    out = tuner.tune(spec, target, minutes=args.minutes, repeats=args.repeats, db=args.db,
+                     workdir=args.output, **options)
+    print(tuner.table(out["manifest"], out["results"]))
+    return 0 if any(r["status"] == "ok" for r in out["results"]["rows"]) else 1
+
+
+def _measured_dir(text: str) -> Path:
+    path = Path(text)
+    for name in ("manifest.json", "results.json"):
+        if not (path / name).is_file():
+            raise UsageError(f"{text}: no {name} (build with --build-only, then `attngen measure`)")
+    return path
+
+
+def cmd_measure(args) -> int:
+    """Validate and time the candidates of a --build-only directory (TVM runtime only)."""
+    path = Path(args.dir)
+    if not (path / "manifest.json").is_file():
+        raise UsageError(f"{args.dir}: no manifest.json (build it with `attngen tune --build-only`)")
+    from .tune import measure, tuner
+
+    results = measure.measure(path, repeats=args.repeats)
+    import json
+
+    print(tuner.table(json.loads((path / "manifest.json").read_text()), results))
+    return 0 if any(r["status"] == "ok" for r in results["rows"]) else 1
+
+
+def cmd_export(args) -> int:
+    """Write SPEC's tuned kernels as NAME.so (+ .json metadata, + .cubin for CUDA)."""
+    spec = load_spec(args.spec)
+    target = resolve_target(args.target)
+    if not args.output.endswith(".so"):
+        raise UsageError(f"-o must name a .so file, got {args.output!r}")
+    from .export import export
+
+    start = time.perf_counter()
+    meta = export(spec, args.output, target, lengths=args.lengths, device=args.device)
+    tuned = ", ".join(f"{b}->v{i}" for b, i in sorted(meta["table"].items())) or "none"
+    print(f"wrote {args.output} ({len(meta['variants'])} variant(s); tuned buckets: {tuned}; "
+          f"{time.perf_counter() - start:.1f} s)")
+    return 0
+
+
 def _positive_ints(text: str):
     try:
         values = [int(x) for x in text.split(",") if x]
@@ -159,6 +236,38 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=2)
     s.add_argument("--seed", type=int, default=None, help="fixed seed (default: fresh inputs)")
     s.set_defaults(run=cmd_check)
+    s = sub.add_parser("tune", help="search the schedule's knobs; record the fastest valid "
+                       "config per length bucket in the tuning database")
+    s.add_argument("spec", nargs="?", help="gallery name or .py file defining `spec` (executed)")
+    s.add_argument("--target", default="cpu", help="cpu, cuda, cuda-sm80, cuda-sm90a (default cpu)")
+    s.add_argument("--lengths", type=_positive_ints, default=[512, 2048, 8192],
+                   help="sequence lengths to tune for, one bucket each (default 512,2048,8192)")
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--trials", type=int, default=None, help="at most this many candidates")
+    s.add_argument("--minutes", type=float, default=None, help="time budget")
+    s.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel build workers")
+    s.add_argument("--timeout", type=float, default=300, help="seconds before a build is abandoned")
+    s.add_argument("--repeats", type=int, default=10, help="timed groups per length (median)")
+    s.add_argument("--build-only", action="store_true", help="build candidates into -o DIR only")
+    s.add_argument("-o", "--output", help="directory for the candidates (kept)")
+    s.add_argument("--import", dest="import_dir", metavar="DIR",
+                   help="record the results of `attngen measure DIR` in the database")
+    s.add_argument("--db", type=Path, default=None, help="database file (default: the user's)")
+    s.set_defaults(run=cmd_tune)
+    s = sub.add_parser("measure", help="validate and time the candidates of a --build-only "
+                       "directory (needs only the TVM runtime)")
+    s.add_argument("dir")
+    s.add_argument("--repeats", type=int, default=10)
+    s.set_defaults(run=cmd_measure)
+    s = sub.add_parser("export", help="write the tuned kernels as a module for attngen.load")
+    s.add_argument("spec", help="gallery name or .py file defining `spec`")
+    s.add_argument("-o", "--output", required=True, metavar="NAME.so")
+    s.add_argument("--target", default="cuda", help="cuda (default), cuda-sm90a, cuda-sm80, cpu")
+    s.add_argument("--lengths", type=_positive_ints, default=None,
+                   help="lengths whose tuned configs to include (default: every tuned bucket)")
+    s.add_argument("--device", default=None, help="whose tuned configs (default: this GPU, or "
+                   "the one device the database knows for the spec)")
+    s.set_defaults(run=cmd_export)
     return p
 
 

@@ -1,0 +1,149 @@
+"""A spec's kernels as one PyTorch operator: ``attngen.compile(spec)`` and ``attngen.load``.
+
+The operator holds one kernel per distinct config (the heuristic default plus each config the
+tuning database chose for some length bucket) and a table bucket -> kernel.  Each call picks
+the kernel of its length bucket (an untuned bucket takes the nearest tuned one, else the
+default), so all kernels are built or loaded up front and no sequence length ever triggers a
+build.  Inputs are checked before launch (``Kernel.run``), outputs are fresh tensors, and CUDA
+kernels run on the current torch stream.
+
+Each operator is registered as ``torch.ops.attngen.<name>`` (a torch.library custom op with a
+fake implementation that derives output shapes from input shapes), so ``torch.compile`` treats
+it as one opaque node: no graph break, no tracing into TVM.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from .kernel import KernelInputError
+
+_OPS: dict = {}  # op name -> the AttentionOp its registered implementation calls
+_LIBRARY = None
+
+
+class AttentionOp:
+    def __init__(self, spec, target, kernels, table: dict, default: int = 0):
+        self.spec, self.target = spec, target
+        self.kernels, self.table, self.default = list(kernels), dict(table), default
+        first = self.kernels[default]
+        self.family = first.family
+        self.input_names, self.output_names = first.input_names, first.output_names
+        self.op_name = _register(self)
+        self.op = getattr(_torch_ops(), self.op_name)
+        self.load_seconds: Optional[float] = None
+
+    def __repr__(self):
+        return (f"AttentionOp({self.spec!r}, target={self.target.name!r}, "
+                f"kernels={len(self.kernels)}, tuned_buckets={sorted(self.table)})")
+
+    def kernel_for(self, sizes):
+        """The kernel that serves problems of these sizes."""
+        from .tune.database import bucket, bucket_distance
+
+        if not self.table:
+            return self.kernels[self.default]
+        b = bucket(sizes)
+        if b not in self.table:
+            b = min(self.table, key=lambda t: (bucket_distance(t, b), t))
+        return self.kernels[self.table[b]]
+
+    def __call__(self, *args, **kwargs):
+        """``op(q, k, v, ...)`` or by name; returns the outputs (a tuple if several)."""
+        if len(args) > len(self.input_names):
+            raise KernelInputError(f"expected at most {len(self.input_names)} positional inputs "
+                                   f"{self.input_names}, got {len(args)}")
+        named = dict(zip(self.input_names, args))
+        for k, v in kwargs.items():
+            if k in named or k not in self.input_names:
+                raise KernelInputError(f"input {k!r} given twice or unknown; inputs are "
+                                       f"{self.input_names}")
+            named[k] = v
+        missing = [n for n in self.input_names if n not in named]
+        if missing:
+            raise KernelInputError(f"missing input(s) {missing}; this operator takes "
+                                   f"{self.input_names}")
+        return self.op(*(named[n] for n in self.input_names))
+
+    # the registered implementation and its fake (shape-only) twin
+    def _run(self, *tensors):
+        named = dict(zip(self.input_names, tensors))
+        try:
+            sizes = self.family.sizes(self.spec, named)
+        except Exception:  # malformed inputs: the default kernel's checks say what is wrong
+            sizes = None
+        kernel = self.kernels[self.default] if sizes is None else self.kernel_for(sizes)
+        out = kernel.run(named)
+        values = tuple(out[n] for n in self.output_names)
+        return values if len(values) > 1 else values[0]
+
+    def _fake(self, *tensors):
+        import torch
+
+        from .kernel import _torch_dtype
+
+        named = dict(zip(self.input_names, tensors))
+        sizes = self.family.sizes(self.spec, named)
+        device = tensors[0].device
+        values = tuple(torch.empty(a.concrete_shape(sizes), dtype=_torch_dtype(a.dtype),
+                                   device=device)
+                       for a in self.kernels[self.default].args if a.role == "out")
+        return values if len(values) > 1 else values[0]
+
+
+def _torch_ops():
+    import torch
+
+    return torch.ops.attngen
+
+
+def _register(op: AttentionOp) -> str:
+    """Define ``attngen::<name>`` once per spec and target; later ops of the same spec and
+    target take over its implementation (the newest ``compile``/``load`` wins)."""
+    global _LIBRARY
+    import torch
+
+    name = f"k{op.spec.key}_{re.sub(r'[^A-Za-z0-9]', '_', op.target.name)}"
+    if name not in _OPS:
+        if _LIBRARY is None:
+            _LIBRARY = torch.library.Library("attngen", "FRAGMENT")
+        params = ", ".join(f"Tensor x{i}" for i in range(len(op.input_names)))
+        n_out = len(op.output_names)
+        returns = "Tensor" if n_out == 1 else "(" + ", ".join(["Tensor"] * n_out) + ")"
+        _LIBRARY.define(f"{name}({params}) -> {returns}")
+
+        def impl(*tensors):
+            return _OPS[name]._run(*tensors)
+
+        def fake(*tensors):
+            return _OPS[name]._fake(*tensors)
+
+        for key in ("CPU", "CUDA"):
+            _LIBRARY.impl(name, impl, key)
+        torch.library.register_fake(f"attngen::{name}", fake, lib=_LIBRARY)
+    _OPS[name] = op
+    return name
+
+
+def compile(spec, target: str = "cuda", *, device: Optional[str] = None) -> AttentionOp:
+    """The operator of ``spec`` on ``target`` with the tuned configs of this device.
+
+    Kernels come from the on-disk cache when built before (no TVM compiler work); a first
+    build compiles each distinct config once."""
+    from .build import build
+    from .targets import get
+    from .tune import tuned
+    from .tune.space import default_config
+
+    target = get(target) if isinstance(target, str) else target
+    _, best = tuned(spec, target, device)
+    configs, table = [None], {}  # None: the default config (the cache entry of plain build())
+    default = default_config(spec, target)
+    for b, record in sorted(best.items()):
+        cfg = record["config"]
+        key = None if cfg == default else cfg
+        if key not in configs:
+            configs.append(key)
+        table[b] = configs.index(key)
+    kernels = [build(spec, target, cfg) for cfg in configs]
+    return AttentionOp(spec, target, kernels, table)

@@ -1,0 +1,188 @@
+"""Validate, then time, the built candidates of a directory (the runtime-only side).
+
+``measure(dir)`` reads ``dir/manifest.json`` (written by ``attngen tune --build-only``),
+loads each built candidate, and
+
+1. checks it against the float64 reference on fresh inputs with NaN-poisoned outputs at
+   lengths that leave partial tiles (``VALIDATION_LENGTHS``): a candidate that fails is
+   marked invalid with its error and is never timed, so a fast wrong kernel cannot win;
+2. times it at every requested length: warm-up, then ``repeats`` groups of calls, each group
+   timed with CUDA events (``perf_counter`` on the CPU) and long enough to hide launch gaps;
+   the result is the median over groups.  Successive calls rotate over copies of the inputs
+   whose total size exceeds twice the last-level cache, so no call finds its inputs cached.
+
+Results go to ``dir/results.json``.  Only TVM's runtime, torch and numpy are imported: this
+runs on a GPU host with no TVM compiler (tested with the compiler modules blocked).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .runner import CUBIN, LIB, META
+
+VALIDATION_LENGTHS = (37, 130)
+CACHE_BYTES = {"cpu": 64 << 20, "cuda": 60 << 20}  # generous last-level cache sizes
+MAX_COPIES = 16
+GROUP_SECONDS = 2e-3  # a timed group lasts at least this long
+
+
+def load_candidate(dirpath: Path, spec, target):
+    """The Kernel of a built candidate directory (cubin-backed for CUDA: nothing compiles)."""
+    from ..export import load_module
+    from ..family import Arg, Call
+    from ..kernel import Kernel
+
+    meta = json.loads((dirpath / META).read_text())
+    cubins = None
+    if target.is_cuda:
+        import hashlib
+
+        cubin = (dirpath / CUBIN).read_bytes()
+        if hashlib.sha256(cubin).hexdigest() != meta["cubin_sha256"]:
+            raise RuntimeError(f"{dirpath / CUBIN}: sha256 does not match meta.json")
+        cubins = {meta["cuda_source_sha256"]: cubin}
+    module = load_module(dirpath / LIB, cubins)
+    args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in meta["args"])
+    calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
+    return Kernel(spec, target, module, args, calls)
+
+
+def validate(kernel, rng: np.random.Generator, lengths=VALIDATION_LENGTHS) -> str:
+    """'' if the kernel matches the reference at every length, else what went wrong."""
+    from ..check import check_length
+
+    for n in lengths:
+        r = check_length(kernel, n, 1, rng)
+        if not r.passed:
+            worst = ", ".join(f"{o}: rel_rmse={e['rel_rmse']:.1e} max_rel={e['max_rel']:.1e}"
+                              for o, e in r.errors.items())
+            return f"wrong at length {n} ({worst})"
+    return ""
+
+
+def workload(kernel, sizes: dict, rng: np.random.Generator, copies: int):
+    """``copies`` independent input sets (torch, on the kernel's device) and their outputs."""
+    import torch
+
+    from ..kernel import _torch_dtype
+
+    fam, spec = kernel.family, kernel.spec
+    device = "cuda" if kernel.target.is_cuda else "cpu"
+    sets = []
+    for _ in range(copies):
+        inputs = fam.sample(spec, sizes, rng)
+        feed = {}
+        for a in kernel.args:
+            if a.role == "in":
+                t = torch.from_numpy(np.ascontiguousarray(inputs[a.name]))
+                feed[a.name] = t.to(device=device, dtype=_torch_dtype(a.dtype))
+        actual = fam.sizes(spec, feed)
+        outs = {a.name: torch.empty(a.concrete_shape(actual), dtype=_torch_dtype(a.dtype),
+                                    device=device) for a in kernel.args if a.role == "out"}
+        sets.append((feed, outs))
+    return sets
+
+
+def _bytes(feed: dict, outs: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in (*feed.values(), *outs.values()))
+
+
+def time_kernel(kernel, sizes: dict, rng: np.random.Generator, *, repeats: int = 10,
+                warmup_seconds: float = 0.05) -> dict:
+    """Median milliseconds of one call at ``sizes`` (see the module docstring)."""
+    import torch
+
+    cuda = kernel.target.is_cuda
+    one = workload(kernel, sizes, rng, 1)
+    copies = int(min(MAX_COPIES, max(2, -(-2 * CACHE_BYTES["cuda" if cuda else "cpu"]
+                                          // max(1, _bytes(*one[0]))))))
+    sets = one + workload(kernel, sizes, rng, copies - 1)
+    calls = [0]
+
+    def call():
+        feed, outs = sets[calls[0] % len(sets)]
+        calls[0] += 1
+        kernel.run(feed, outs)
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    # warm-up (first launches load code, fill TLBs) and a first estimate of one call
+    call()
+    sync()
+    start, n = time.perf_counter(), 0
+    while n < 3 or time.perf_counter() - start < warmup_seconds:
+        call()
+        n += 1
+    sync()
+    estimate = (time.perf_counter() - start) / n
+    group = max(1, int(GROUP_SECONDS / max(estimate, 1e-7)))
+    samples = []
+    for _ in range(repeats):
+        if cuda:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            for _ in range(group):
+                call()
+            end.record()
+            end.synchronize()
+            samples.append(begin.elapsed_time(end) / group)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(group):
+                call()
+            samples.append((time.perf_counter() - t0) * 1e3 / group)
+    feed, outs = sets[0]
+    return {"ms": statistics.median(samples), "min_ms": min(samples), "group": group,
+            "repeats": repeats, "copies": copies, "bytes": _bytes(feed, outs)}
+
+
+def measure(dirpath, *, repeats: int = 10, seed: int = 0, deadline: Optional[float] = None,
+            on_result: Callable[[dict], None] = lambda r: None) -> dict:
+    """Validate and time every built candidate of ``dirpath``; writes ``results.json``."""
+    import attngen
+
+    from ..targets import get
+    from . import device_name, sizes_for
+    from .database import bucket
+
+    dirpath = Path(dirpath)
+    manifest = json.loads((dirpath / "manifest.json").read_text())
+    # the spec comes from our own manifest: evaluated with attngen's constructors only
+    spec = eval(manifest["spec"], {"__builtins__": {}}, attngen.namespace())  # noqa: S307
+    target = get(manifest["target"])
+    rows = []
+    for cand in manifest["candidates"]:
+        row = {"id": cand["id"], "config": cand["config"], "timings": {}}
+        if cand["status"] != "built":
+            row.update(status=cand["status"], reason=cand.get("error", ""))
+        elif deadline is not None and time.monotonic() > deadline:
+            row.update(status="skipped", reason="tuning budget spent")
+        else:
+            try:
+                rng = np.random.default_rng(seed)
+                kernel = load_candidate(dirpath / cand["id"], spec, target)
+                reason = validate(kernel, rng)
+                if reason:
+                    row.update(status="invalid", reason=reason)
+                else:
+                    for n in manifest["lengths"]:
+                        sizes = sizes_for(spec, n, manifest["batch"])
+                        t = time_kernel(kernel, sizes, rng, repeats=repeats)
+                        row["timings"][bucket(sizes)] = {"length": n, "batch": manifest["batch"], **t}
+                    row["status"] = "ok"
+            except Exception as err:  # a crash at load or launch is this candidate's result
+                row.update(status="error", reason=f"{type(err).__name__}: {str(err)[:300]}")
+        rows.append(row)
+        on_result(row)
+    results = {"format": "attngen-measurements", "version": 1, "device": device_name(target),
+               "spec_key": manifest["spec_key"], "target": target.name, "rows": rows,
+               "measured_at": time.time()}
+    tmp = dirpath / ".results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(dirpath / "results.json")
+    return results

@@ -373,6 +373,10 @@ class LinearAttention(_Spec):
                                     "and normalise k before the call")
         if self.normalize and self.update == "delta":
             _fail(L, "normalize", "has no meaning for the delta rule")
+        if self.normalize and self.feature_map in ("identity", "relu"):
+            # q·z must stay away from 0: only strictly positive features guarantee that
+            _fail(L, "normalize", f"needs strictly positive features ('elu1' or 'performer'), "
+                                  f"got feature_map={self.feature_map!r}")
         if self.form not in FORMS:
             _fail(L, "form", f"must be one of {FORMS}, got {self.form!r}")
         if not (_posint(self.chunk_size) and self.chunk_size & (self.chunk_size - 1) == 0

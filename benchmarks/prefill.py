@@ -7,7 +7,8 @@ Two steps, because the GPU hosts have only TVM's runtime:
     python benchmarks/prefill.py run DIR [RESULTS]  # on the GPU (source .gpu/env.sh first)
 
 ``run`` writes ``RESULTS/<card>-prefill.json`` ({"card", "rows": [{"case", "impl", "ms",
-"tflops"}], "checks"}) and a markdown table beside it.  TFLOP/s count only unmasked work:
+"tflops"}], "checks", "variants"}) and a markdown table beside it; ``$PREFILL_CASES`` (a regular
+expression) picks a subset of the cases.  TFLOP/s count only unmasked work:
 4 * B * H * Nq * Nk * d times the visible fraction of the mask (counted exactly, on the GPU,
 from the same mask FlexAttention gets).  Times: CUDA events around each call after warm-up,
 median of the repetitions.  Every case is also checked against FlexAttention's output (or
@@ -59,6 +60,31 @@ CASES = [
 ]
 
 
+# tile-shape variants timed beside the default (knobs of schedules/attention_cuda_tc.py)
+VARIANTS = {
+    "dense d128 N4096": [dict(warps=4, m_tiles=2, block_n=32, q_in_registers=False),
+                         dict(warps=4, m_tiles=2, block_n=64, q_in_registers=False),
+                         dict(warps=8, m_tiles=1, block_n=64, q_in_registers=True),
+                         dict(warps=4, m_tiles=1, block_n=32, q_in_registers=True)],
+    "causal d128 N4096": [dict(warps=4, m_tiles=2, block_n=32, q_in_registers=False),
+                          dict(warps=4, m_tiles=2, block_n=64, q_in_registers=False)],
+    "dense d64 N4096": [dict(warps=4, m_tiles=2, block_n=64, q_in_registers=True),
+                        dict(warps=8, m_tiles=1, block_n=64, q_in_registers=True)],
+}
+
+
+def selected() -> list:
+    """The cases whose names match ``$PREFILL_CASES`` (a regular expression; all by default)."""
+    import re
+
+    pattern = re.compile(os.environ.get("PREFILL_CASES", ""))
+    return [c for c in CASES if pattern.search(c.name)]
+
+
+def _variant_file(case: "Case", cfg) -> str:
+    return _file(case) + "__w%d_m%d_n%d_q%d" % (cfg["warps"], cfg["m_tiles"], cfg["block_n"], cfg["q_in_registers"])
+
+
 def spec_of(case: Case):
     from attngen import Attention, masks, mods
 
@@ -83,16 +109,17 @@ def build(out_dir: str) -> None:
 
     target = get("cuda-sm90a")
     os.makedirs(out_dir, exist_ok=True)
-    for case in CASES:
-        low = lower(spec_of(case), target)
-        if low.calls[0].func != "attention" or len(low.calls) != 1:
-            raise RuntimeError(f"{case.name}: expected the tensor-core kernel")
-        compile_lowered(low, target).export_library(os.path.join(out_dir, _file(case) + ".so"))
-        meta = {"args": [a.__dict__ for a in low.args],
-                "calls": [{"func": c.func, "args": list(c.args)} for c in low.calls]}
-        with open(os.path.join(out_dir, _file(case) + ".json"), "w") as f:
-            json.dump(meta, f)
-        print("built", case.name, flush=True)
+    for case in selected():
+        for file, cfg in [(_file(case), None)] + [(_variant_file(case, c), c) for c in VARIANTS.get(case.name, [])]:
+            low = lower(spec_of(case), target, cfg)
+            if "ptx_legacy.mma" not in low.mod.script():
+                raise RuntimeError(f"{case.name}: expected the tensor-core kernel")
+            compile_lowered(low, target).export_library(os.path.join(out_dir, file + ".so"))
+            meta = {"args": [a.__dict__ for a in low.args],
+                    "calls": [{"func": c.func, "args": list(c.args)} for c in low.calls]}
+            with open(os.path.join(out_dir, file + ".json"), "w") as f:
+                json.dump(meta, f)
+            print("built", file, flush=True)
 
 
 # ----------------------------------------------------------------------------- run (GPU)
@@ -168,16 +195,20 @@ def run(build_dir: str, results_dir: str) -> None:
     flex = torch.compile(flex_attention, dynamic=False)
     target, dev = get("cuda-sm90a"), "cuda"
     card = torch.cuda.get_device_name().replace("NVIDIA ", "").replace(" ", "-")
-    rows, checks = [], []
-    for case in CASES:
-        spec = spec_of(case)
-        with open(os.path.join(build_dir, _file(case) + ".json")) as f:
+    rows, checks, variants = [], [], []
+
+    def load(spec, file):
+        with open(os.path.join(build_dir, file + ".json")) as f:
             meta = json.load(f)
         args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in meta["args"])
         calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
-        kernel = Kernel(spec, target, tvm.runtime.load_module(os.path.join(build_dir, _file(case) + ".so")),
+        kernel = Kernel(spec, target, tvm.runtime.load_module(os.path.join(build_dir, file + ".so")),
                         args, calls)
-        fn = kernel._funcs["attention"]  # the raw launch: the timing leaves out input checks
+        return kernel._funcs["attention"]  # the raw launch: the timing leaves out input checks
+
+    for case in selected():
+        spec = spec_of(case)
+        fn = load(spec, _file(case))
 
         dt = getattr(torch, case.dtype)
         B, H, Hk, N, D = case.batch, case.heads, case.kv_heads, case.n, case.dim
@@ -233,13 +264,23 @@ def run(build_dir: str, results_dir: str) -> None:
             rows.append({"case": case.name, "impl": impl, "ms": round(ms, 4),
                          "tflops": round(flops / ms / 1e9, 1)})
             print(f"  {impl:11s} {ms:8.3f} ms {flops / ms / 1e9:7.1f} TFLOP/s", flush=True)
+        for cfg in VARIANTS.get(case.name, []):
+            vfn = load(spec, _variant_file(case, cfg))
+            o.fill_(float("nan"))
+            vfn(*feed)
+            torch.cuda.synchronize()
+            verr = float((o.float() - ref).norm() / ref.norm())
+            ms = _median_ms(lambda: vfn(*feed), reps)
+            variants.append({"case": case.name, "config": cfg, "ms": round(ms, 4),
+                             "tflops": round(flops / ms / 1e9, 1), "rel_err_vs_flex": verr})
+            print(f"  attngen {cfg}: {ms:8.3f} ms {flops / ms / 1e9:7.1f} TFLOP/s (err {verr:.1e})", flush=True)
         del q, k, v, o, lse, block_mask
         torch.cuda.empty_cache()
 
     os.makedirs(results_dir, exist_ok=True)
     base = os.path.join(results_dir, f"{card}-prefill")
     with open(base + ".json", "w") as f:
-        json.dump({"card": card, "rows": rows, "checks": checks}, f, indent=1)
+        json.dump({"card": card, "rows": rows, "checks": checks, "variants": variants}, f, indent=1)
     with open(base + ".md", "w") as f:
         f.write(markdown(card, rows, checks))
     print(markdown(card, rows, checks))

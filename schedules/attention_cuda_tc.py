@@ -3,8 +3,12 @@
 The template already is the schedule: explicit thread bindings, register fragments and PTX
 builtins.  What remains to choose is the tile shape:
 
-    warps     warps per CTA; each owns 16 query rows, so a CTA covers 16 * warps rows
-    block_n   keys per K/V tile (a multiple of 16)
+    warps            warps per CTA
+    m_tiles          16-row m-tiles per warp (1 or 2): a CTA covers 16 * m_tiles * warps rows,
+                     and the m-tiles of a warp share each K/V fragment it reads from shared memory
+    block_n          keys per K/V tile (a multiple of 16)
+    q_in_registers   hold Q's A fragments for the whole KV loop (else re-read them from shared
+                     memory for every 16 channels; wide heads need the registers for O)
 
 Limits checked by ``validate``: the Q, K and V tiles (rows padded by 8 elements) fit the
 target's dynamic shared memory; the K and V tiles split into whole 16-byte copies per thread;
@@ -14,22 +18,26 @@ from __future__ import annotations
 
 KNOBS = {
     "warps": "warps per CTA, 16 query rows each (1, 2, 4 or 8)",
+    "m_tiles": "16-row m-tiles per warp (1 or 2)",
     "block_n": "keys per shared-memory K/V tile (16, 32, 64 or 128)",
+    "q_in_registers": "keep Q's fragments in registers through the KV loop (bool)",
 }
 
 PAD = 8  # elements of padding per shared-memory row: 16 B, one bank group
 # dynamic shared memory a CTA may opt into
 SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024,
               "sm_90a": 227 * 1024}
-# 32-bit registers the fragments may take; the rest is addresses, loop state and exp2 temporaries
-FRAGMENT_REGS = 176
+# 32-bit registers the fragments may take (ptxas then lands at 230-254 of 255 without spills)
+FRAGMENT_REGS = 240
 
 
 def default(spec, target) -> dict:
-    for cfg in ({"warps": 4, "block_n": 64}, {"warps": 4, "block_n": 32}, {"warps": 4, "block_n": 16}):
-        if not _problems(spec, target, cfg):
-            return cfg
-    return {"warps": 4, "block_n": 16}  # validate() explains why it does not fit
+    for q_regs in (True, False):
+        for block_n in (64, 32, 16):
+            cfg = {"warps": 4, "m_tiles": 1, "block_n": block_n, "q_in_registers": q_regs}
+            if not _problems(spec, target, cfg):
+                return cfg
+    return {"warps": 4, "m_tiles": 1, "block_n": 16, "q_in_registers": False}  # validate() says why not
 
 
 def validate(spec, target, config) -> None:
@@ -42,7 +50,7 @@ def validate(spec, target, config) -> None:
 
 
 def smem_bytes(spec, config) -> int:
-    rows = 16 * config["warps"]
+    rows = 16 * config["m_tiles"] * config["warps"]
     return 2 * (rows * (spec.head_dim + PAD) + config["block_n"] * (spec.head_dim + spec.head_dim_v + 2 * PAD))
 
 
@@ -50,14 +58,19 @@ def fragment_regs(spec, config) -> int:
     """32-bit registers of one thread's fragments: O and S in fp32 (4 per 16 x 8 tile), Q and P
     as 16-bit pairs (4 per 16 x 16 tile), two ldmatrix results."""
     bn = config["block_n"]
-    return spec.head_dim_v // 2 + bn // 2 + spec.head_dim // 4 + bn // 4 + 8
+    q = spec.head_dim // 4 if config["q_in_registers"] else 4
+    return config["m_tiles"] * (spec.head_dim_v // 2 + bn // 2 + q + bn // 4) + 8
 
 
 def _problems(spec, target, config) -> list:
     out = []
     w, bn = config["warps"], config["block_n"]
+    if not isinstance(config.get("q_in_registers"), bool):
+        out.append(f"q_in_registers must be a bool, got {config.get('q_in_registers')!r}")
     if w not in (1, 2, 4, 8):
         out.append(f"warps must be 1, 2, 4 or 8, got {w!r}")
+    if config.get("m_tiles") not in (1, 2):
+        out.append(f"m_tiles must be 1 or 2, got {config.get('m_tiles')!r}")
     if bn not in (16, 32, 64, 128):
         out.append(f"block_n must be 16, 32, 64 or 128, got {bn!r}")
     if out:

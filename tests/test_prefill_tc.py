@@ -72,7 +72,7 @@ def test_reasons_name_the_field():
 def test_simt_knobs_select_the_simt_kernel():
     spec = GALLERY["causal"].spec
     assert not _is_tc(lower(spec, SM90, {"block_q": 64, "block_k": 32}))
-    assert _is_tc(lower(spec, SM90, {"warps": 4, "block_n": 32}))
+    assert _is_tc(lower(spec, SM90, {"warps": 4, "block_n": 32, "q_in_registers": True, "m_tiles": 1}))
 
 
 # ----------------------------------------------------------------------------- tile bounds
@@ -88,11 +88,11 @@ def test_exact_interval_only_for_conjunctions_of_key_bounds():
 
 def test_causal_tiles_have_band_and_full_bounds():
     args = __import__("attngen.softmax.signature", fromlist=["x"]).program_args(GALLERY["causal"].spec)
-    ctx = tensorcore.context(GALLERY["causal"].spec, {"warps": 4, "block_n": 64}, args)
+    ctx = tensorcore.context(GALLERY["causal"].spec, {"warps": 4, "block_n": 64, "q_in_registers": True, "m_tiles": 1}, args)
     # keys up to the last row's position are visited, and a tile is full below the first row's
     assert ctx["kv_hi"] == "(q_last + kvl - LQ)" and ctx["kv_lo"] is None
     assert ctx["full_hi"] == "(q0 + kvl - LQ)" and ctx["full_lo"] == "0"
-    doc = tensorcore.context(GALLERY["document"].spec, {"warps": 4, "block_n": 64},
+    doc = tensorcore.context(GALLERY["document"].spec, {"warps": 4, "block_n": 64, "q_in_registers": True, "m_tiles": 1},
                              __import__("attngen.softmax.signature", fromlist=["x"]).program_args(GALLERY["document"].spec))
     assert doc["full_lo"] is None and doc["kv_hi"] == "(q_last + kvl - LQ)"
 
@@ -103,13 +103,15 @@ def test_causal_tiles_have_band_and_full_bounds():
 def test_knobs_are_validated():
     sched = load_schedule("attention_cuda_tc")
     spec = Attention(num_heads=2, head_dim=256)
-    assert sched.default(spec, SM90)["block_n"] < 64  # the 256-wide accumulator needs room
+    assert sched.default(spec, SM90)["block_n"] < 64  # the 256-wide O takes the registers
+    assert sched.default(Attention(num_heads=2, head_dim=128), SM90) == {
+        "warps": 4, "block_n": 64, "q_in_registers": True, "m_tiles": 1}
     with pytest.raises(ValueError, match="registers"):
-        sched.validate(spec, SM90, {"warps": 4, "block_n": 128})
+        sched.validate(spec, SM90, {"warps": 4, "block_n": 128, "q_in_registers": True, "m_tiles": 1})
     with pytest.raises(ValueError, match="warps"):
-        sched.validate(spec, SM90, {"warps": 3, "block_n": 16})
+        sched.validate(spec, SM90, {"warps": 3, "block_n": 16, "q_in_registers": False, "m_tiles": 1})
     with pytest.raises(ValueError, match="unknown"):
-        sched.validate(spec, SM90, {"warps": 4, "block_n": 16, "block_q": 64})
+        sched.validate(spec, SM90, {"warps": 4, "block_n": 16, "q_in_registers": False, "m_tiles": 1, "block_q": 64})
 
 
 # ----------------------------------------------------------------------------- nvcc
@@ -117,10 +119,12 @@ def test_knobs_are_validated():
 
 @needs_nvcc
 @pytest.mark.parametrize("name,arch", [("causal", "sm_90a"), ("mla_prefill", "sm_90a"),
-                                       ("document", "sm_90a"), ("causal_bf16", "sm_80")])
+                                       ("document", "sm_90a"), ("d256", "sm_90a"),
+                                       ("causal_bf16", "sm_80")])
 def test_registers_without_stack_or_spills(name, arch, tmp_path):
     target = get_target("cuda-sm80" if arch == "sm_80" else "cuda-sm90a")
-    ex = compile_lowered(lower(GALLERY[name].spec, target), target)
+    spec = GALLERY[name].spec if name in GALLERY else EXTRA[name]
+    ex = compile_lowered(lower(spec, target), target)
     source = next(m for m in ex.mod.imports if m.kind == "cuda").inspect_source()
     assert source.count("mma.sync.aligned.m16n8k16") > 0 and "cp.async.cg.shared.global" in source
     path = tmp_path / "kernel.cu"

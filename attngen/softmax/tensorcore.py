@@ -75,10 +75,12 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
 def context(spec: Attention, cfg, args) -> dict:
     from .lower import LN2, LOG2E, NEG
 
-    warps, block_n = cfg["warps"], cfg["block_n"]
-    # C-fragment element i of S in this thread: row q_row + 8 (i % 4 // 2), key 8 (i // 4) + 2 t + i % 2
-    q_idx = "(q_row + i % 4 // 2 * 8)"
-    kv_idx = "(kv0 + i // 4 * 8 + lane % 4 * 2 + i % 2)"
+    warps, block_n, m_tiles = cfg["warps"], cfg["block_n"], cfg["m_tiles"]
+    # C-fragment element i of S in this thread: m-tile i // (block_n / 2), within it the row
+    # 8 (i % 4 // 2) and the key 8 (i // 4) + 2 t + i % 2 (t = lane % 4)
+    sw = block_n // 2
+    q_idx = f"(q_row + i // {sw} * 16 + i % 4 // 2 * 8)"
+    kv_idx = f"(kv0 + i % {sw} // 4 * 8 + lane % 4 * 2 + i % 2)"
     names = {"b": "b", "h": "h", "q_idx": q_idx, "kv_idx": kv_idx, "q_len": "LQ", "kv_len": "kvl"}
 
     mod = predicate.score_expr(spec)
@@ -105,8 +107,9 @@ def context(spec: Attention, cfg, args) -> dict:
     return dict(
         params=params, size_vars=sig.size_vars(args), dtype=spec.dtype,
         mma_dtype=MMA_DTYPE[spec.dtype], head_dim=spec.head_dim, head_dim_v=spec.head_dim_v,
-        num_heads=spec.num_heads, group=spec.group_size, warps=warps, block_m=16 * warps,
-        block_n=block_n, pad=8, logit_full=logit,
+        num_heads=spec.num_heads, group=spec.group_size, warps=warps, m_tiles=m_tiles,
+        block_m=16 * m_tiles * warps,
+        block_n=block_n, pad=8, q_in_registers=cfg["q_in_registers"], logit_full=logit,
         logit_partial=f"T.Select({visible}, {logit}, T.float32({NEG!r}))",
         kv_lo=kv_lo, kv_hi=kv_hi, full_lo=full_lo, full_hi=full_hi, sinks=spec.sinks,
         neg=repr(NEG), ln2=repr(LN2), log2e=repr(LOG2E))

@@ -4,6 +4,14 @@ Inputs are torch tensors (on the target's device) or, for convenience on the CPU
 arrays, which are converted to the argument's dtype.  Everything is checked before anything
 is launched: names, dtypes, devices, contiguity, and that all shapes agree with the sizes
 implied by the inputs.  Outputs are returned as torch tensors in argument order.
+
+Every buffer of a TVM kernel is declared ``ALIGNMENT``-byte aligned (the default
+``data_alignment`` of ``T.match_buffer``), and the code generator relies on it: for the host
+CPU (AVX2/AVX-512) LLVM turns an 8-lane float32 load of such a buffer into ``vmovaps``, which
+faults on an address that is not 32-byte aligned.  A torch tensor promises only the alignment
+of its element type (``torch.from_numpy`` shares numpy's 16-byte-aligned memory; a view has a
+storage offset), so a tensor whose data is not aligned is passed as an aligned copy (an output:
+computed in the copy, then copied back).
 """
 from __future__ import annotations
 
@@ -12,6 +20,9 @@ from typing import Mapping, Optional
 import numpy as np
 
 from .family import family_of
+
+
+ALIGNMENT = 64  # bytes; TVM's runtime::kAllocAlignment
 
 
 class KernelInputError(ValueError):
@@ -81,7 +92,11 @@ class Kernel:
             else:
                 tensors[arg.name] = torch.empty(arg.concrete_shape(sizes),
                                                 dtype=_torch_dtype(arg.dtype), device=device)
-        self._launch(tensors, device)
+        launched = {name: _aligned(t) for name, t in tensors.items()}
+        self._launch(launched, device)
+        for arg in self.args:
+            if arg.role != "in" and launched[arg.name] is not tensors[arg.name]:
+                tensors[arg.name].copy_(launched[arg.name])
         return {a.name: tensors[a.name] for a in self.args if a.role == "out"}
 
     # -- helpers --
@@ -129,6 +144,21 @@ class Kernel:
         else:
             for call in self.calls:
                 self._funcs[call.func](*(tensors[n] for n in call.args))
+
+
+def _aligned(t):
+    """``t`` itself if its data is ``ALIGNMENT``-byte aligned, else an aligned copy of it (cut
+    from a slightly larger allocation, so the allocator's own alignment does not matter)."""
+    import torch
+
+    if t.data_ptr() % ALIGNMENT == 0:
+        return t
+    size = t.element_size()  # a power of two that divides ALIGNMENT, as does any data_ptr's offset
+    raw = torch.empty(t.numel() + ALIGNMENT // size, dtype=t.dtype, device=t.device)
+    skip = (-raw.data_ptr() % ALIGNMENT) // size
+    out = raw[skip:skip + t.numel()].view(t.shape)
+    out.copy_(t)
+    return out
 
 
 def _check_tensor(arg, t, sizes, device) -> None:

@@ -52,9 +52,9 @@ CASES = [
     Case("paged16 B8 Hq32 Hkv8 L32768", 8, 32768, page_size=16),
     Case("paged16 B64 Hq32 Hkv32 L4096", 64, 4096, kv_heads=32, page_size=16),
 ]
-# knob settings tried besides the default (contiguous cases only)
-SWEEP = [{"ctas_per_sm": 4}, {"ctas_per_sm": 16}, {"keys_per_thread": 2}, {"keys_per_thread": 8},
-         {"warps": 8}]
+# knob settings tried besides the default
+SWEEP = [{"warps": 8}, {"warps": 8, "ctas_per_sm": 16}, {"stages": 2}, {"stages": 2, "ctas_per_sm": 16},
+         {"stages": 2, "warps": 8}, {"stages": 2, "warps": 8, "keys_per_thread": 2}]
 
 
 def spec_of(case: Case):
@@ -66,11 +66,9 @@ def spec_of(case: Case):
 
 
 def variants(case: Case) -> list:
-    """(label, config) pairs built for a case."""
-    out = [("attngen", {})]
-    if not case.page_size:
-        out += [("attngen[" + ",".join(f"{k}={v}" for k, v in cfg.items()) + "]", cfg) for cfg in SWEEP]
-    return out
+    """(label, config) pairs built for a case: the default config, then the sweep."""
+    return [("attngen", {})] + [("attngen[" + ",".join(f"{k}={v}" for k, v in cfg.items()) + "]", cfg)
+                                 for cfg in SWEEP]
 
 
 def _file(spec, config) -> str:

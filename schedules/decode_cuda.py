@@ -23,6 +23,9 @@ Knobs:
     keys_per_thread  K/V rows each thread loads per step (1..8): memory-level parallelism
     rows             packed query rows per CTA (1..16); more rows mean more row tiles, each
                      re-reading its K/V (from L2 when neighbours in the grid run together)
+    stages           K/V register buffers: 1, or 2 (step t + 1's loads issued before step t
+                     is used: loads stay in flight through the arithmetic, at twice the
+                     registers for K/V)
     max_split        most KV splits (1..256), the size of the partial-result scratch
     ctas_per_sm      CTAs per SM the split heuristic aims at (1..64)
 Validity: the cross-group merge fits the static shared-memory limit (48 KiB).
@@ -33,6 +36,7 @@ KNOBS = {
     "warps": "warps per CTA (1..8)",
     "keys_per_thread": "K/V rows each thread loads before using them (1..8)",
     "rows": "packed query rows (query heads x queries of one KV head) per CTA (1..16)",
+    "stages": "K/V register buffers: 1, or 2 to load step t + 1 while step t is used",
     "max_split": "most KV splits; the split count is chosen at run time (1..256)",
     "ctas_per_sm": "CTAs per SM the run-time split count aims at (1..64)",
 }
@@ -66,7 +70,7 @@ def default(spec, target) -> dict:
     rows = -(-rows_total // tiles)  # balanced tiles of at most 8 rows
     # registers: q and the accumulator take 2 * rows * vec floats; fewer rows leave room for
     # more loads in flight
-    return {"warps": 4, "keys_per_thread": 4 if rows <= 4 else 2, "rows": rows,
+    return {"warps": 4, "keys_per_thread": 4 if rows <= 4 else 2, "rows": rows, "stages": 1,
             "max_split": 32, "ctas_per_sm": 8}
 
 
@@ -75,7 +79,7 @@ def validate(spec, target, config) -> None:
     if unknown:
         raise ValueError(f"unknown knob(s) {sorted(unknown)} for decode_cuda; known: {sorted(KNOBS)}")
     out = []
-    for name, lo, hi in (("warps", 1, 8), ("keys_per_thread", 1, 8), ("rows", 1, 16),
+    for name, lo, hi in (("warps", 1, 8), ("keys_per_thread", 1, 8), ("rows", 1, 16), ("stages", 1, 2),
                          ("max_split", 1, 256), ("ctas_per_sm", 1, 64)):
         v = config.get(name)
         if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):

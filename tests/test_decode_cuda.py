@@ -40,13 +40,20 @@ SPECS = {
     "softcap_d256": Attention(num_heads=8, num_kv_heads=4, head_dim=256,
                               score_mod=GALLERY["softcap"].spec.score_mod, phase=Decode(1)),
 }
+# knob settings that change the kernel's structure: (spec name, config)
+VARIANTS = {
+    "decode+stages2+warps8": ("decode", {"stages": 2, "warps": 8}),
+    "gqa8_q8_paged64+stages2": ("gqa8_q8_paged64", {"stages": 2}),
+    "sinks_window_d64+stages2+1key": ("sinks_window_d64", {"stages": 2, "keys_per_thread": 1}),
+}
+CASES = {**{name: (name, {}) for name in SPECS}, **VARIANTS}
 LENGTHS = (1, 63, 64, 65, 4097, 32768)
 
 
 def prebuild(target: str = "cuda") -> None:
     """Fill the build cache for a GPU host that has only TVM's runtime."""
-    for spec in SPECS.values():
-        build(spec, target)
+    for spec_name, config in CASES.values():
+        build(SPECS[spec_name], target, config)
 
 
 # ----------------------------------------------------------------------------- routing
@@ -83,6 +90,7 @@ def test_generic_simt_knobs_select_the_generic_kernel():
     ({"keys_per_thread": 9}, "keys_per_thread"),
     ({"rows": 16, "warps": 8}, "shared memory"),
     ({"max_split": True}, "max_split"),
+    ({"stages": 3}, "stages"),
 ])
 def test_invalid_decode_configs_are_rejected(config, message):
     with pytest.raises(ValueError, match=message):
@@ -103,9 +111,10 @@ def test_split_count_follows_the_batch():
 
 
 @needs_nvcc
-@pytest.mark.parametrize("name", ["decode", "paged_decode", "spec_decode", "sinks_window_d64"])
-def test_decode_kernels_compile_without_spills(name, tmp_path):
-    low = lower(SPECS[name], SM90)
+@pytest.mark.parametrize("name, config", [("decode", {}), ("paged_decode", {}), ("spec_decode", {}),
+                                          ("sinks_window_d64", {}), ("paged_decode", {"stages": 2})])
+def test_decode_kernels_compile_without_spills(name, config, tmp_path):
+    low = lower(SPECS[name], SM90, config)
     source = next(m for m in compile_lowered(low, SM90).mod.imports if m.kind == "cuda").inspect_source()
     # 16-byte K/V loads straight into registers, dot products reduced by warp shuffles
     assert re.search(r"\*\(uint4\*\)\(kr_ptr \+ \d+\) = \*\(uint4\*\)\(K_ptr", source)
@@ -125,9 +134,10 @@ def test_decode_kernels_compile_without_spills(name, tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", sorted(SPECS))
-def test_decode_on_gpu(name):
-    kernel = build(SPECS[name], "cuda")
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_decode_on_gpu(case):
+    spec_name, config = CASES[case]
+    kernel = build(SPECS[spec_name], "cuda", config)
     rng = np.random.default_rng(np.random.SeedSequence())
     for length in LENGTHS:
         # several sequences: lengths in [1, length], one of them full; pages shuffled

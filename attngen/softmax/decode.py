@@ -101,7 +101,7 @@ def decode_context(spec: Attention, target, cfg, args, n_split: str) -> dict:
         kv_len_of_b = "T.max(T.min(KV_LENS[vb], LK), 0)"
         at = "vb, vhk, kc"
 
-    names = {"b": "vb", "h": row_head, "q_idx": row_q, "kv_idx": "kidx[u]",
+    names = {"b": "vb", "h": row_head, "q_idx": row_q, "kv_idx": "key",
              "q_len": str(QL), "kv_len": "kvl"}
     mask = predicate.mask_expr(spec)
     visible = "T.bool(True)" if mask.same(E.true()) else predicate.tir(mask, names, spec)
@@ -120,7 +120,7 @@ def decode_context(spec: Attention, target, cfg, args, n_split: str) -> dict:
         head_dim=spec.head_dim, num_kv_heads=spec.num_kv_heads, group=G, q_len=QL,
         packed=packed, rows=rows, row_tiles=-(-packed // rows), warps=cfg["warps"],
         lanes=lanes, vec=vec, kpw=kpw, groups=groups, keys_per_thread=cfg["keys_per_thread"],
-        chunk=groups * cfg["keys_per_thread"],
+        chunk=groups * cfg["keys_per_thread"], stages=cfg["stages"],
         shuffle_offsets=[lanes >> i for i in range(1, lanes.bit_length())],
         n_split=n_split, kv_len_of_b=kv_len_of_b, k_at=at, v_at=at, row_q=row_q,
         row_head=row_head, visible=visible, logit=logit, kv_lo=lo, kv_hi=hi,

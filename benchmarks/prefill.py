@@ -1,10 +1,16 @@
 """Prefill speed: attngen's tensor-core kernel against SDPA (flash and cuDNN backends) and
 FlexAttention (torch.compile, one compile per shape), in one process on one GPU.
 
-Two steps, because the GPU hosts have only TVM's runtime:
+Three steps, because the GPU hosts have only TVM's runtime:
 
     python benchmarks/prefill.py build DIR          # here: lower + compile every case to DIR
-    python benchmarks/prefill.py run DIR [RESULTS]  # on the GPU (source .gpu/env.sh first)
+    python benchmarks/prefill.py check DIR          # on the GPU (source .gpu/env.sh first)
+    python benchmarks/prefill.py run DIR [RESULTS]  # on the GPU
+
+``check`` runs attngen.check.check_length (float64 references, NaN-poisoned outputs) on every
+gallery spec that takes the tensor-core kernel and on tests/test_prefill_tc.py's extra shapes,
+from the modules ``build`` exported (the same checks as that test file's GPU tests, which need
+the compiler or a filled build cache where they run).
 
 ``run`` writes ``RESULTS/<card>-prefill.json`` ({"card", "rows": [{"case", "impl", "ms",
 "tflops"}], "checks", "variants"}) and a markdown table beside it; ``$PREFILL_CASES`` (a regular
@@ -63,13 +69,12 @@ CASES = [
 # tile-shape variants timed beside the default (knobs of schedules/attention_cuda_tc.py)
 VARIANTS = {
     "dense d128 N4096": [dict(warps=4, m_tiles=2, block_n=32, q_in_registers=False),
-                         dict(warps=4, m_tiles=2, block_n=64, q_in_registers=False),
-                         dict(warps=8, m_tiles=1, block_n=64, q_in_registers=True),
-                         dict(warps=4, m_tiles=1, block_n=32, q_in_registers=True)],
+                         dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True),
+                         dict(warps=8, m_tiles=1, block_n=64, q_in_registers=True)],
     "causal d128 N4096": [dict(warps=4, m_tiles=2, block_n=32, q_in_registers=False),
-                          dict(warps=4, m_tiles=2, block_n=64, q_in_registers=False)],
-    "dense d64 N4096": [dict(warps=4, m_tiles=2, block_n=64, q_in_registers=True),
-                        dict(warps=8, m_tiles=1, block_n=64, q_in_registers=True)],
+                          dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
+    "dense d64 N4096": [dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True),
+                        dict(warps=8, m_tiles=2, block_n=64, q_in_registers=True)],
 }
 
 
@@ -103,22 +108,82 @@ def _file(case: Case) -> str:
 # ----------------------------------------------------------------------------- build (no GPU)
 
 
+CHECK_LENGTHS = (1, 63, 64, 65, 1000)
+LONG_CHECKS = {"causal": (4096,), "gqa": (4096,)}
+
+
+def check_specs() -> dict:
+    """name -> spec: the supported gallery specs and the extra shapes of the tests."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import test_prefill_tc as t
+    from attngen.gallery import GALLERY
+
+    return {**{n: GALLERY[n].spec for n in t.GALLERY_TC}, **{"x_" + n: s for n, s in t.EXTRA.items()}}
+
+
+def _export(low, target, out_dir, file):
+    from attngen.build import compile_lowered
+
+    compile_lowered(low, target).export_library(os.path.join(out_dir, file + ".so"))
+    meta = {"args": [a.__dict__ for a in low.args],
+            "calls": [{"func": c.func, "args": list(c.args)} for c in low.calls]}
+    with open(os.path.join(out_dir, file + ".json"), "w") as f:
+        json.dump(meta, f)
+
+
+def _load(spec, target, build_dir, file):
+    import tvm
+    from attngen.family import Arg, Call
+    from attngen.kernel import Kernel
+
+    with open(os.path.join(build_dir, file + ".json")) as f:
+        meta = json.load(f)
+    args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in meta["args"])
+    calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
+    return Kernel(spec, target, tvm.runtime.load_module(os.path.join(build_dir, file + ".so")), args, calls)
+
+
+def check(build_dir: str) -> bool:
+    import numpy as np
+    from attngen.check import check_length
+    from attngen.runtime import ensure_cuda_runtime
+    from attngen.targets import get
+
+    ensure_cuda_runtime()
+    target, ok = get("cuda-sm90a"), True
+    for name, spec in check_specs().items():
+        kernel = _load(spec, target, build_dir, "check_" + name)
+        rng = np.random.default_rng(0)
+        worst = {}
+        for length in CHECK_LENGTHS + LONG_CHECKS.get(name, ()):
+            r = check_length(kernel, length, batch=2 if length <= 257 else 1, rng=rng)
+            ok &= r.passed
+            for out, e in r.errors.items():
+                worst[out] = max(worst.get(out, 0.0), e["rel_rmse"])
+            if not r.passed:
+                print(f"  {name} length {length}: FAIL {r.errors}", flush=True)
+        print(f"{name:24s} worst rel_rmse "
+              + ", ".join(f"{o} {v:.1e}" for o, v in worst.items()), flush=True)
+    print("ALL PASS" if ok else "SOME FAILED", flush=True)
+    return ok
+
+
 def build(out_dir: str) -> None:
-    from attngen.build import compile_lowered, lower
+    from attngen.build import lower
     from attngen.targets import get
 
     target = get("cuda-sm90a")
     os.makedirs(out_dir, exist_ok=True)
+    if not os.environ.get("PREFILL_CASES"):
+        for name, spec in check_specs().items():
+            _export(lower(spec, target), target, out_dir, "check_" + name)
+            print("built check", name, flush=True)
     for case in selected():
         for file, cfg in [(_file(case), None)] + [(_variant_file(case, c), c) for c in VARIANTS.get(case.name, [])]:
             low = lower(spec_of(case), target, cfg)
             if "ptx_legacy.mma" not in low.mod.script():
                 raise RuntimeError(f"{case.name}: expected the tensor-core kernel")
-            compile_lowered(low, target).export_library(os.path.join(out_dir, file + ".so"))
-            meta = {"args": [a.__dict__ for a in low.args],
-                    "calls": [{"func": c.func, "args": list(c.args)} for c in low.calls]}
-            with open(os.path.join(out_dir, file + ".json"), "w") as f:
-                json.dump(meta, f)
+            _export(low, target, out_dir, file)
             print("built", file, flush=True)
 
 
@@ -183,9 +248,6 @@ def run(build_dir: str, results_dir: str) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    import tvm
-    from attngen.family import Arg, Call
-    from attngen.kernel import Kernel
     from attngen.runtime import ensure_cuda_runtime
     from attngen.targets import get
 
@@ -198,13 +260,8 @@ def run(build_dir: str, results_dir: str) -> None:
     rows, checks, variants = [], [], []
 
     def load(spec, file):
-        with open(os.path.join(build_dir, file + ".json")) as f:
-            meta = json.load(f)
-        args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in meta["args"])
-        calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
-        kernel = Kernel(spec, target, tvm.runtime.load_module(os.path.join(build_dir, file + ".so")),
-                        args, calls)
-        return kernel._funcs["attention"]  # the raw launch: the timing leaves out input checks
+        # the raw launch: the timing leaves out the driver's input checks
+        return _load(spec, target, build_dir, file)._funcs["attention"]
 
     for case in selected():
         spec = spec_of(case)
@@ -279,6 +336,16 @@ def run(build_dir: str, results_dir: str) -> None:
 
     os.makedirs(results_dir, exist_ok=True)
     base = os.path.join(results_dir, f"{card}-prefill")
+    if os.path.exists(base + ".json"):  # a subset run ($PREFILL_CASES) updates only its cases
+        with open(base + ".json") as f:
+            old = json.load(f)
+        done = {c.name for c in selected()}
+        keep = lambda xs: [x for x in xs if x["case"] not in done]
+        rows, checks = keep(old["rows"]) + rows, keep(old["checks"]) + checks
+        variants = keep(old.get("variants", [])) + variants
+        order = {c.name: i for i, c in enumerate(CASES)}
+        for xs in (rows, checks, variants):
+            xs.sort(key=lambda x: order.get(x["case"], len(order)))
     with open(base + ".json", "w") as f:
         json.dump({"card": card, "rows": rows, "checks": checks, "variants": variants}, f, indent=1)
     with open(base + ".md", "w") as f:
@@ -305,9 +372,11 @@ def markdown(card: str, rows, checks) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] not in ("build", "run"):
+    if len(sys.argv) < 3 or sys.argv[1] not in ("build", "check", "run"):
         sys.exit(__doc__)
     if sys.argv[1] == "build":
         build(sys.argv[2])
+    elif sys.argv[1] == "check":
+        sys.exit(0 if check(sys.argv[2]) else 1)
     else:
         run(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else os.path.join(ROOT, "benchmarks", "results"))

@@ -32,9 +32,11 @@ FRAGMENT_REGS = 240
 
 
 def default(spec, target) -> dict:
-    for q_regs in (True, False):
-        for block_n in (64, 32, 16):
-            cfg = {"warps": 4, "m_tiles": 1, "block_n": block_n, "q_in_registers": q_regs}
+    # measured on an H100 (benchmarks/NOTES-prefill.md): two m-tiles per warp and 64-key tiles
+    # first, then Q re-read from shared memory before smaller tiles
+    for m_tiles, block_n in ((2, 64), (2, 32), (1, 64), (1, 32), (1, 16)):
+        for q_regs in (True, False):
+            cfg = {"warps": 4, "m_tiles": m_tiles, "block_n": block_n, "q_in_registers": q_regs}
             if not _problems(spec, target, cfg):
                 return cfg
     return {"warps": 4, "m_tiles": 1, "block_n": 16, "q_in_registers": False}  # validate() says why not

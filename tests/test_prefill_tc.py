@@ -105,7 +105,7 @@ def test_knobs_are_validated():
     spec = Attention(num_heads=2, head_dim=256)
     assert sched.default(spec, SM90)["block_n"] < 64  # the 256-wide O takes the registers
     assert sched.default(Attention(num_heads=2, head_dim=128), SM90) == {
-        "warps": 4, "block_n": 64, "q_in_registers": True, "m_tiles": 1}
+        "warps": 4, "m_tiles": 2, "block_n": 64, "q_in_registers": False}
     with pytest.raises(ValueError, match="registers"):
         sched.validate(spec, SM90, {"warps": 4, "block_n": 128, "q_in_registers": True, "m_tiles": 1})
     with pytest.raises(ValueError, match="warps"):

@@ -69,9 +69,15 @@ def default(spec, target) -> dict:
     tiles = -(-rows_total // 8)
     rows = -(-rows_total // tiles)  # balanced tiles of at most 8 rows
     # registers: q and the accumulator take 2 * rows * vec floats; fewer rows leave room for
-    # more loads in flight
-    return {"warps": 4, "keys_per_thread": 4 if rows <= 4 else 2, "rows": rows, "stages": 1,
-            "max_split": 32, "ctas_per_sm": 8}
+    # more loads in flight.  Measured on an H100 (benchmarks/NOTES-decode.md): 8 warps beat 4
+    # by 2-10% on the three shapes (fewer warps where the merge would overflow shared
+    # memory); a register double buffer (stages=2) costs occupancy and loses up to 30% at
+    # GQA 4; 4 keys per thread beat 2 and 8.
+    cfg = {"warps": 8, "keys_per_thread": 4 if rows <= 4 else 2, "rows": rows, "stages": 1,
+           "max_split": 32, "ctas_per_sm": 8}
+    while cfg["warps"] > 1 and merge_smem_bytes(spec, cfg) > STATIC_SMEM_BYTES:
+        cfg["warps"] //= 2  # many rows: fewer groups to merge
+    return cfg
 
 
 def validate(spec, target, config) -> None:

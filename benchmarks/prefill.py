@@ -334,23 +334,38 @@ def run(build_dir: str, results_dir: str) -> None:
         del q, k, v, o, lse, block_mask
         torch.cuda.empty_cache()
 
+        save(results_dir, card, rows, checks, variants)  # after every case: a cut-off run keeps its rows
+    print(markdown(*load_results(results_dir, card)))
+
+
+def _base(results_dir, card):
+    return os.path.join(results_dir, f"{card}-prefill")
+
+
+def load_results(results_dir, card):
+    with open(_base(results_dir, card) + ".json") as f:
+        res = json.load(f)
+    return card, res["rows"], res["checks"]
+
+
+def save(results_dir, card, rows, checks, variants) -> None:
+    """Write the JSON and markdown; rows of cases not run this time are kept from the file."""
     os.makedirs(results_dir, exist_ok=True)
-    base = os.path.join(results_dir, f"{card}-prefill")
-    if os.path.exists(base + ".json"):  # a subset run ($PREFILL_CASES) updates only its cases
+    base = _base(results_dir, card)
+    done = {x["case"] for x in checks}
+    if os.path.exists(base + ".json"):
         with open(base + ".json") as f:
             old = json.load(f)
-        done = {c.name for c in selected()}
         keep = lambda xs: [x for x in xs if x["case"] not in done]
         rows, checks = keep(old["rows"]) + rows, keep(old["checks"]) + checks
         variants = keep(old.get("variants", [])) + variants
-        order = {c.name: i for i, c in enumerate(CASES)}
-        for xs in (rows, checks, variants):
-            xs.sort(key=lambda x: order.get(x["case"], len(order)))
+    order = {c.name: i for i, c in enumerate(CASES)}
+    for xs in (rows, checks, variants):
+        xs.sort(key=lambda x: order.get(x["case"], len(order)))
     with open(base + ".json", "w") as f:
         json.dump({"card": card, "rows": rows, "checks": checks, "variants": variants}, f, indent=1)
     with open(base + ".md", "w") as f:
         f.write(markdown(card, rows, checks))
-    print(markdown(card, rows, checks))
 
 
 def markdown(card: str, rows, checks) -> str:

@@ -177,7 +177,8 @@ def cmd_measure(args) -> int:
         raise UsageError(f"{args.dir}: no manifest.json (build it with `attngen tune --build-only`)")
     from .tune import measure, tuner
 
-    results = measure.measure(path, repeats=args.repeats)
+    deadline = time.monotonic() + 60 * args.minutes if args.minutes else None
+    results = measure.measure(path, repeats=args.repeats, deadline=deadline)
     import json
 
     print(tuner.table(json.loads((path / "manifest.json").read_text()), results))
@@ -258,6 +259,7 @@ def parser() -> argparse.ArgumentParser:
                        "directory (needs only the TVM runtime)")
     s.add_argument("dir")
     s.add_argument("--repeats", type=int, default=10)
+    s.add_argument("--minutes", type=float, default=None, help="time budget (the rest is skipped)")
     s.set_defaults(run=cmd_measure)
     s = sub.add_parser("export", help="write the tuned kernels as a module for attngen.load")
     s.add_argument("spec", help="gallery name or .py file defining `spec`")

@@ -106,6 +106,7 @@ def export(spec, path, target="cuda", *, lengths: Optional[Sequence[int]] = None
     from .targets import get
     from .tune import sizes_for, tuned
     from .tune.database import bucket, nearest
+    from .tune.space import default_config
 
     target = get(target) if isinstance(target, str) else target
     path = Path(path)
@@ -118,8 +119,9 @@ def export(spec, path, target="cuda", *, lengths: Optional[Sequence[int]] = None
         best = {b: nearest(best, b) for b in asked if best}
     configs = [None]  # the default first: it serves every bucket nobody tuned
     table = {}
+    default = default_config(spec, target)
     for b, record in sorted(best.items()):
-        cfg = record["config"]
+        cfg = None if record["config"] == default else record["config"]
         if cfg not in configs:
             configs.append(cfg)
         table[b] = configs.index(cfg)

@@ -9,7 +9,8 @@ loads each built candidate, and
 2. times it at every requested length: warm-up, then ``repeats`` groups of calls, each group
    timed with CUDA events (``perf_counter`` on the CPU) and long enough to hide launch gaps;
    the result is the median over groups.  Successive calls rotate over copies of the inputs
-   whose total size exceeds twice the last-level cache, so no call finds its inputs cached.
+   whose total size exceeds twice the last-level cache, so no call finds its inputs cached;
+   the copies are drawn once per length and shared by all candidates.
 
 Results go to ``dir/results.json``.  Only TVM's runtime, torch and numpy are imported: this
 runs on a GPU host with no TVM compiler (tested with the compiler modules blocked).
@@ -66,8 +67,9 @@ def validate(kernel, rng: np.random.Generator, lengths=VALIDATION_LENGTHS) -> st
     return ""
 
 
-def workload(kernel, sizes: dict, rng: np.random.Generator, copies: int):
-    """``copies`` independent input sets (torch, on the kernel's device) and their outputs."""
+def workload(kernel, sizes: dict, rng: np.random.Generator, copies: int) -> list:
+    """``copies`` independent sets of every buffer of the program (inputs drawn by the family,
+    outputs and scratch allocated), as torch tensors on the kernel's device."""
     import torch
 
     from ..kernel import _torch_dtype
@@ -77,68 +79,94 @@ def workload(kernel, sizes: dict, rng: np.random.Generator, copies: int):
     sets = []
     for _ in range(copies):
         inputs = fam.sample(spec, sizes, rng)
-        feed = {}
+        buffers = {a.name: torch.from_numpy(np.ascontiguousarray(inputs[a.name])).to(
+            device=device, dtype=_torch_dtype(a.dtype)) for a in kernel.args if a.role == "in"}
+        actual = fam.sizes(spec, buffers)
         for a in kernel.args:
-            if a.role == "in":
-                t = torch.from_numpy(np.ascontiguousarray(inputs[a.name]))
-                feed[a.name] = t.to(device=device, dtype=_torch_dtype(a.dtype))
-        actual = fam.sizes(spec, feed)
-        outs = {a.name: torch.empty(a.concrete_shape(actual), dtype=_torch_dtype(a.dtype),
-                                    device=device) for a in kernel.args if a.role == "out"}
-        sets.append((feed, outs))
+            if a.role != "in":
+                buffers[a.name] = torch.empty(a.concrete_shape(actual),
+                                              dtype=_torch_dtype(a.dtype), device=device)
+        sets.append(buffers)
     return sets
 
 
-def _bytes(feed: dict, outs: dict) -> int:
-    return sum(t.numel() * t.element_size() for t in (*feed.values(), *outs.values()))
+def _bytes(buffers: dict, kernel) -> int:
+    """Bytes of the inputs and outputs (what a memory-bound kernel must move at least)."""
+    roles = {a.name: a.role for a in kernel.args}
+    return sum(t.numel() * t.element_size() for n, t in buffers.items() if roles[n] != "scratch")
 
 
-def time_kernel(kernel, sizes: dict, rng: np.random.Generator, *, repeats: int = 10,
-                warmup_seconds: float = 0.05) -> dict:
-    """Median milliseconds of one call at ``sizes`` (see the module docstring)."""
+class Workloads:
+    """Input sets per problem size, drawn once and shared by every candidate of a spec."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng, self.sets = rng, {}
+
+    def get(self, kernel, sizes: dict) -> list:
+        key = tuple(sorted(sizes.items()))
+        if key not in self.sets:
+            first = workload(kernel, sizes, self.rng, 1)
+            budget = 2 * CACHE_BYTES["cuda" if kernel.target.is_cuda else "cpu"]
+            copies = int(min(MAX_COPIES, max(2, -(-budget // max(1, _bytes(first[0], kernel))))))
+            self.sets[key] = first + workload(kernel, sizes, self.rng, copies - 1)
+        return self.sets[key]
+
+
+def time_kernel(kernel, sets: list, *, repeats: int = 10, warmup_seconds: float = 0.05) -> dict:
+    """Median milliseconds of one run of the kernel's calls (see the module docstring).
+
+    The calls go straight to the module's functions with prepared argument lists: the input
+    checks of ``Kernel.run`` cost more than a short kernel and would flatten every difference
+    (they ran once, in validation)."""
+    import contextlib
+
     import torch
 
     cuda = kernel.target.is_cuda
-    one = workload(kernel, sizes, rng, 1)
-    copies = int(min(MAX_COPIES, max(2, -(-2 * CACHE_BYTES["cuda" if cuda else "cpu"]
-                                          // max(1, _bytes(*one[0]))))))
-    sets = one + workload(kernel, sizes, rng, copies - 1)
+    funcs = {c.func: kernel.module[c.func] for c in kernel.calls}
+    programs = [[(funcs[c.func], tuple(b[n] for n in c.args)) for c in kernel.calls]
+                for b in sets]
     calls = [0]
 
-    def call():
-        feed, outs = sets[calls[0] % len(sets)]
+    def run():
+        for f, args in programs[calls[0] % len(programs)]:
+            f(*args)
         calls[0] += 1
-        kernel.run(feed, outs)
 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    # warm-up (first launches load code, fill TLBs) and a first estimate of one call
-    call()
-    sync()
-    start, n = time.perf_counter(), 0
-    while n < 3 or time.perf_counter() - start < warmup_seconds:
-        call()
-        n += 1
-    sync()
-    estimate = (time.perf_counter() - start) / n
-    group = max(1, int(GROUP_SECONDS / max(estimate, 1e-7)))
-    samples = []
-    for _ in range(repeats):
+    with contextlib.ExitStack() as stack:
         if cuda:
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            for _ in range(group):
-                call()
-            end.record()
-            end.synchronize()
-            samples.append(begin.elapsed_time(end) / group)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(group):
-                call()
-            samples.append((time.perf_counter() - t0) * 1e3 / group)
-    feed, outs = sets[0]
+            import tvm_ffi
+
+            stack.enter_context(tvm_ffi.use_torch_stream())
+        # warm-up (first launches load code, fill TLBs) and a first estimate of one call
+        run()
+        sync()
+        start, n = time.perf_counter(), 0
+        while n < 3 or time.perf_counter() - start < warmup_seconds:
+            run()
+            n += 1
+        sync()
+        estimate = (time.perf_counter() - start) / n
+        group = max(1, int(GROUP_SECONDS / max(estimate, 1e-7)))
+        samples = []
+        for _ in range(repeats):
+            if cuda:
+                begin = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                begin.record()
+                for _ in range(group):
+                    run()
+                end.record()
+                end.synchronize()
+                samples.append(begin.elapsed_time(end) / group)
+            else:
+                t0 = time.perf_counter()
+                for _ in range(group):
+                    run()
+                samples.append((time.perf_counter() - t0) * 1e3 / group)
     return {"ms": statistics.median(samples), "min_ms": min(samples), "group": group,
-            "repeats": repeats, "copies": copies, "bytes": _bytes(feed, outs)}
+            "repeats": repeats, "copies": len(sets), "bytes": _bytes(sets[0], kernel)}
 
 
 def measure(dirpath, *, repeats: int = 10, seed: int = 0, deadline: Optional[float] = None,
@@ -156,6 +184,7 @@ def measure(dirpath, *, repeats: int = 10, seed: int = 0, deadline: Optional[flo
     spec = eval(manifest["spec"], {"__builtins__": {}}, attngen.namespace())  # noqa: S307
     target = get(manifest["target"])
     rows = []
+    workloads = Workloads(np.random.default_rng(seed + 1))
     for cand in manifest["candidates"]:
         row = {"id": cand["id"], "config": cand["config"], "timings": {}}
         if cand["status"] != "built":
@@ -172,7 +201,7 @@ def measure(dirpath, *, repeats: int = 10, seed: int = 0, deadline: Optional[flo
                 else:
                     for n in manifest["lengths"]:
                         sizes = sizes_for(spec, n, manifest["batch"])
-                        t = time_kernel(kernel, sizes, rng, repeats=repeats)
+                        t = time_kernel(kernel, workloads.get(kernel, sizes), repeats=repeats)
                         row["timings"][bucket(sizes)] = {"length": n, "batch": manifest["batch"], **t}
                     row["status"] = "ok"
             except Exception as err:  # a crash at load or launch is this candidate's result

@@ -50,7 +50,7 @@ def build_only(spec, target, out, *, lengths: Sequence[int] = DEFAULT_LENGTHS, b
                deadline: Optional[float] = None, progress: bool = True) -> dict:
     """Build up to ``trials`` candidates (the default first) into ``out``; returns the manifest."""
     from .. import __version__
-    from ..build import _tvm_version
+    from ..build import _sources_digest, _tvm_version
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,8 @@ def build_only(spec, target, out, *, lengths: Sequence[int] = DEFAULT_LENGTHS, b
     results.sort(key=lambda r: order.index(r.id))
     manifest = {"format": "attngen-candidates", "version": 1, "spec": spec.canonical(),
                 "spec_key": spec.key, "target": target.name, "arch": target.arch,
-                "tvm": _tvm_version(), "attngen": __version__, "lengths": list(lengths),
+                "tvm": _tvm_version(), "attngen": __version__, "sources": _sources_digest(),
+                "lengths": list(lengths),
                 "batch": batch, "default": order[0],
                 "candidates": [{"id": r.id, "config": r.config, "status": r.status,
                                 "error": r.error, "build_s": round(r.seconds, 2)}
@@ -83,7 +84,8 @@ def records_of(dirpath) -> list:
         raise ValueError(f"{dirpath}: results do not belong to this manifest or name no device")
     base = {"spec": manifest["spec_key"], "spec_repr": manifest["spec"],
             "target": manifest["target"], "device": results["device"], "tvm": manifest["tvm"],
-            "attngen": manifest["attngen"], "time": results["measured_at"]}
+            "attngen": manifest["attngen"], "sources": manifest.get("sources", ""),
+            "time": results["measured_at"]}
     default = next((r for r in results["rows"] if r["id"] == manifest["default"]), None)
     import attngen
 
@@ -144,6 +146,8 @@ def table(manifest: dict, results: dict) -> str:
     peak = next((v for k, v in ROOFLINE.items() if k in results["device"]), None)
     default = next((r for r in results["rows"] if r["id"] == manifest["default"]), None)
     lines = [f"{manifest['target']} on {results['device']}: {manifest['spec']}",
+             "dTFLOP/s: dense-equivalent (masked-out work counted); roofline: of the card's "
+             "dense fp16 peak or HBM bandwidth; speed-up over the schedule's default config",
              f"{'config':<44} {'bucket':<14} {'ms':>9} {'throughput':>14} {'roofline':>8} "
              f"{'vs default':>10}"]
     for row in sorted(results["rows"], key=lambda r: (r["status"] != "ok", r["id"])):
@@ -161,8 +165,9 @@ def table(manifest: dict, results: dict) -> str:
 
 
 def _throughput(spec, t: dict, peak):
-    """TFLOP/s (dense-equivalent: a mask's skipped work counts) for softmax prefill, else GB/s
-    of the inputs and outputs; and its fraction of the card's roofline if known."""
+    """Dense-equivalent TFLOP/s for softmax prefill (4·B·H·Lq·Lkv·D as if no key were masked:
+    a causal kernel does half that work, so compare masks with their own kind), else GB/s of
+    the inputs and outputs; and its fraction of the card's roofline if known."""
     from . import sizes_for
 
     s = sizes_for(spec, t["length"], t["batch"])
@@ -170,7 +175,7 @@ def _throughput(spec, t: dict, peak):
     if hasattr(spec, "mask") and not spec.is_decode:
         flops = 2 * s["batch"] * s["heads"] * s["q_len"] * s["kv_len"] * (spec.head_dim + spec.head_dim_v)
         rate, i = flops / seconds, 0
-        text = f"{rate / 1e12:.2f} TFLOP/s"
+        text = f"{rate / 1e12:.1f} dTFLOP/s"
     else:
         rate, i = t["bytes"] / seconds, 1
         text = f"{rate / 1e9:.1f} GB/s"

@@ -103,6 +103,7 @@ def export(spec, path, target="cuda", *, lengths: Optional[Sequence[int]] = None
 
     from . import __version__
     from .build import _tvm_version, compile_lowered, lower
+    from .family import Lowered
     from .targets import get
     from .tune import sizes_for, tuned
     from .tune.database import bucket, nearest
@@ -138,9 +139,8 @@ def export(spec, path, target="cuda", *, lengths: Optional[Sequence[int]] = None
         variants.append({"config": cfg, "args": [a.__dict__ for a in lowered.args],
                          "calls": [{"func": rename[c.func], "args": list(c.args)}
                                    for c in lowered.calls]})
-    merged = lowered.__class__(tvm.IRModule(funcs), lowered.args, lowered.calls, pass_config,
-                               pipeline)
-    ex = compile_lowered(merged, target)
+    # one module, one compile, one cubin: the driver calls each variant's functions by name
+    ex = compile_lowered(Lowered(tvm.IRModule(funcs), (), (), pass_config, pipeline), target)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     ex.export_library(str(tmp))
     files = {"so": _sha256(tmp.read_bytes())}

@@ -69,12 +69,9 @@ CASES = [
 # tile-shape variants timed beside the default (knobs of schedules/attention_cuda_tc.py)
 VARIANTS = {
     "dense d128 N4096": [dict(warps=4, m_tiles=2, block_n=32, q_in_registers=False),
-                         dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True),
-                         dict(warps=8, m_tiles=1, block_n=64, q_in_registers=True)],
-    "causal d128 N4096": [dict(warps=4, m_tiles=2, block_n=32, q_in_registers=False),
-                          dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
-    "dense d64 N4096": [dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True),
-                        dict(warps=8, m_tiles=2, block_n=64, q_in_registers=True)],
+                         dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
+    "causal d128 N4096": [dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
+    "dense d64 N4096": [dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
 }
 
 

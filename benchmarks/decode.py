@@ -53,7 +53,7 @@ CASES = [
     Case("paged16 B64 Hq32 Hkv32 L4096", 64, 4096, kv_heads=32, page_size=16),
 ]
 # knob settings tried besides the default
-SWEEP = [{"warps": 4}, {"ctas_per_sm": 16}, {"keys_per_thread": 8}, {"stages": 2, "keys_per_thread": 2}]
+SWEEP = [{"butterfly": 1}, {"butterfly": 1, "warps": 4}]
 
 
 def spec_of(case: Case):

@@ -26,6 +26,12 @@ Knobs:
     stages           K/V register buffers: 1, or 2 (step t + 1's loads issued before step t
                      is used: loads stay in flight through the arithmetic, at twice the
                      registers for K/V)
+    butterfly        1: after the per-lane partial dots, the rows' sums meet in a transposing
+                     butterfly (each xor step halves the rows a lane keeps: log2(lanes)
+                     + rows - 1 shuffles instead of rows * log2(lanes)), so the max, exp2 and
+                     mask run once per row instead of once per lane of the row; P and the
+                     rescale return by one shuffle per row and key.  Ignored where the row
+                     count is not a power of two in [2, lanes].
     max_split        most KV splits (1..256), the size of the partial-result scratch
     ctas_per_sm      CTAs per SM the split heuristic aims at (1..64)
 Validity: the cross-group merge fits the static shared-memory limit (48 KiB).
@@ -37,6 +43,7 @@ KNOBS = {
     "keys_per_thread": "K/V rows each thread loads before using them (1..8)",
     "rows": "packed query rows (query heads x queries of one KV head) per CTA (1..16)",
     "stages": "K/V register buffers: 1, or 2 to load step t + 1 while step t is used",
+    "butterfly": "1: reduce the rows' dot products by a transposing butterfly (rows a power of two)",
     "max_split": "most KV splits; the split count is chosen at run time (1..256)",
     "ctas_per_sm": "CTAs per SM the run-time split count aims at (1..64)",
 }
@@ -74,7 +81,7 @@ def default(spec, target) -> dict:
     # memory); a register double buffer (stages=2) costs occupancy and loses up to 30% at
     # GQA 4; 4 keys per thread beat 2 and 8.
     cfg = {"warps": 8, "keys_per_thread": 4 if rows <= 4 else 2, "rows": rows, "stages": 1,
-           "max_split": 32, "ctas_per_sm": 8}
+           "butterfly": 0, "max_split": 32, "ctas_per_sm": 8}
     while cfg["warps"] > 1 and merge_smem_bytes(spec, cfg) > STATIC_SMEM_BYTES:
         cfg["warps"] //= 2  # many rows: fewer groups to merge
     return cfg
@@ -86,6 +93,7 @@ def validate(spec, target, config) -> None:
         raise ValueError(f"unknown knob(s) {sorted(unknown)} for decode_cuda; known: {sorted(KNOBS)}")
     out = []
     for name, lo, hi in (("warps", 1, 8), ("keys_per_thread", 1, 8), ("rows", 1, 16), ("stages", 1, 2),
+                         ("butterfly", 0, 1),
                          ("max_split", 1, 256), ("ctas_per_sm", 1, 64)):
         v = config.get(name)
         if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
@@ -97,6 +105,13 @@ def validate(spec, target, config) -> None:
                        f"limit {STATIC_SMEM_BYTES} B: lower rows or warps")
     if out:
         raise ValueError(f"decode_cuda config {config}: " + "; ".join(out))
+
+
+def butterfly_fits(spec, config) -> bool:
+    """The transposing butterfly needs a power-of-two row count, at least 2 and at most the
+    lanes of a K/V row (one row per lane at the end)."""
+    rows = min(config["rows"], packed_rows(spec))
+    return 2 <= rows <= vector_lanes(spec)[1] and rows & (rows - 1) == 0
 
 
 def groups(spec, config) -> int:

@@ -45,6 +45,11 @@ VARIANTS = {
     "decode+stages2+warps8": ("decode", {"stages": 2, "warps": 8}),
     "gqa8_q8_paged64+stages2": ("gqa8_q8_paged64", {"stages": 2}),
     "sinks_window_d64+stages2+1key": ("sinks_window_d64", {"stages": 2, "keys_per_thread": 1}),
+    "decode+butterfly": ("decode", {"butterfly": 1}),
+    "spec_decode+butterfly": ("spec_decode", {"butterfly": 1}),                 # 8 rows of 16 lanes
+    "sinks_window_d64+butterfly": ("sinks_window_d64", {"butterfly": 1}),       # 8 rows of 8 lanes
+    "window_paged32_bf16+butterfly": ("window_paged32_bf16", {"butterfly": 1}),
+    "gqa8_q8_paged64+butterfly+stages2": ("gqa8_q8_paged64", {"butterfly": 1, "stages": 2}),
 }
 CASES = {**{name: (name, {}) for name in SPECS}, **VARIANTS}
 LENGTHS = (1, 63, 64, 65, 4097, 32768)
@@ -91,6 +96,7 @@ def test_generic_simt_knobs_select_the_generic_kernel():
     ({"rows": 16, "warps": 8}, "shared memory"),
     ({"max_split": True}, "max_split"),
     ({"stages": 3}, "stages"),
+    ({"butterfly": 2}, "butterfly"),
 ])
 def test_invalid_decode_configs_are_rejected(config, message):
     with pytest.raises(ValueError, match=message):
@@ -112,7 +118,8 @@ def test_split_count_follows_the_batch():
 
 @needs_nvcc
 @pytest.mark.parametrize("name, config", [("decode", {}), ("paged_decode", {}), ("spec_decode", {}),
-                                          ("sinks_window_d64", {}), ("paged_decode", {"stages": 2})])
+                                          ("sinks_window_d64", {}), ("paged_decode", {"stages": 2}),
+                                          ("spec_decode", {"butterfly": 1})])
 def test_decode_kernels_compile_without_spills(name, config, tmp_path):
     low = lower(SPECS[name], SM90, config)
     source = next(m for m in compile_lowered(low, SM90).mod.imports if m.kind == "cuda").inspect_source()

@@ -115,13 +115,21 @@ def decode_context(spec: Attention, target, cfg, args, n_split: str) -> dict:
                                    first_row="q_first", last_row="q_last")
     kpw = 32 // lanes
     groups = cfg["warps"] * kpw
+    offsets = [lanes >> i for i in range(1, lanes.bit_length())]
+    # transposing butterfly over the first log2(rows) xor steps: at step k a lane keeps the
+    # half of its rows picked by its bit `offsets[k]`, so its row is sum_k bit_k * rows / 2^(k+1)
+    butterfly = bool(cfg["butterfly"]) and sched.butterfly_fits(spec, cfg)
+    steps = [(offsets[k], rows >> (k + 1)) for k in range(rows.bit_length() - 1)] if butterfly else []
+    own_row = " + ".join(f"cl // {off} % 2 * {half}" for off, half in steps) or "0"
+    row_lane = " + ".join(f"r // {half} % 2 * {off}" for off, half in steps) or "0"
     return dict(
         params=sig.tir_params(args, spec), size_vars=sig.size_vars(args), dtype=spec.dtype,
         head_dim=spec.head_dim, num_kv_heads=spec.num_kv_heads, group=G, q_len=QL,
         packed=packed, rows=rows, row_tiles=-(-packed // rows), warps=cfg["warps"],
         lanes=lanes, vec=vec, kpw=kpw, groups=groups, keys_per_thread=cfg["keys_per_thread"],
         chunk=groups * cfg["keys_per_thread"], stages=cfg["stages"],
-        shuffle_offsets=[lanes >> i for i in range(1, lanes.bit_length())],
+        shuffle_offsets=offsets, butterfly=butterfly, butterfly_steps=steps, own_row=own_row,
+        row_lane=row_lane,
         n_split=n_split, kv_len_of_b=kv_len_of_b, k_at=at, v_at=at, row_q=row_q,
         row_head=row_head, visible=visible, logit=logit, kv_lo=lo, kv_hi=hi,
         q_prescale=repr(q_prescale), neg=repr(NEG), ln2=repr(LN2))

@@ -34,13 +34,22 @@ class Target:
         import tvm  # the compiler is imported only when something is built
 
         if self.kind == "llvm":
-            # generic x86-64: naming the host CPU (mcpu=znver4, AVX2/AVX-512) ran the softmax
-            # kernels 3.5x faster but crashed the GLA kernel in TVMBackendParallelLaunch; until
-            # that is understood, correctness first
-            return tvm.target.Target({"kind": "llvm", "num-cores": _cores()})
+            # the host CPU by name (AVX2/AVX-512 where it has them): generic x86-64 code runs
+            # the softmax kernels ~3.5x slower.  The binary is then for this CPU model only
+            # (build.cache_key carries it).  Wider vectors make LLVM's aligned loads wider too:
+            # Kernel.run passes only 64-byte-aligned tensors (attngen.kernel.ALIGNMENT)
+            return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu(), "num-cores": _cores()})
         return tvm.target.Target({"kind": "cuda", "arch": self.arch,
                                   "max_num_threads": self.max_threads_per_block,
                                   "thread_warp_size": self.warp_size})
+
+
+@functools.lru_cache(maxsize=1)
+def host_cpu() -> str:
+    """LLVM's name for this machine's CPU (e.g. ``znver4``)."""
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_cpu())
 
 
 def _cores() -> int:

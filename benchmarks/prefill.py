@@ -110,12 +110,17 @@ LONG_CHECKS = {"causal": (4096,), "gqa": (4096,)}
 
 
 def check_specs() -> dict:
-    """name -> spec: the supported gallery specs and the extra shapes of the tests."""
+    """name -> spec: the supported gallery specs and the extra shapes of the tests (those whose
+    names match ``$PREFILL_CHECKS``, a regular expression; all by default)."""
+    import re
+
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import test_prefill_tc as t
     from attngen.gallery import GALLERY
 
-    return {**{n: GALLERY[n].spec for n in t.GALLERY_TC}, **{"x_" + n: s for n, s in t.EXTRA.items()}}
+    specs = {**{n: GALLERY[n].spec for n in t.GALLERY_TC}, **{"x_" + n: s for n, s in t.EXTRA.items()}}
+    pattern = re.compile(os.environ.get("PREFILL_CHECKS", ""))
+    return {n: s for n, s in specs.items() if pattern.search(n)}
 
 
 def _export(low, target, out_dir, file):
@@ -171,7 +176,7 @@ def build(out_dir: str) -> None:
 
     target = get("cuda-sm90a")
     os.makedirs(out_dir, exist_ok=True)
-    if not os.environ.get("PREFILL_CASES"):
+    if not os.environ.get("PREFILL_CASES") or os.environ.get("PREFILL_CHECKS"):
         for name, spec in check_specs().items():
             _export(lower(spec, target), target, out_dir, "check_" + name)
             print("built check", name, flush=True)

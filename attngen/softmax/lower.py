@@ -3,7 +3,9 @@
 The program is one to four kernels, called in this order:
 
 * ``quantize_k``, ``quantize_q`` (``quant.qk == "int8"``): Sage's Ψ into INT8 scratch buffers;
-* ``attention``: the online-softmax kernel of ``templates/attention.j2``;
+* ``attention``: the online-softmax kernel of ``templates/attention.j2`` (SIMT), or for the CUDA
+  prefill specs it supports the tensor-core kernel of ``templates/attention_tc.j2``
+  (``softmax/tensorcore.py``, which lowers it on its own);
 * ``combine`` (``Decode(split_kv > 1)``): the log-sum-exp merge of the split partials.
 
 This module decides *what* each kernel computes (the mask and score-mod text, the loads of a

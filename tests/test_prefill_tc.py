@@ -97,6 +97,16 @@ def test_causal_tiles_have_band_and_full_bounds():
     assert doc["full_lo"] is None and doc["kv_hi"] == "(q_last + kvl - LQ)"
 
 
+def test_window_tiles_are_a_band_and_full_in_its_core():
+    spec = GALLERY["sliding_window"].spec  # window 256, causal
+    ctx = tensorcore.context(spec, {"warps": 4, "block_n": 64, "q_in_registers": False, "m_tiles": 2},
+                             __import__("attngen.softmax.signature", fromlist=["x"]).program_args(spec))
+    # visited: from the first row's oldest key to the last row's newest
+    assert (ctx["kv_lo"], ctx["kv_hi"]) == ("(q0 + kvl - LQ - 255)", "(q_last + kvl - LQ)")
+    # no mask: keys every row of the tile sees (the last row's oldest .. the first row's newest)
+    assert (ctx["full_lo"], ctx["full_hi"]) == ("(q_last + kvl - LQ - 255)", "(q0 + kvl - LQ)")
+
+
 # ----------------------------------------------------------------------------- knobs
 
 

@@ -19,7 +19,7 @@ from attngen.build import build, compile_lowered, lower
 from attngen.check import check_length
 from attngen.gallery import GALLERY
 from attngen.resources import load_schedule
-from attngen.softmax import tensorcore
+from attngen.softmax import signature as sig, tensorcore
 from attngen.spec import Mask
 from attngen.targets import get as get_target
 
@@ -87,20 +87,20 @@ def test_exact_interval_only_for_conjunctions_of_key_bounds():
 
 
 def test_causal_tiles_have_band_and_full_bounds():
-    args = __import__("attngen.softmax.signature", fromlist=["x"]).program_args(GALLERY["causal"].spec)
+    args = sig.program_args(GALLERY["causal"].spec)
     ctx = tensorcore.context(GALLERY["causal"].spec, {"warps": 4, "block_n": 64, "q_in_registers": True, "m_tiles": 1}, args)
     # keys up to the last row's position are visited, and a tile is full below the first row's
     assert ctx["kv_hi"] == "(q_last + kvl - LQ)" and ctx["kv_lo"] is None
     assert ctx["full_hi"] == "(q0 + kvl - LQ)" and ctx["full_lo"] == "0"
     doc = tensorcore.context(GALLERY["document"].spec, {"warps": 4, "block_n": 64, "q_in_registers": True, "m_tiles": 1},
-                             __import__("attngen.softmax.signature", fromlist=["x"]).program_args(GALLERY["document"].spec))
+                             sig.program_args(GALLERY["document"].spec))
     assert doc["full_lo"] is None and doc["kv_hi"] == "(q_last + kvl - LQ)"
 
 
 def test_window_tiles_are_a_band_and_full_in_its_core():
     spec = GALLERY["sliding_window"].spec  # window 256, causal
     ctx = tensorcore.context(spec, {"warps": 4, "block_n": 64, "q_in_registers": False, "m_tiles": 2},
-                             __import__("attngen.softmax.signature", fromlist=["x"]).program_args(spec))
+                             sig.program_args(spec))
     # visited: from the first row's oldest key to the last row's newest
     assert (ctx["kv_lo"], ctx["kv_hi"]) == ("(q0 + kvl - LQ - 255)", "(q_last + kvl - LQ)")
     # no mask: keys every row of the tile sees (the last row's oldest .. the first row's newest)

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -50,14 +51,18 @@ def _sources_digest() -> str:
 
 
 def _tvm_version() -> str:
+    """TVM's release, the same on the build host (the wheel says ``0.27.0.post1``) and on a GPU
+    host with the runtime-only bundle (whose ``tvm.__version__`` says ``0.27.0``): a post
+    release repackages the same code, so keys built here must match there."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("apache-tvm")
+        text = version("apache-tvm")
     except PackageNotFoundError:  # runtime-only bundle on a GPU host
         import tvm
 
-        return getattr(tvm, "__version__", "unknown")
+        text = getattr(tvm, "__version__", "unknown")
+    return re.sub(r"\.post\d+$", "", text)
 
 
 def _host_cpu_id() -> str:

@@ -5,7 +5,8 @@ next to the card's measured HBM bandwidth.
 Two steps, because the GPU hosts have only TVM's runtime:
 
     python benchmarks/decode.py build DIR          # here: lower + compile every variant to DIR
-    python benchmarks/decode.py run DIR [RESULTS]  # on the GPU (source .gpu/env.sh first)
+    python benchmarks/decode.py run DIR [RESULTS [CASE...]]  # on the GPU (source .gpu/env.sh
+                                                              # first); CASE: cases named exactly
 
 ``run`` writes ``RESULTS/<card>-decode.json`` ({"card", "hbm", "rows": [{"case", "impl",
 "ms", "gbps", ...}], "checks"}) and a markdown table beside it.  ``gbps`` is the bytes of K
@@ -155,7 +156,7 @@ def _load(build_dir, spec, cfg):
                   args, calls)
 
 
-def run(build_dir: str, results_dir: str) -> None:
+def run(build_dir: str, results_dir: str, only=()) -> None:
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -172,7 +173,7 @@ def run(build_dir: str, results_dir: str) -> None:
     hbm = hbm_bandwidth()
     print(f"{card}: HBM copy {hbm['copy_gbps']} GB/s, read {hbm['read_gbps']} GB/s", flush=True)
     rows, checks = [], []
-    for case in CASES:
+    for case in [c for c in CASES if not only or c.name in only]:
         spec = spec_of(case)
         B, H, Hk, L, D = case.batch, case.heads, case.kv_heads, case.kv_len, case.dim
         gen = torch.Generator(device=dev).manual_seed(0)
@@ -256,7 +257,7 @@ def run(build_dir: str, results_dir: str) -> None:
         torch.cuda.empty_cache()
 
     os.makedirs(results_dir, exist_ok=True)
-    base = os.path.join(results_dir, f"{card}-decode")
+    base = os.path.join(results_dir, f"{card}-decode" + ("-subset" if only else ""))
     with open(base + ".json", "w") as f:
         json.dump({"card": card, "hbm": hbm, "rows": rows, "checks": checks}, f, indent=1)
     with open(base + ".md", "w") as f:
@@ -287,4 +288,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "build":
         build(sys.argv[2])
     else:
-        run(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else os.path.join(ROOT, "benchmarks", "results"))
+        run(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else os.path.join(ROOT, "benchmarks", "results"),
+            sys.argv[4:])

@@ -79,9 +79,10 @@ def default(spec, target) -> dict:
     # more loads in flight.  Measured on an H100 (benchmarks/NOTES-decode.md): 8 warps beat 4
     # by 2-10% on the issue's three shapes (fewer warps where the merge would overflow shared
     # memory); a register double buffer (stages=2) costs occupancy and loses up to 30% at
-    # GQA 4; 4 keys per thread beat 2 and 8.
+    # GQA 4; 4 keys per thread beat 2 and 8.  On an H200 the GQA-4 shapes were issue-bound
+    # (3.1-3.2 TB/s on both cards); the transposing butterfly took them to 3.7-3.8 TB/s.
     cfg = {"warps": 8, "keys_per_thread": 4 if rows <= 4 else 2, "rows": rows, "stages": 1,
-           "butterfly": 0, "max_split": 32, "ctas_per_sm": 8}
+           "butterfly": 1, "max_split": 32, "ctas_per_sm": 8}
     while cfg["warps"] > 1 and merge_smem_bytes(spec, cfg) > STATIC_SMEM_BYTES:
         cfg["warps"] //= 2  # many rows: fewer groups to merge
     return cfg

@@ -27,6 +27,7 @@ from .targets import Target, get as get_target
 ENV_CACHE = "ATTNGEN_CACHE_DIR"
 _LIB = "kernel.so"
 _META = "meta.json"
+_CUBIN = "kernel.cubin"
 
 
 def cache_dir() -> Path:
@@ -126,38 +127,56 @@ def build(spec, target="cpu", config: Optional[Mapping] = None, *, use_cache: bo
     config = dict(config or {})
     entry = cache_dir() / cache_key(spec, target, config)
     if use_cache and (entry / _META).is_file():
-        args, calls = _read_meta(entry / _META)
-        return Kernel(spec, target, _load_module(entry / _LIB, target), args, calls)
+        args, calls, cubin = _read_meta(entry / _META)
+        return Kernel(spec, target, _load_module(entry, target, cubin), args, calls)
     lowered = lower(spec, target, config)
     ex = compile_lowered(lowered, target)
     if use_cache:
-        _write_entry(entry, ex, lowered)
+        _write_entry(entry, ex, lowered, target)
     return Kernel(spec, target, ex, lowered.args, lowered.calls)
 
 
-def _load_module(path: Path, target: Target):
+def _load_module(entry: Path, target: Target, cubin: Optional[dict]):
+    """Load a cached module; a CUDA one with the cubin compiled when it was cached, so a cache
+    hit runs no nvcc (the exported library itself carries CUDA source)."""
     import tvm
 
-    if target.is_cuda:
+    if not target.is_cuda:
+        return tvm.runtime.load_module(str(entry / _LIB))
+    from .export import load_module
+
+    if cubin is None:  # cached where nvcc was missing: the runtime compiles at load
         from .runtime import ensure_cuda_runtime
 
         ensure_cuda_runtime()
-    return tvm.runtime.load_module(str(path))
+        return tvm.runtime.load_module(str(entry / _LIB))
+    data = (entry / _CUBIN).read_bytes()
+    if hashlib.sha256(data).hexdigest() != cubin["sha256"]:
+        raise RuntimeError(f"cached cubin {entry / _CUBIN} does not match its hash; delete {entry}")
+    return load_module(entry / _LIB, {cubin["source"]: data})
 
 
 def _read_meta(path: Path):
     meta = json.loads(path.read_text())
     args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in meta["args"])
     calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
-    return args, calls
+    return args, calls, meta.get("cubin")
 
 
-def _write_entry(entry: Path, ex, lowered: Lowered):
+def _write_entry(entry: Path, ex, lowered: Lowered, target: Target):
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
     try:
         ex.export_library(str(tmp / _LIB))
         meta = {"args": [a.__dict__ for a in lowered.args],
                 "calls": [{"func": c.func, "args": list(c.args)} for c in lowered.calls]}
+        if target.is_cuda and shutil.which("nvcc"):
+            from .export import compile_cubin, cuda_source_of
+
+            source = cuda_source_of(ex)
+            data = compile_cubin(source, target.arch)
+            (tmp / _CUBIN).write_bytes(data)
+            meta["cubin"] = {"source": hashlib.sha256(source.encode()).hexdigest(),
+                             "sha256": hashlib.sha256(data).hexdigest()}
         (tmp / _META).write_text(json.dumps(meta, indent=1))
         try:
             os.rename(tmp, entry)  # atomic; fails if another process got there first

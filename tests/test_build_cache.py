@@ -1,0 +1,61 @@
+"""The on-disk kernel cache: hits rebuild nothing, CUDA entries carry their cubin."""
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from attngen import Attention, masks
+from attngen.build import build, cache_dir, cache_key, compile_lowered, lower
+from attngen.targets import get
+
+SPEC = Attention(num_heads=2, head_dim=32, mask=masks.causal())
+
+
+def test_cpu_hit_loads_without_lowering(monkeypatch):
+    first = build(SPEC, "cpu")
+    rng = np.random.default_rng()
+    q, k, v = (rng.standard_normal((1, 2, 33, 32)).astype(np.float16) for _ in range(3))
+    o1, _ = first(q, k, v)
+
+    def no_lowering(*args, **kwargs):
+        raise AssertionError("a cache hit must not lower or compile")
+
+    monkeypatch.setattr("attngen.build.lower", no_lowering)
+    again = build(SPEC, "cpu")
+    o2, _ = again(q, k, v)
+    assert np.array_equal(o1.numpy(), o2.numpy())
+
+
+def test_key_changes_with_config_and_target():
+    cpu, cuda = get("cpu"), get("cuda-sm90a")
+    assert cache_key(SPEC, cpu, {}) != cache_key(SPEC, cuda, {})
+    assert cache_key(SPEC, cpu, {}) != cache_key(SPEC, cpu, {"block_q": 32})
+    assert cache_key(SPEC, cpu, {}) == cache_key(SPEC, cpu, None)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_cuda_entry_carries_a_verified_cubin(tmp_path):
+    from attngen.build import _write_entry
+    from attngen.export import cuda_source_of
+
+    target = get("cuda-sm90a")
+    lowered = lower(SPEC, target)
+    ex = compile_lowered(lowered, target)
+    entry = tmp_path / "entry"
+    _write_entry(entry, ex, lowered, target)
+    meta = json.loads((entry / "meta.json").read_text())
+    cubin = (entry / "kernel.cubin").read_bytes()
+    assert cubin[:4] == b"\x7fELF"
+    assert meta["cubin"]["sha256"] == hashlib.sha256(cubin).hexdigest()
+    assert meta["cubin"]["source"] == hashlib.sha256(cuda_source_of(ex).encode()).hexdigest()
+    assert [c["func"] for c in meta["calls"]] == [c.func for c in lowered.calls]
+
+
+def test_cache_dir_is_private(tmp_path, monkeypatch):
+    import stat
+
+    monkeypatch.setenv("ATTNGEN_CACHE_DIR", str(tmp_path / "fresh"))
+    path = cache_dir()
+    assert path.is_dir() and stat.S_IMODE(path.stat().st_mode) & 0o077 == 0

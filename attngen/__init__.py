@@ -14,10 +14,10 @@ from .spec import Attention, Decode, LinearAttention, Mask, Paged, Quant, ScoreM
 
 
 def build(spec, target="cpu", config=None, *, shape=None, use_cache=True):
-    """The kernel of ``spec`` for ``target`` (see :func:`attngen.build.build`).  With ``shape``
+    """The kernel of ``spec`` for ``target`` (see :func:`attngen.builder.build`).  With ``shape``
     (sizes: ``batch``, ``q_len``, ``kv_len``) and no ``config``, the tuned config of that
     shape's length bucket if the tuning database has one."""
-    from .build import build as _build
+    from .builder import build as _build
 
     if config is None and shape is not None:
         from .targets import get

@@ -70,7 +70,7 @@ def check_length(kernel, length: int, batch: int, rng: np.random.Generator) -> R
 def check(spec, target="cpu", lengths: Sequence[int] = DEFAULT_LENGTHS, batch: int = 2,
           seed: Optional[int] = None, config=None):
     """Build ``spec`` for ``target`` and check it at every length; returns the results."""
-    from .build import build
+    from .builder import build
 
     family_of(spec)  # a clear TypeError for a non-spec before anything is built
     kernel = build(spec, target, config)

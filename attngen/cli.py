@@ -68,7 +68,7 @@ def cmd_list(args) -> int:
 def cmd_show(args) -> int:
     spec = load_spec(args.spec)
     target = resolve_target(args.target)
-    from .build import cuda_source, lower
+    from .builder import cuda_source, lower
 
     if args.tiles:
         return _write_tiles(spec, target, args)

@@ -102,7 +102,7 @@ def export(spec, path, target="cuda", *, lengths: Optional[Sequence[int]] = None
     import tvm
 
     from . import __version__
-    from .build import _tvm_version, compile_lowered, lower
+    from .builder import _tvm_version, compile_lowered, lower
     from .family import Lowered
     from .targets import get
     from .tune import sizes_for, tuned
@@ -186,7 +186,7 @@ def _read_verified(path: Path, digest: str) -> bytes:
 
 def _private_copy(data: bytes, digest: str) -> Path:
     """The verified library in the user's private cache, named by its hash."""
-    from .build import cache_dir
+    from .builder import cache_dir
 
     root = cache_dir().parent / "exports"
     root.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -130,7 +130,7 @@ def compile(spec, target: str = "cuda", *, device: Optional[str] = None) -> Atte
 
     Kernels come from the on-disk cache when built before (no TVM compiler work); a first
     build compiles each distinct config once."""
-    from .build import build
+    from .builder import build
     from .targets import get
     from .tune import tuned
     from .tune.space import default_config

@@ -82,7 +82,7 @@ def _file(spec, config) -> str:
 
 
 def build(out_dir: str) -> None:
-    from attngen.build import compile_lowered, lower
+    from attngen.builder import compile_lowered, lower
     from attngen.targets import get
 
     target = get("cuda-sm90a")

@@ -124,7 +124,7 @@ def check_specs() -> dict:
 
 
 def _export(low, target, out_dir, file):
-    from attngen.build import compile_lowered
+    from attngen.builder import compile_lowered
 
     compile_lowered(low, target).export_library(os.path.join(out_dir, file + ".so"))
     meta = {"args": [a.__dict__ for a in low.args],
@@ -171,7 +171,7 @@ def check(build_dir: str) -> bool:
 
 
 def build(out_dir: str) -> None:
-    from attngen.build import lower
+    from attngen.builder import lower
     from attngen.targets import get
 
     target = get("cuda-sm90a")

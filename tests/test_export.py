@@ -13,7 +13,7 @@ import torch
 
 import attngen
 from attngen import Attention, masks
-from attngen.build import _host_cpu_id, _tvm_version
+from attngen.builder import _host_cpu_id, _tvm_version
 from attngen.export import ExportError, export, load
 from attngen.tune import database, space
 from attngen.targets import get
@@ -128,7 +128,7 @@ def test_the_loaded_copy_is_private_and_named_by_its_hash(exported):
     out, _ = exported
     op = load(out)
     meta = json.loads(open(f"{out}.json").read())
-    from attngen.build import cache_dir
+    from attngen.builder import cache_dir
 
     root = cache_dir().parent / "exports"
     assert (root / f"{meta['files']['so']}.so").is_file()

@@ -6,7 +6,7 @@ aligned copies and copies misaligned outputs back.  Without that, these calls cr
 import numpy as np
 import torch
 
-from attngen.build import build
+from attngen.builder import build
 from attngen.kernel import ALIGNMENT, Kernel
 from attngen.spec import LinearAttention
 

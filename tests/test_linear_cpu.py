@@ -8,7 +8,7 @@ NaN before each call, so an element a kernel forgets to write cannot pass.
 import numpy as np
 import pytest
 
-from attngen.build import build
+from attngen.builder import build
 from attngen.gallery import GALLERY
 from attngen.linear import FAMILY, signature
 from attngen.spec import LinearAttention
@@ -177,7 +177,7 @@ def test_non_default_knobs(form):
 @pytest.mark.parametrize("config,message", [({"block_v": 3}, "block_v"), ({"lanes": 6}, "lanes"),
                                             ({"block_q": 0}, "block_q"), ({"unroll": 2}, "unknown")])
 def test_invalid_knobs(config, message):
-    from attngen.build import lower
+    from attngen.builder import lower
 
     with pytest.raises(ValueError, match=message):
         lower(small(), "cpu", config)

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from attngen.build import cuda_source, lower
+from attngen.builder import cuda_source, lower
 from attngen.gallery import GALLERY
 from attngen.spec import LinearAttention
 

@@ -7,7 +7,7 @@ cache (``ATTNGEN_CACHE_DIR``): build them on a machine with the compiler first, 
 import numpy as np
 import pytest
 
-from attngen.build import build
+from attngen.builder import build
 from attngen.check import check_length
 from test_linear_cuda_codegen import SPECS  # the gallery's linear specs and the parallel form
 

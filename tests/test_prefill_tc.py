@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from attngen import Attention, Decode, expr as E, masks, mods
-from attngen.build import build, compile_lowered, lower
+from attngen.builder import build, compile_lowered, lower
 from attngen.check import check_length
 from attngen.gallery import GALLERY
 from attngen.resources import load_schedule

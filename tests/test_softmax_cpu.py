@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from attngen import Attention, Decode, Paged, Quant, masks, mods
-from attngen.build import build as build_kernel
-from attngen.build import lower
+from attngen.builder import build as build_kernel
+from attngen.builder import lower
 from attngen.check import check_length, poisoned
 from attngen.gallery import GALLERY
 from attngen.reference import quant as ref_quant
@@ -263,7 +263,7 @@ def test_int8_codes_and_scales_match_the_simulation(rng):
     float32 precision, the key mean to float32 precision."""
     import tvm
 
-    from attngen.build import compile_lowered
+    from attngen.builder import compile_lowered
 
     spec = Attention(num_heads=4, num_kv_heads=2, head_dim=64, quant=Quant(block_q=32, block_k=16))
     low = lower(spec, "cpu")

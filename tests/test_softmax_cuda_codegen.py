@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from attngen import Attention, Decode, masks
-from attngen.build import compile_lowered, lower
+from attngen.builder import compile_lowered, lower
 from attngen.gallery import GALLERY
 from attngen.resources import load_schedule
 from attngen.targets import get as get_target

@@ -29,7 +29,7 @@ def reference(q, k, v):
 
 
 def test_op_matches_the_reference_and_the_plain_kernel(op):
-    from attngen.build import build
+    from attngen.builder import build
 
     q, k, v = qkv(45)
     o, lse = op(q, k, v)

@@ -125,8 +125,8 @@ def test_build_and_compile_pick_the_fastest_config_of_the_bucket(measured, monke
     # a bucket nobody tuned takes the nearest tuned one
     assert best_config(spec, CPU, {"batch": 1, "q_len": 5000, "kv_len": 5000}) == min(
         (r for r in recs if r["bucket"] == "q256-kv256"), key=lambda r: r["ms"])["config"]
-    # attngen.build(shape=...) takes the config of the shape's bucket (a fresh process: the
-    # attngen.build submodule shadows the function once imported)
+    # attngen.build(shape=...) takes the config of the shape's bucket (in a fresh process, as a
+    # user calls it)
     code = textwrap.dedent(f"""
         import attngen, json
         from attngen.cli import load_spec

@@ -29,14 +29,14 @@ def device_name(target) -> str:
         import torch
 
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
-    from ..build import _host_cpu_id
+    from ..builder import _host_cpu_id
 
     return _host_cpu_id()
 
 
 @functools.lru_cache(maxsize=1)
 def _tvm() -> str:
-    from ..build import _tvm_version
+    from ..builder import _tvm_version
 
     return _tvm_version()
 

@@ -91,7 +91,7 @@ def user_path() -> Path:
     env = os.environ.get(ENV_DB)
     if env:
         return Path(env)
-    from ..build import cache_dir
+    from ..builder import cache_dir
 
     return cache_dir().parent / "tuning.json"
 

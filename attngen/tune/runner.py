@@ -131,7 +131,7 @@ def build_all(spec, target, configs: dict, out: Path, *, jobs: int = 2, timeout:
 
 def build_candidate(spec, target, config: dict, dest: Path) -> None:
     """Build one candidate into ``dest`` (published by rename)."""
-    from ..build import compile_lowered, lower
+    from ..builder import compile_lowered, lower
 
     dest = Path(dest)
     lowered = lower(spec, target, config)

@@ -50,7 +50,7 @@ def build_only(spec, target, out, *, lengths: Sequence[int] = DEFAULT_LENGTHS, b
                deadline: Optional[float] = None, progress: bool = True) -> dict:
     """Build up to ``trials`` candidates (the default first) into ``out``; returns the manifest."""
     from .. import __version__
-    from ..build import _sources_digest, _tvm_version
+    from ..builder import _sources_digest, _tvm_version
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

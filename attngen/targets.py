@@ -36,7 +36,7 @@ class Target:
         if self.kind == "llvm":
             # the host CPU by name (AVX2/AVX-512 where it has them): generic x86-64 code runs
             # the softmax kernels ~3.5x slower.  The binary is then for this CPU model only
-            # (build.cache_key carries it).  Wider vectors make LLVM's aligned loads wider too:
+            # (builder.cache_key carries it).  Wider vectors make LLVM's aligned loads wider too:
             # Kernel.run passes only 64-byte-aligned tensors (attngen.kernel.ALIGNMENT)
             return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu(), "num-cores": _cores()})
         return tvm.target.Target({"kind": "cuda", "arch": self.arch,

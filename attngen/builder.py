@@ -83,7 +83,8 @@ def _host_cpu_id() -> str:
 def cache_key(spec, target: Target, config: Optional[Mapping]) -> str:
     # a CPU kernel is built for this host's CPU model: a cache shared across machines must not
     # hand a znver4 binary to another CPU
-    machine = target.arch if target.is_cuda else _host_cpu_id()
+    # (LLVM is told to generate for this host's CPU: ``targets.Target.to_tvm``)
+    machine = target.arch if target.is_cuda else f"mcpu=host {_host_cpu_id()}"
     text = json.dumps({"spec": spec.key, "target": [target.name, machine],
                        "config": dict(sorted((config or {}).items())),
                        "sources": _sources_digest(), "attngen": __version__,
@@ -134,6 +135,18 @@ def build(spec, target="cpu", config: Optional[Mapping] = None, *, use_cache: bo
     if use_cache:
         _write_entry(entry, ex, lowered, target)
     return Kernel(spec, target, ex, lowered.args, lowered.calls)
+
+
+def ensure_cached(spec, target="cpu", config: Optional[Mapping] = None) -> Path:
+    """Build ``spec`` into the cache unless it is there, without loading it: this is how a
+    machine without a GPU prepares CUDA kernels for a GPU host that has only TVM's runtime."""
+    target = get_target(target) if isinstance(target, str) else target
+    config = dict(config or {})
+    entry = cache_dir() / cache_key(spec, target, config)
+    if not (entry / _META).is_file():
+        lowered = lower(spec, target, config)
+        _write_entry(entry, compile_lowered(lowered, target), lowered, target)
+    return entry
 
 
 def _load_module(entry: Path, target: Target, cubin: Optional[dict]):

@@ -1,0 +1,29 @@
+"""Fill the build cache with every kernel the GPU tests use, for a GPU host with only TVM's
+runtime (no compiler): run here, then carry the cache to the GPU host.
+
+    ATTNGEN_CACHE_DIR=.gpucache python tests/prebuild_gpu.py
+    # on the GPU host, with .gpu and .gpucache carried:
+    source .gpu/env.sh && ATTNGEN_CACHE_DIR=.gpucache python -m pytest -m gpu tests
+"""
+import importlib
+import os
+import sys
+import time
+
+MODULES = ("test_softmax_gpu", "test_linear_gpu", "test_prefill_tc", "test_decode_cuda")
+
+
+def main() -> int:
+    if not os.environ.get("ATTNGEN_CACHE_DIR"):
+        print("set ATTNGEN_CACHE_DIR to the cache folder you will carry", file=sys.stderr)
+        return 2
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    for name in MODULES:
+        start = time.perf_counter()
+        importlib.import_module(name).prebuild()
+        print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

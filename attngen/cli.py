@@ -1,4 +1,6 @@
-"""``attngen``: list the gallery, show what a spec lowers to, check a kernel against its reference,
+"""attngen: describe an attention variant, get a validated, tuned kernel.
+
+Commands: list the gallery, show what a spec lowers to, check a kernel against its reference,
 tune it, measure candidates built elsewhere, export the tuned kernels.
 
 SPEC is a gallery name (``attngen list``) or a Python file that defines ``spec``.  Bad input

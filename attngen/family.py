@@ -67,6 +67,34 @@ class Family(Protocol):
         that the per-dtype bounds of ``attngen.tolerance`` apply to every family alike."""
 
 
+@dataclass(frozen=True)
+class ModuleFamily:
+    """A family made of three modules: ``lowering.lower``, ``signature.sizes`` and
+    ``data.sample`` / ``data.reference`` (how ``attngen.softmax`` and ``attngen.linear`` are
+    laid out)."""
+
+    name: str
+    spec_type: type
+    lowering: object
+    signature: object
+    data: object
+
+    def matches(self, spec) -> bool:
+        return isinstance(spec, self.spec_type)
+
+    def lower(self, spec, target, config=None) -> Lowered:
+        return self.lowering.lower(spec, target, config)
+
+    def sizes(self, spec, inputs) -> dict:
+        return self.signature.sizes(spec, inputs)
+
+    def sample(self, spec, sizes, rng) -> dict:
+        return self.data.sample(spec, sizes, rng)
+
+    def reference(self, spec, inputs) -> dict:
+        return self.data.reference(spec, inputs)
+
+
 def family_of(spec) -> "Family":
     from .linear import FAMILY as linear
     from .softmax import FAMILY as softmax

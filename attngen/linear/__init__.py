@@ -40,34 +40,8 @@ form calls ``linear_parallel_cumulate_gates`` (scalar/vector gates), ``linear_pa
 """
 from __future__ import annotations
 
+from ..family import ModuleFamily
 from ..spec import LinearAttention
-from ..tolerance import BY_DTYPE
-from . import data, lower as _lower, signature
+from . import data, lower, signature
 
-
-class LinearFamily:
-    name = "linear"
-
-    def matches(self, spec) -> bool:
-        return isinstance(spec, LinearAttention)
-
-    def lower(self, spec, target, config=None):
-        return _lower.lower(spec, target, config)
-
-    def sizes(self, spec, inputs) -> dict:
-        return signature.sizes(spec, inputs)
-
-    def sample(self, spec, sizes, rng) -> dict:
-        return data.sample(spec, sizes, rng)
-
-    def reference(self, spec, inputs) -> dict:
-        return data.reference(spec, inputs)
-
-    def tolerance(self, spec) -> dict:
-        """Bounds per output (``attngen.tolerance.Bound``): those of the input dtype, for the
-        state too (it is accumulated in float32 from inputs of that dtype)."""
-        bound = BY_DTYPE[spec.dtype]
-        return {a.name: bound for a in signature.outputs(spec)}
-
-
-FAMILY = LinearFamily()
+FAMILY = ModuleFamily("linear", LinearAttention, lower, signature, data)

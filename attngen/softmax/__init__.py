@@ -36,35 +36,8 @@ Kernels, in call order: ``quantize_k``, ``quantize_q`` (Quant(qk="int8")), ``att
 """
 from __future__ import annotations
 
+from ..family import ModuleFamily
 from ..spec import Attention
-from ..tolerance import BY_DTYPE
-from . import data, lower as _lower, signature
+from . import data, lower, signature
 
-
-class SoftmaxFamily:
-    name = "softmax"
-
-    def matches(self, spec) -> bool:
-        return isinstance(spec, Attention)
-
-    def lower(self, spec, target, config=None):
-        return _lower.lower(spec, target, config)
-
-    def sizes(self, spec, inputs) -> dict:
-        return signature.sizes(spec, inputs)
-
-    def sample(self, spec, sizes, rng) -> dict:
-        return data.sample(spec, sizes, rng)
-
-    def reference(self, spec, inputs) -> dict:
-        return data.reference(spec, inputs)
-
-    def tolerance(self, spec) -> dict:
-        """Bounds per output (``attngen.tolerance.Bound``).  A quantized spec is compared with
-        the simulation of its own quantizer (``attngen.reference.quant``), so its bound is that
-        of its dtype too."""
-        bound = BY_DTYPE[spec.dtype]
-        return {"o": bound, "lse": bound}
-
-
-FAMILY = SoftmaxFamily()
+FAMILY = ModuleFamily("softmax", Attention, lower, signature, data)

@@ -75,3 +75,16 @@ def test_spec_file_from_another_directory(tmp_path):
     out = run("check", str(path), "--lengths", "1,9", "--batch", "1", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.rstrip().splitlines()[-1].startswith("PASS")
+
+
+@pytest.mark.skipif(__import__("shutil").which("nvcc") is None, reason="needs nvcc")
+@pytest.mark.parametrize("name", ["causal", "gla"])
+def test_cuda_source_from_the_cli_compiles_with_nvcc(tmp_path, name):
+    out = run("show", name, "--target", "cuda-sm90a", "--cuda-source")
+    assert out.returncode == 0, out.stderr
+    assert "__global__" in out.stdout
+    source = tmp_path / f"{name}.cu"
+    source.write_text(out.stdout)
+    nvcc = subprocess.run(["nvcc", "-cubin", "-arch=sm_90a", "-o", str(tmp_path / "k.cubin"),
+                           str(source)], capture_output=True, text=True, timeout=600)
+    assert nvcc.returncode == 0, nvcc.stderr[-3000:]

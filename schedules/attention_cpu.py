@@ -20,6 +20,8 @@ Knobs:
 """
 from __future__ import annotations
 
+from attngen import knobs
+
 KNOBS = {
     "block_q": "packed query rows per tile (power of two, 1..256)",
     "block_k": "keys per K/V tile (power of two, 4..256)",
@@ -29,18 +31,14 @@ KNOBS = {
 
 def default(spec, target) -> dict:
     rows = spec.group_size * (spec.phase.q_len if spec.is_decode else 64)
-    return {"block_q": min(64, _pow2_at_least(rows)), "block_k": 64 if spec.head_dim <= 256 else 32,
+    return {"block_q": min(64, knobs.pow2_at_least(rows)), "block_k": 64 if spec.head_dim <= 256 else 32,
             "kv_tile": "float32"}
 
 
 def validate(spec, target, config) -> None:
-    unknown = set(config) - set(KNOBS)
-    if unknown:
-        raise ValueError(f"unknown knob(s) {sorted(unknown)} for attention_cpu; known: {sorted(KNOBS)}")
+    knobs.check_known(config, KNOBS, "attention_cpu")
     for name, lo, hi in (("block_q", 1, 256), ("block_k", 4, 256)):
-        v = config[name]
-        if not (isinstance(v, int) and lo <= v <= hi and v & (v - 1) == 0):
-            raise ValueError(f"attention_cpu.{name}: must be a power of two in [{lo}, {hi}], got {v!r}")
+        knobs.require_pow2(f"attention_cpu.{name}", config[name], lo, hi)
     if config["kv_tile"] not in ("float32", "input"):
         raise ValueError(f'attention_cpu.kv_tile: must be "float32" or "input", got {config["kv_tile"]!r}')
 
@@ -99,10 +97,3 @@ def _vectorize_spatial_inner(sch, name):
     _, vec = sch.split(spatial, [None, lanes])
     sch.vectorize(vec)
     return blk, reduction
-
-
-def _pow2_at_least(n: int) -> int:
-    p = 1
-    while p < n:
-        p *= 2
-    return p

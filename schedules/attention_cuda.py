@@ -22,6 +22,8 @@ stores, and ThreadSync cannot place a barrier inside a condition).
 """
 from __future__ import annotations
 
+from attngen import knobs
+
 KNOBS = {
     "block_q": "packed query rows per CTA, one thread each (power of two, 32..1024)",
     "block_k": "keys per shared-memory K/V tile (power of two, 4..256)",
@@ -33,7 +35,7 @@ _BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "int8": 1}
 
 def default(spec, target) -> dict:
     rows = spec.group_size * (spec.phase.q_len if spec.is_decode else 64)
-    block_q = min(64, max(32, _pow2_at_least(rows)))
+    block_q = min(64, max(32, knobs.pow2_at_least(rows)))
     for block_k in (32, 16, 8, 4):
         cfg = {"block_q": block_q, "block_k": block_k}
         if not _problems(spec, target, cfg):
@@ -42,9 +44,7 @@ def default(spec, target) -> dict:
 
 
 def validate(spec, target, config) -> None:
-    unknown = set(config) - set(KNOBS)
-    if unknown:
-        raise ValueError(f"unknown knob(s) {sorted(unknown)} for attention_cuda; known: {sorted(KNOBS)}")
+    knobs.check_known(config, KNOBS, "attention_cuda")
     problems = _problems(spec, target, config)
     if problems:
         raise ValueError(f"attention_cuda config {config}: " + "; ".join(problems))
@@ -55,8 +55,9 @@ def _problems(spec, target, config) -> list:
     bq, bk = config["block_q"], config["block_k"]
     max_threads = min(1024, target.max_threads_per_block)
     for name, v, lo, hi in (("block_q", bq, 32, max_threads), ("block_k", bk, 4, 256)):
-        if not (isinstance(v, int) and lo <= v <= hi and v & (v - 1) == 0):
-            out.append(f"{name} must be a power of two in [{lo}, {hi}], got {v!r}")
+        problem = knobs.pow2_problem(name, v, lo, hi)
+        if problem:
+            out.append(problem)
     if out:
         return out
     smem = tile_smem_bytes(spec, bk)
@@ -185,10 +186,3 @@ def _quant_block(sch):
 def _thread0(sch, name):
     """A loop-less store: give it a unit loop bound to threadIdx.x, so thread 0 alone makes it."""
     sch.bind(sch.add_unit_loop(sch.get_sblock(name)), "threadIdx.x")
-
-
-def _pow2_at_least(n: int) -> int:
-    p = 1
-    while p < n:
-        p *= 2
-    return p

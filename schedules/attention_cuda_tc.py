@@ -16,6 +16,8 @@ the per-thread fragments (O accumulator, S, P, Q) stay well inside 255 registers
 """
 from __future__ import annotations
 
+from attngen import knobs
+
 KNOBS = {
     "warps": "warps per CTA (1, 2, 4 or 8)",
     "m_tiles": "16-row m-tiles per warp (1 or 2)",
@@ -55,9 +57,7 @@ def default(spec, target) -> dict:
 
 
 def validate(spec, target, config) -> None:
-    unknown = set(config) - set(KNOBS)
-    if unknown:
-        raise ValueError(f"unknown knob(s) {sorted(unknown)} for attention_cuda_tc; known: {sorted(KNOBS)}")
+    knobs.check_known(config, KNOBS, "attention_cuda_tc")
     problems = _problems(spec, target, config)
     if problems:
         raise ValueError(f"attention_cuda_tc config {config}: " + "; ".join(problems))

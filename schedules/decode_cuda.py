@@ -38,6 +38,8 @@ Validity: the cross-group merge fits the static shared-memory limit (48 KiB).
 """
 from __future__ import annotations
 
+from attngen import knobs
+
 KNOBS = {
     "warps": "warps per CTA (1..8)",
     "keys_per_thread": "K/V rows each thread loads before using them (1..8)",
@@ -89,9 +91,7 @@ def default(spec, target) -> dict:
 
 
 def validate(spec, target, config) -> None:
-    unknown = set(config) - set(KNOBS)
-    if unknown:
-        raise ValueError(f"unknown knob(s) {sorted(unknown)} for decode_cuda; known: {sorted(KNOBS)}")
+    knobs.check_known(config, KNOBS, "decode_cuda")
     out = []
     for name, lo, hi in (("warps", 1, 8), ("keys_per_thread", 1, 8), ("rows", 1, 16), ("stages", 1, 2),
                          ("butterfly", 0, 1),

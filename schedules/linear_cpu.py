@@ -10,6 +10,7 @@ reads ``lanes``.
 """
 from __future__ import annotations
 
+from attngen import knobs
 from attngen.linear import blocks
 
 KNOBS = {
@@ -26,7 +27,7 @@ def default(spec, target) -> dict:
 
 def validate(spec, target, config) -> None:
     blocks.check_knobs("linear_cpu", spec, config, KNOBS, largest_tile=1024)
-    blocks.check_power_of_two("lanes", config["lanes"], 64)
+    knobs.require_pow2("lanes", config["lanes"], 1, 64)
 
 
 def template_params(spec, target, config) -> dict:

@@ -9,6 +9,8 @@ over chunks or tokens is not: tvm-0.27.md pitfall 8).  The accumulate blocks of
 """
 from __future__ import annotations
 
+from .. import knobs
+
 TASK = "task"
 
 
@@ -16,19 +18,12 @@ def check_knobs(schedule: str, spec, config, known, largest_tile: int) -> None:
     """The rules of the knobs every template reads (raises ValueError): no unknown knob,
     ``block_v`` divides head_dim_v, ``block_q`` and ``block_k`` are powers of two up to
     ``largest_tile``."""
-    unknown = set(config) - set(known)
-    if unknown:
-        raise ValueError(f"unknown {schedule} knob(s) {sorted(unknown)}; known: {sorted(known)}")
+    knobs.check_known(config, known, schedule)
     bv = config["block_v"]
     if not (isinstance(bv, int) and bv >= 1 and spec.head_dim_v % bv == 0):
         raise ValueError(f"block_v must be a positive divisor of head_dim_v ({spec.head_dim_v}), got {bv!r}")
     for name in ("block_q", "block_k"):
-        check_power_of_two(name, config[name], largest_tile)
-
-
-def check_power_of_two(name: str, value, top: int) -> None:
-    if not (isinstance(value, int) and 1 <= value <= top and value & (value - 1) == 0):
-        raise ValueError(f"{name} must be a power of two in [1, {top}], got {value!r}")
+        knobs.require_pow2(name, config[name], 1, largest_tile)
 
 
 def template_params(spec, config, scope: str) -> dict:

@@ -29,6 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks._common import card_name, export_kernel, load_kernel, median_ms  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Case:
@@ -82,7 +84,7 @@ def _file(spec, config) -> str:
 
 
 def build(out_dir: str) -> None:
-    from attngen.builder import compile_lowered, lower
+    from attngen.builder import lower
     from attngen.targets import get
 
     target = get("cuda-sm90a")
@@ -97,11 +99,7 @@ def build(out_dir: str) -> None:
             low = lower(spec, target, cfg)
             if [c.func for c in low.calls] != ["decode", "decode_combine"]:
                 raise RuntimeError(f"{case.name}: expected the decode kernels, got {low.calls}")
-            compile_lowered(low, target).export_library(os.path.join(out_dir, name + ".so"))
-            meta = {"args": [a.__dict__ for a in low.args],
-                    "calls": [{"func": c.func, "args": list(c.args)} for c in low.calls]}
-            with open(os.path.join(out_dir, name + ".json"), "w") as f:
-                json.dump(meta, f)
+            export_kernel(low, target, out_dir, name)
             done.add(name)
             print("built", case.name, label, flush=True)
 
@@ -109,22 +107,7 @@ def build(out_dir: str) -> None:
 # ----------------------------------------------------------------------------- run (GPU)
 
 
-def _median_ms(fn, reps: int) -> float:
-    import torch
-
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
+WARMUP = 5  # untimed calls before each timing
 
 
 def hbm_bandwidth() -> dict:
@@ -134,26 +117,17 @@ def hbm_bandwidth() -> dict:
     n = 1 << 31  # fp16 elements: 4 GiB
     x = torch.ones(n, device="cuda", dtype=torch.float16)
     y = torch.empty_like(x)
-    copy_ms = _median_ms(lambda: y.copy_(x), 20)
-    read_ms = _median_ms(lambda: x.sum(dtype=torch.float32), 20)
+    copy_ms = median_ms(lambda: y.copy_(x), 20, WARMUP)
+    read_ms = median_ms(lambda: x.sum(dtype=torch.float32), 20, WARMUP)
     del x, y
     torch.cuda.empty_cache()
     return {"copy_gbps": round(2 * 2 * n / copy_ms / 1e6, 1), "read_gbps": round(2 * n / read_ms / 1e6, 1)}
 
 
 def _load(build_dir, spec, cfg):
-    import tvm
-    from attngen.family import Arg, Call
-    from attngen.kernel import Kernel
     from attngen.targets import get
 
-    name = _file(spec, cfg)
-    with open(os.path.join(build_dir, name + ".json")) as f:
-        meta = json.load(f)
-    args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in meta["args"])
-    calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
-    return Kernel(spec, get("cuda-sm90a"), tvm.runtime.load_module(os.path.join(build_dir, name + ".so")),
-                  args, calls)
+    return load_kernel(spec, get("cuda-sm90a"), build_dir, _file(spec, cfg))
 
 
 def run(build_dir: str, results_dir: str, only=()) -> None:
@@ -169,7 +143,7 @@ def run(build_dir: str, results_dir: str, only=()) -> None:
     torch._dynamo.config.cache_size_limit = 1000
     flex = torch.compile(flex_attention, dynamic=False)
     dev = "cuda"
-    card = torch.cuda.get_device_name().replace("NVIDIA ", "").replace(" ", "-")
+    card = card_name()
     hbm = hbm_bandwidth()
     print(f"{card}: HBM copy {hbm['copy_gbps']} GB/s, read {hbm['read_gbps']} GB/s", flush=True)
     rows, checks = [], []
@@ -245,7 +219,7 @@ def run(build_dir: str, results_dir: str, only=()) -> None:
 
         for impl, (fn, info) in impls.items():
             try:
-                ms = _median_ms(fn, 50)
+                ms = median_ms(fn, 50, WARMUP)
             except Exception as exc:  # a backend that refuses the shape is reported, not fatal
                 print(f"  {impl}: unavailable ({type(exc).__name__}: {str(exc)[:120]})", flush=True)
                 continue

@@ -32,6 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks._common import card_name, export_kernel, load_kernel, median_ms  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Case:
@@ -123,28 +125,6 @@ def check_specs() -> dict:
     return {n: s for n, s in specs.items() if pattern.search(n)}
 
 
-def _export(low, target, out_dir, file):
-    from attngen.builder import compile_lowered
-
-    compile_lowered(low, target).export_library(os.path.join(out_dir, file + ".so"))
-    meta = {"args": [a.__dict__ for a in low.args],
-            "calls": [{"func": c.func, "args": list(c.args)} for c in low.calls]}
-    with open(os.path.join(out_dir, file + ".json"), "w") as f:
-        json.dump(meta, f)
-
-
-def _load(spec, target, build_dir, file):
-    import tvm
-    from attngen.family import Arg, Call
-    from attngen.kernel import Kernel
-
-    with open(os.path.join(build_dir, file + ".json")) as f:
-        meta = json.load(f)
-    args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in meta["args"])
-    calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
-    return Kernel(spec, target, tvm.runtime.load_module(os.path.join(build_dir, file + ".so")), args, calls)
-
-
 def check(build_dir: str) -> bool:
     import numpy as np
     from attngen.check import check_length
@@ -154,7 +134,7 @@ def check(build_dir: str) -> bool:
     ensure_cuda_runtime()
     target, ok = get("cuda-sm90a"), True
     for name, spec in check_specs().items():
-        kernel = _load(spec, target, build_dir, "check_" + name)
+        kernel = load_kernel(spec, target, build_dir, "check_" + name)
         rng = np.random.default_rng(0)
         worst = {}
         for length in CHECK_LENGTHS + LONG_CHECKS.get(name, ()):
@@ -178,36 +158,21 @@ def build(out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     if not os.environ.get("PREFILL_CASES") or os.environ.get("PREFILL_CHECKS"):
         for name, spec in check_specs().items():
-            _export(lower(spec, target), target, out_dir, "check_" + name)
+            export_kernel(lower(spec, target), target, out_dir, "check_" + name)
             print("built check", name, flush=True)
     for case in selected():
         for file, cfg in [(_file(case), None)] + [(_variant_file(case, c), c) for c in VARIANTS.get(case.name, [])]:
             low = lower(spec_of(case), target, cfg)
             if "ptx_legacy.mma" not in low.mod.script():
                 raise RuntimeError(f"{case.name}: expected the tensor-core kernel")
-            _export(low, target, out_dir, file)
+            export_kernel(low, target, out_dir, file)
             print("built", file, flush=True)
 
 
 # ----------------------------------------------------------------------------- run (GPU)
 
 
-def _median_ms(fn, reps: int) -> float:
-    import torch
-
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
+WARMUP = 3  # untimed calls before each timing
 
 
 def _mask_mod(case: Case, doc_ids):
@@ -258,12 +223,12 @@ def run(build_dir: str, results_dir: str) -> None:
     torch._dynamo.config.cache_size_limit = 1000
     flex = torch.compile(flex_attention, dynamic=False)
     target, dev = get("cuda-sm90a"), "cuda"
-    card = torch.cuda.get_device_name().replace("NVIDIA ", "").replace(" ", "-")
+    card = card_name()
     rows, checks, variants = [], [], []
 
     def load(spec, file):
         # the raw launch: the timing leaves out the driver's input checks
-        return _load(spec, target, build_dir, file)._funcs["attention"]
+        return load_kernel(spec, target, build_dir, file)._funcs["attention"]
 
     for case in selected():
         spec = spec_of(case)
@@ -316,7 +281,7 @@ def run(build_dir: str, results_dir: str) -> None:
         reps = 30 if N <= 4096 else 15
         for impl, f in impls.items():
             try:
-                ms = _median_ms(f, reps)
+                ms = median_ms(f, reps, WARMUP)
             except Exception as exc:  # a backend that refuses the shape is reported, not fatal
                 print(f"  {impl}: unavailable ({type(exc).__name__}: {str(exc)[:120]})", flush=True)
                 continue
@@ -329,7 +294,7 @@ def run(build_dir: str, results_dir: str) -> None:
             vfn(*feed)
             torch.cuda.synchronize()
             verr = float((o.float() - ref).norm() / ref.norm())
-            ms = _median_ms(lambda: vfn(*feed), reps)
+            ms = median_ms(lambda: vfn(*feed), reps, WARMUP)
             variants.append({"case": case.name, "config": cfg, "ms": round(ms, 4),
                              "tflops": round(flops / ms / 1e9, 1), "rel_err_vs_flex": verr})
             print(f"  attngen {cfg}: {ms:8.3f} ms {flops / ms / 1e9:7.1f} TFLOP/s (err {verr:.1e})", flush=True)

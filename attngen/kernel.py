@@ -29,6 +29,29 @@ class KernelInputError(ValueError):
     """An input that does not match the kernel's signature (raised before launch)."""
 
 
+def bind_inputs(names: tuple, args, kwargs, callee: str) -> dict:
+    """The inputs of ``callee(*args, **kwargs)`` by name, positional ones in ``names`` order."""
+    if len(args) > len(names):
+        raise KernelInputError(f"expected at most {len(names)} positional inputs {names}, got {len(args)}")
+    named = dict(zip(names, args))
+    for k, v in kwargs.items():
+        if k in named:
+            raise KernelInputError(f"input {k!r} given twice")
+        named[k] = v
+    check_input_names(named, names, callee)
+    return named
+
+
+def check_input_names(given, names: tuple, callee: str) -> None:
+    """Every one of ``names`` given, and nothing else."""
+    unknown = set(given) - set(names)
+    if unknown:
+        raise KernelInputError(f"unknown input(s) {sorted(unknown)}; this {callee} takes {names}")
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise KernelInputError(f"missing input(s) {missing}; this {callee} takes {names}")
+
+
 _TORCH_DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32",
                  "int32": "int32", "int8": "int8"}
 
@@ -60,15 +83,7 @@ class Kernel:
 
     def __call__(self, *args, **kwargs):
         """``kernel(q, k, v, ...)`` or by name; returns the outputs (a tuple if several)."""
-        if len(args) > len(self.input_names):
-            raise KernelInputError(f"expected at most {len(self.input_names)} positional inputs "
-                                   f"{self.input_names}, got {len(args)}")
-        named = dict(zip(self.input_names, args))
-        for k, v in kwargs.items():
-            if k in named:
-                raise KernelInputError(f"input {k!r} given twice")
-            named[k] = v
-        out = self.run(named)
+        out = self.run(bind_inputs(self.input_names, args, kwargs, "kernel"))
         values = tuple(out[n] for n in self.output_names)
         return values[0] if len(values) == 1 else values
 
@@ -103,13 +118,7 @@ class Kernel:
     def _convert_inputs(self, inputs: Mapping) -> dict:
         import torch
 
-        unknown = set(inputs) - set(self.input_names)
-        if unknown:
-            raise KernelInputError(f"unknown input(s) {sorted(unknown)}; this kernel takes "
-                                   f"{self.input_names}")
-        missing = [n for n in self.input_names if n not in inputs]
-        if missing:
-            raise KernelInputError(f"missing input(s) {missing}; this kernel takes {self.input_names}")
+        check_input_names(inputs, self.input_names, "kernel")
         out = {}
         for arg in self.args:
             if arg.role != "in":

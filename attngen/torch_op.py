@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from .kernel import KernelInputError
+from .kernel import bind_inputs
 
 _OPS: dict = {}  # op name -> the AttentionOp its registered implementation calls
 _LIBRARY = None
@@ -50,19 +50,7 @@ class AttentionOp:
 
     def __call__(self, *args, **kwargs):
         """``op(q, k, v, ...)`` or by name; returns the outputs (a tuple if several)."""
-        if len(args) > len(self.input_names):
-            raise KernelInputError(f"expected at most {len(self.input_names)} positional inputs "
-                                   f"{self.input_names}, got {len(args)}")
-        named = dict(zip(self.input_names, args))
-        for k, v in kwargs.items():
-            if k in named or k not in self.input_names:
-                raise KernelInputError(f"input {k!r} given twice or unknown; inputs are "
-                                       f"{self.input_names}")
-            named[k] = v
-        missing = [n for n in self.input_names if n not in named]
-        if missing:
-            raise KernelInputError(f"missing input(s) {missing}; this operator takes "
-                                   f"{self.input_names}")
+        named = bind_inputs(self.input_names, args, kwargs, "operator")
         return self.op(*(named[n] for n in self.input_names))
 
     # the registered implementation and its fake (shape-only) twin

@@ -48,10 +48,6 @@ def scopes(spec, target, config) -> dict:
     return {"q": "global", "kv": "global", "work": "global", "kv_dtype": kv_dtype}
 
 
-def pass_config(spec, target, config) -> dict:
-    return {}
-
-
 def schedule(mod, spec, target, config):
     import tvm
 

@@ -85,10 +85,6 @@ def scopes(spec, target, config) -> dict:
     return {"q": "local", "kv": "shared", "work": "local", "kv_dtype": spec.dtype}
 
 
-def pass_config(spec, target, config) -> dict:
-    return {}
-
-
 def schedule(mod, spec, target, config):
     import tvm
 

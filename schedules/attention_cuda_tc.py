@@ -104,9 +104,5 @@ def _problems(spec, target, config) -> list:
     return out
 
 
-def pass_config(spec, target, config) -> dict:
-    return {}
-
-
 def schedule(mod, spec, target, config):
     return mod  # the template binds threads and places every fragment itself

@@ -126,10 +126,6 @@ def merge_smem_bytes(spec, config) -> int:
     return groups(spec, config) * config["rows"] * (spec.head_dim_v + 2) * 4
 
 
-def pass_config(spec, target, config) -> dict:
-    return {}
-
-
 def schedule(mod, spec, target, config):
     """The templates bind their own threads: nothing left to transform."""
     return mod

@@ -34,10 +34,6 @@ def template_params(spec, target, config) -> dict:
     return blocks.template_params(spec, config, "global")
 
 
-def pass_config(spec, target, config) -> dict:
-    return {}
-
-
 def schedule(mod, spec, target, config):
     import tvm
 

@@ -52,10 +52,6 @@ def template_params(spec, target, config) -> dict:
     return blocks.template_params(spec, config, "shared.dyn")
 
 
-def pass_config(spec, target, config) -> dict:
-    return {}
-
-
 def schedule(mod, spec, target, config):
     import tvm
 
@@ -89,7 +85,7 @@ def shared_memory_bytes(mod, target) -> int:
 
     tvm_target = tvm.target.Target(target.to_tvm(), host={"kind": "llvm"})  # as tvm.compile binds it
     passes, _, _ = tvm.tirx.get_tir_pipeline("default")
-    with tvm_target, tvm.transform.PassContext(opt_level=3, config=pass_config(None, target, None)):
+    with tvm_target, tvm.transform.PassContext(opt_level=3):
         lowered = passes(tvm.tirx.transform.BindTarget(tvm_target)(mod))
     sizes = re.findall(r'alloc_buffer\(\((\d+),\), "uint8", scope="shared\.dyn"\)', lowered.script())
     return max(map(int, sizes), default=0)

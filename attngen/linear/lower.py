@@ -73,4 +73,4 @@ def lower(spec: LinearAttention, target, config: Optional[Mapping] = None) -> Lo
         funcs[kernel.name] = parse(text)
     mod = sched.schedule(tvm.IRModule(funcs), spec, target, config)
     calls = tuple(Call(k.name, k.args) for k in kernels(spec))
-    return Lowered(mod, signature.args(spec), calls, dict(sched.pass_config(spec, target, config)))
+    return Lowered(mod, signature.args(spec), calls)

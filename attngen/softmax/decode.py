@@ -65,7 +65,7 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
     funcs = {fname: parse(render(template, name=fname, **ctx)) for fname, template, ctx, _ in kernels}
     mod = sched.schedule(tvm.IRModule(funcs), spec, target, cfg)
     calls = tuple(Call(fname, tuple(names)) for fname, _, _, names in kernels)
-    return Lowered(mod, args, calls, sched.pass_config(spec, target, cfg))
+    return Lowered(mod, args, calls)
 
 
 def program_args(spec: Attention, cfg) -> tuple:

@@ -90,7 +90,7 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
         funcs[fname] = parse(text)
     mod = sched.schedule(tvm.IRModule(funcs), spec, target, cfg)
     calls = tuple(Call(fname, tuple(names)) for fname, _, _, names in kernels)
-    return Lowered(mod, args, calls, sched.pass_config(spec, target, cfg))
+    return Lowered(mod, args, calls)
 
 
 def split_kv(spec: Attention) -> int:

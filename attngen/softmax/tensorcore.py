@@ -69,7 +69,7 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
     names = [a.name for a in args]
     text = render("attention_tc.j2", name="attention", **context(spec, cfg, args))
     mod = sched.schedule(tvm.IRModule({"attention": parse(text)}), spec, target, cfg)
-    return Lowered(mod, args, (Call("attention", tuple(names)),), sched.pass_config(spec, target, cfg))
+    return Lowered(mod, args, (Call("attention", tuple(names)),))
 
 
 def context(spec: Attention, cfg, args) -> dict:

@@ -365,13 +365,17 @@ def evaluate(e: Expr, env: Mapping[str, object]):
     raise ExprError(f"unknown op {op}")  # pragma: no cover - every op is handled above
 
 
-def to_tir(e: Expr, names: Mapping[str, str], buffers: Mapping[str, str] | None = None) -> str:
+def to_tir(e: Expr, names: Mapping[str, str], buffers: Mapping[str, str] | None = None,
+           unary: Mapping[str, Callable[[str], str]] | None = None) -> str:
     """TVMScript text of ``e``; ``names`` maps variables to TIR expressions (text),
-    ``buffers`` maps runtime tensor names to the buffer names in the template.
+    ``buffers`` maps runtime tensor names to the buffer names in the template, ``unary``
+    renders some unary ops (name -> function of the operand's text) in place of the default
+    (a kernel that computes ``tanh`` with one PTX instruction, say).
 
     Integer subexpressions are int32 and floats float32; integers meeting floats are cast.
     """
     buffers = buffers or {}
+    unary = unary or {}
 
     def go(x: Expr, want_float=False) -> str:
         op, kind = x.op, _kind(x)
@@ -406,10 +410,17 @@ def to_tir(e: Expr, names: Mapping[str, str], buffers: Mapping[str, str] | None 
             return f"T.if_then_else({c}, {go(x.args[1], flt)}, {go(x.args[2], flt)})"
         if op in _LOGIC:
             return _LOGIC[op][1].format(go(x.args[0]), go(x.args[1]))
+        if op in unary:
+            return unary[op](go(x.args[0], True))
         if op in _UNARY:
             return _UNARY[op][1].format(go(x.args[0], True))
         # arithmetic / comparisons: promote both sides to float if either is float
         flt = want_float or any(_kind(a) == "float" for a in x.args) or op == "/"
+        den = x.args[1] if op == "/" else None
+        if den is not None and den.op == "const" and float(den.args[0]) != 0.0:
+            # by a constant: multiply by its reciprocal (a division is a dozen instructions on
+            # a GPU; the product is within an ulp of the quotient)
+            return f"({go(x.args[0], True)} * T.float32({1.0 / float(den.args[0])!r}))"
         table = _COMPARE if op in _COMPARE else _BINARY
         return table[op][1].format(go(x.args[0], flt), go(x.args[1], flt))
 

@@ -18,7 +18,8 @@ SIZE_NAMES = ("batch", "heads", "q_len", "kv_len")
 @dataclass(frozen=True)
 class Arg:
     """One buffer of the program.  ``shape`` holds ints and size names (``SIZE_NAMES`` or any
-    extra size the family's ``sizes`` returns, e.g. ``num_pages``); ``role`` is ``"in"``,
+    extra size the family's ``sizes`` returns, e.g. ``num_pages``; ``q_len/128`` is the number
+    of 128-row tiles); ``role`` is ``"in"``,
     ``"out"`` or ``"scratch"`` (allocated by the driver, shared between calls)."""
 
     name: str
@@ -27,7 +28,19 @@ class Arg:
     role: str = "in"
 
     def concrete_shape(self, sizes: Mapping[str, int]) -> tuple:
-        return tuple(d if isinstance(d, int) else sizes[d] for d in self.shape)
+        return tuple(_size(d, sizes) for d in self.shape)
+
+
+def _size(d, sizes: Mapping[str, int]) -> int:
+    """An int, a size name, or ``name/n`` (``ceil(size / n)``: tiles of n along a length)."""
+    if isinstance(d, int):
+        return d
+    if d in sizes:
+        return sizes[d]
+    name, _, div = d.partition("/")
+    if div:
+        return -(-sizes[name] // int(div))
+    raise KeyError(f"size {d!r} unknown (known: {sorted(sizes)})")
 
 
 @dataclass(frozen=True)

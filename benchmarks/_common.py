@@ -34,6 +34,30 @@ def load_kernel(spec, target, build_dir: str, file: str):
     return Kernel(spec, target, tvm.runtime.load_module(os.path.join(build_dir, file + ".so")), args, calls)
 
 
+def launcher(kernel, buffers: dict, funcs=None):
+    """``fn()`` making ``kernel``'s calls (all, or those named in ``funcs``) on ``buffers`` (by
+    name) with no input checks: the raw launches a timing wants.  Scratch buffers not given
+    are allocated here, from the sizes the inputs imply."""
+    import torch
+
+    from attngen.kernel import _torch_dtype
+
+    sizes = kernel.family.sizes(kernel.spec, buffers)
+    device = next(iter(buffers.values())).device
+    buffers = dict(buffers)
+    for a in kernel.args:
+        if a.name not in buffers:
+            buffers[a.name] = torch.empty(a.concrete_shape(sizes), dtype=_torch_dtype(a.dtype), device=device)
+    program = [(kernel._funcs[c.func], tuple(buffers[n] for n in c.args))
+               for c in kernel.calls if funcs is None or c.func in funcs]
+
+    def run():
+        for f, args in program:
+            f(*args)
+
+    return run
+
+
 def card_name() -> str:
     """The GPU's name as results files are named: ``H100-80GB-HBM3``."""
     import torch

@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks._common import card_name, export_kernel, load_kernel, median_ms  # noqa: E402
+from benchmarks._common import card_name, export_kernel, launcher, load_kernel, median_ms  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -68,12 +68,15 @@ CASES = [
 ]
 
 
-# tile-shape variants timed beside the default (knobs of schedules/attention_cuda_tc.py)
+# variants timed beside the default: knobs of schedules/attention_cuda_tc.py over its defaults
 VARIANTS = {
     "dense d128 N4096": [dict(warps=4, m_tiles=2, block_n=32, q_in_registers=False),
                          dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
     "causal d128 N4096": [dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
     "dense d64 N4096": [dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
+    # the per-tile map against the band alone (the previous kernel for these masks)
+    "global 64 + local 1024 causal N16384": [dict(tile_map=False)],
+    "document 8x2048 N16384": [dict(tile_map=False)],
 }
 
 
@@ -86,7 +89,7 @@ def selected() -> list:
 
 
 def _variant_file(case: "Case", cfg) -> str:
-    return _file(case) + "__w%d_m%d_n%d_q%d" % (cfg["warps"], cfg["m_tiles"], cfg["block_n"], cfg["q_in_registers"])
+    return _file(case) + "__" + "_".join(f"{k}{int(v)}" for k, v in sorted(cfg.items()))
 
 
 def spec_of(case: Case):
@@ -226,13 +229,12 @@ def run(build_dir: str, results_dir: str) -> None:
     card = card_name()
     rows, checks, variants = [], [], []
 
-    def load(spec, file):
-        # the raw launch: the timing leaves out the driver's input checks
-        return load_kernel(spec, target, build_dir, file)._funcs["attention"]
+    def load(spec, file, feed, funcs=None):
+        # the raw launches: the timing leaves out the driver's input checks
+        return launcher(load_kernel(spec, target, build_dir, file), feed, funcs)
 
     for case in selected():
         spec = spec_of(case)
-        fn = load(spec, _file(case))
 
         dt = getattr(torch, case.dtype)
         B, H, Hk, N, D = case.batch, case.heads, case.kv_heads, case.n, case.dim
@@ -243,7 +245,11 @@ def run(build_dir: str, results_dir: str) -> None:
         o = torch.full((B, H, N, D), float("nan"), device=dev, dtype=dt)
         lse = torch.full((B, H, N), float("nan"), device=dev)
         doc_ids = (torch.arange(N, device=dev, dtype=torch.int32) // DOC_LEN).expand(B, N).contiguous()
-        feed = [q, k, v] + ([doc_ids] if case.mask == "document" else []) + [o, lse]
+        feed = {"q": q, "k": k, "v": v, "o": o, "lse": lse,
+                **({"doc_ids": doc_ids} if case.mask == "document" else {})}
+        fn = load(spec, _file(case), feed)
+        kernel = load_kernel(spec, target, build_dir, _file(case))
+        map_calls = [c.func for c in kernel.calls if c.func.startswith("tile_")]
 
         mask_mod = _mask_mod(case, doc_ids)
         frac = _visible_fraction(case, mask_mod, dev)
@@ -254,7 +260,7 @@ def run(build_dir: str, results_dir: str) -> None:
                                        device=dev)
 
         def attngen():
-            fn(*feed)
+            fn()
 
         def run_flex():
             return flex(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=Hk != H)
@@ -275,10 +281,13 @@ def run(build_dir: str, results_dir: str) -> None:
         ref = run_flex().float()
         err = float((o.float() - ref).norm() / ref.norm())
         finite = bool(torch.isfinite(o).all() and torch.isfinite(lse).all())
-        checks.append({"case": case.name, "rel_err_vs_flex": err, "finite": finite})
-        print(f"{case.name}: visible {frac:.3f}, rel err vs flex {err:.2e}, finite {finite}", flush=True)
-
         reps = 30 if N <= 4096 else 15
+        check = {"case": case.name, "rel_err_vs_flex": err, "finite": finite}
+        if map_calls:  # the per-tile map's share of attngen's time
+            check["map_ms"] = round(median_ms(load(spec, _file(case), feed, map_calls), reps, WARMUP), 4)
+        checks.append(check)
+        print(f"{case.name}: visible {frac:.3f}, rel err vs flex {err:.2e}, finite {finite}"
+              + (f", tile map {check['map_ms']:.3f} ms" if map_calls else ""), flush=True)
         for impl, f in impls.items():
             try:
                 ms = median_ms(f, reps, WARMUP)
@@ -289,12 +298,12 @@ def run(build_dir: str, results_dir: str) -> None:
                          "tflops": round(flops / ms / 1e9, 1)})
             print(f"  {impl:11s} {ms:8.3f} ms {flops / ms / 1e9:7.1f} TFLOP/s", flush=True)
         for cfg in VARIANTS.get(case.name, []):
-            vfn = load(spec, _variant_file(case, cfg))
+            vfn = load(spec, _variant_file(case, cfg), feed)
             o.fill_(float("nan"))
-            vfn(*feed)
+            vfn()
             torch.cuda.synchronize()
             verr = float((o.float() - ref).norm() / ref.norm())
-            ms = median_ms(lambda: vfn(*feed), reps, WARMUP)
+            ms = median_ms(vfn, reps, WARMUP)
             variants.append({"case": case.name, "config": cfg, "ms": round(ms, 4),
                              "tflops": round(flops / ms / 1e9, 1), "rel_err_vs_flex": verr})
             print(f"  attngen {cfg}: {ms:8.3f} ms {flops / ms / 1e9:7.1f} TFLOP/s (err {verr:.1e})", flush=True)

@@ -9,6 +9,8 @@ builtins.  What remains to choose is the tile shape:
     block_n          keys per K/V tile (a multiple of 16)
     q_in_registers   hold Q's A fragments for the whole KV loop (else re-read them from shared
                      memory for every 16 channels; wide heads need the registers for O)
+    tile_map         visit only the key tiles a per-tile map (attngen/softmax/tile_map.py) lists;
+                     on by default for masks that are not one interval of keys per row
 
 Limits checked by ``validate``: the Q, K and V tiles (rows padded by 8 elements) fit the
 target's dynamic shared memory; the K and V tiles split into whole 16-byte copies per thread;
@@ -23,6 +25,7 @@ KNOBS = {
     "m_tiles": "16-row m-tiles per warp (1 or 2)",
     "block_n": "keys per shared-memory K/V tile (16, 32, 64 or 128)",
     "q_in_registers": "keep Q's fragments in registers through the KV loop (bool)",
+    "tile_map": "loop over a per-tile map of the mask computed at run time (bool)",
 }
 
 PAD = 8  # elements of padding per shared-memory row: 16 B, one bank group
@@ -48,12 +51,17 @@ def fragment_budget(spec) -> int:
 def default(spec, target) -> dict:
     # measured on an H100 (benchmarks/NOTES-prefill.md): two m-tiles per warp and 64-key tiles
     # first, then Q re-read from shared memory before smaller tiles
+    from attngen.softmax import tile_map
+
+    use_map = tile_map.needed(spec)
     for m_tiles, block_n in ((2, 64), (2, 32), (1, 64), (1, 32), (1, 16)):
         for q_regs in (True, False):
-            cfg = {"warps": 4, "m_tiles": m_tiles, "block_n": block_n, "q_in_registers": q_regs}
+            cfg = {"warps": 4, "m_tiles": m_tiles, "block_n": block_n, "q_in_registers": q_regs,
+                   "tile_map": use_map}
             if not _problems(spec, target, cfg):
                 return cfg
-    return {"warps": 4, "m_tiles": 1, "block_n": 16, "q_in_registers": False}  # validate() says why not
+    # validate() says why not
+    return {"warps": 4, "m_tiles": 1, "block_n": 16, "q_in_registers": False, "tile_map": use_map}
 
 
 def validate(spec, target, config) -> None:
@@ -79,8 +87,9 @@ def fragment_regs(spec, config) -> int:
 def _problems(spec, target, config) -> list:
     out = []
     w, bn = config["warps"], config["block_n"]
-    if not isinstance(config.get("q_in_registers"), bool):
-        out.append(f"q_in_registers must be a bool, got {config.get('q_in_registers')!r}")
+    for flag in ("q_in_registers", "tile_map"):
+        if not isinstance(config.get(flag), bool):
+            out.append(f"{flag} must be a bool, got {config.get(flag)!r}")
     if w not in (1, 2, 4, 8):
         out.append(f"warps must be 1, 2, 4 or 8, got {w!r}")
     if config.get("m_tiles") not in (1, 2):

@@ -19,7 +19,7 @@ from attngen.builder import build, ensure_cached, compile_lowered, lower
 from attngen.check import check_length
 from attngen.gallery import GALLERY
 from attngen.resources import load_schedule
-from attngen.softmax import signature as sig, tensorcore
+from attngen.softmax import signature as sig, tensorcore, tile_map
 from attngen.spec import Mask
 from attngen.targets import get as get_target
 
@@ -31,6 +31,7 @@ GALLERY_TC = [n for n, e in GALLERY.items()
               if isinstance(e.spec, Attention) and tensorcore.supported(e.spec, SM90)]
 # rows 0..8 see no key at all: o = 0, lse = -inf
 LATE_START = Mask(E.kv_idx < E.q_pos - 8, "late_start")
+HEAD_BLOCKS = Mask((E.kv_idx <= E.q_pos) & ((E.h % 2 == 0) | (E.kv_idx // 64 % 2 == 0)), "head_blocks")
 EXTRA = {
     "d64_gqa_causal": Attention(num_heads=8, num_kv_heads=2, head_dim=64, mask=masks.causal()),
     "d64_bf16_dense": Attention(num_heads=4, head_dim=64, dtype="bfloat16"),
@@ -38,6 +39,9 @@ EXTRA = {
                                   mask=masks.sliding_window(100)),
     "d256": Attention(num_heads=2, head_dim=256, mask=masks.causal()),
     "d96_empty_rows": Attention(num_heads=2, head_dim=96, mask=LATE_START),
+    # a mask that reads h: one tile map per head (even heads causal, odd heads every other
+    # 64-key block of the causal triangle)
+    "d64_head_map": Attention(num_heads=4, num_kv_heads=2, head_dim=64, mask=HEAD_BLOCKS),
 }
 
 
@@ -88,23 +92,48 @@ def test_exact_interval_only_for_conjunctions_of_key_bounds():
 
 def test_causal_tiles_have_band_and_full_bounds():
     args = sig.program_args(GALLERY["causal"].spec)
-    ctx = tensorcore.context(GALLERY["causal"].spec, {"warps": 4, "block_n": 64, "q_in_registers": True, "m_tiles": 1}, args)
+    ctx = tensorcore.context(GALLERY["causal"].spec, {"warps": 4, "block_n": 64, "q_in_registers": True, "m_tiles": 1, "tile_map": False}, args)
     # keys up to the last row's position are visited, and a tile is full below the first row's
     assert ctx["kv_hi"] == "(q_last + kvl - LQ)" and ctx["kv_lo"] is None
     assert ctx["full_hi"] == "(q0 + kvl - LQ)" and ctx["full_lo"] == "0"
-    doc = tensorcore.context(GALLERY["document"].spec, {"warps": 4, "block_n": 64, "q_in_registers": True, "m_tiles": 1},
+    doc = tensorcore.context(GALLERY["document"].spec, {"warps": 4, "block_n": 64, "q_in_registers": True, "m_tiles": 1, "tile_map": True},
                              sig.program_args(GALLERY["document"].spec))
     assert doc["full_lo"] is None and doc["kv_hi"] == "(q_last + kvl - LQ)"
 
 
 def test_window_tiles_are_a_band_and_full_in_its_core():
     spec = GALLERY["sliding_window"].spec  # window 256, causal
-    ctx = tensorcore.context(spec, {"warps": 4, "block_n": 64, "q_in_registers": False, "m_tiles": 2},
+    ctx = tensorcore.context(spec, {"warps": 4, "block_n": 64, "q_in_registers": False, "m_tiles": 2, "tile_map": False},
                              sig.program_args(spec))
     # visited: from the first row's oldest key to the last row's newest
     assert (ctx["kv_lo"], ctx["kv_hi"]) == ("(q0 + kvl - LQ - 255)", "(q_last + kvl - LQ)")
     # no mask: keys every row of the tile sees (the last row's oldest .. the first row's newest)
     assert (ctx["full_lo"], ctx["full_hi"]) == ("(q_last + kvl - LQ - 255)", "(q0 + kvl - LQ)")
+
+
+# ----------------------------------------------------------------------------- tile map
+
+
+def test_tile_map_for_masks_that_are_not_one_interval():
+    on = lambda name: load_schedule("attention_cuda_tc").default(GALLERY[name].spec, SM90)["tile_map"]
+    assert not any(on(n) for n in ("full", "causal", "sliding_window", "softcap", "gqa"))
+    assert all(on(n) for n in ("document", "longformer", "block_sparse", "prefix_lm", "dilated", "bigbird"))
+    assert tile_map.map_heads(GALLERY["document"].spec) == 1
+    assert tile_map.map_heads(EXTRA["d64_head_map"]) == 4
+
+
+def test_tile_map_program():
+    spec = GALLERY["document"].spec
+    low = lower(spec, SM90)
+    assert [c.func for c in low.calls] == ["tile_state", "tile_list", "attention"]
+    scratch = {a.name: a for a in low.args if a.role == "scratch"}
+    cfg = load_schedule("attention_cuda_tc").default(spec, SM90)
+    bm, bn = 16 * cfg["m_tiles"] * cfg["warps"], cfg["block_n"]
+    sizes = {"batch": 3, "q_len": 1000, "kv_len": 1001}
+    assert scratch["tile_list"].concrete_shape(sizes) == (3, 1, -(-1000 // bm), -(-1001 // bn))
+    assert scratch["tile_count"].concrete_shape(sizes) == (3, 1, -(-1000 // bm))
+    # the band-only kernel is still one knob away
+    assert [c.func for c in lower(spec, SM90, {"tile_map": False}).calls] == ["attention"]
 
 
 # ----------------------------------------------------------------------------- knobs
@@ -115,7 +144,9 @@ def test_knobs_are_validated():
     spec = Attention(num_heads=2, head_dim=256)
     assert sched.default(spec, SM90)["q_in_registers"] is False  # the 256-wide O takes them
     assert sched.default(Attention(num_heads=2, head_dim=128), SM90) == {
-        "warps": 4, "m_tiles": 2, "block_n": 64, "q_in_registers": False}
+        "warps": 4, "m_tiles": 2, "block_n": 64, "q_in_registers": False, "tile_map": False}
+    with pytest.raises(ValueError, match="tile_map must be a bool"):
+        sched.validate(spec, SM90, {**sched.default(spec, SM90), "tile_map": 1})
     with pytest.raises(ValueError, match="registers"):
         sched.validate(spec, SM90, {"warps": 4, "block_n": 128, "q_in_registers": True, "m_tiles": 1})
     with pytest.raises(ValueError, match="warps"):
@@ -154,10 +185,12 @@ def prebuild(target: str = "cuda-sm90a") -> None:
     """Fill the build cache for a GPU host that has only TVM's runtime."""
     for spec in [GALLERY[n].spec for n in GALLERY_TC] + list(EXTRA.values()):
         ensure_cached(spec, target)
+    for name, config in MAP_SWAPPED.items():
+        ensure_cached(GALLERY[name].spec, target, config)
 
 
-def _check(spec, lengths):
-    kernel = build(spec, "cuda")
+def _check(spec, lengths, config=None):
+    kernel = build(spec, "cuda", config)
     rng = np.random.default_rng(np.random.SeedSequence())
     for length in lengths:
         result = check_length(kernel, length, batch=2 if length <= 257 else 1, rng=rng)
@@ -177,6 +210,17 @@ def test_extra_shapes_on_gpu(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["causal", "gqa"])
+@pytest.mark.parametrize("name", ["causal", "gqa", "document", "longformer", "block_sparse"])
 def test_long_on_gpu(name):
     _check(GALLERY[name].spec, (4096,))
+
+
+# the same masks through the other loop: the map on an interval mask, the band on a map mask
+MAP_SWAPPED = {"causal": {"tile_map": True}, "sliding_window": {"tile_map": True},
+               "document": {"tile_map": False}, "prefix_lm": {"tile_map": False}}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(MAP_SWAPPED))
+def test_tile_map_swapped_on_gpu(name):
+    _check(GALLERY[name].spec, (1, 65, 1000), MAP_SWAPPED[name])

@@ -55,12 +55,12 @@ def _dim_expr(d, spec: Attention) -> Optional[E.Expr]:
     return base if not div else (base + (int(div) - 1)) // int(div)
 
 
-def tir(e: E.Expr, names, spec: Attention) -> str:
-    """TVMScript text of a (clamped) mask or score expression."""
+def tir(e: E.Expr, names, spec: Attention, unary=None) -> str:
+    """TVMScript text of a (clamped) mask or score expression (``unary``: see ``E.to_tir``)."""
     from .signature import buffer_name
 
     buffers = {t.name: buffer_name(t.name) for t in spec.runtime_tensors}
-    return E.to_tir(e, names, buffers)
+    return E.to_tir(e, names, buffers, unary)
 
 
 def mask_array(spec: Attention, inputs, q_len: int, kv_len: int, kv_lens=None) -> np.ndarray:

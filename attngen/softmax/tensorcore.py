@@ -21,7 +21,7 @@ from ..family import Call, Lowered
 from ..render import parse, render
 from ..resources import load_schedule
 from ..spec import Attention
-from . import kv_range, predicate, signature as sig
+from . import kv_range, predicate, signature as sig, tile_map
 
 MMA_DTYPE = {"float16": "fp16", "bfloat16": "bf16"}
 SCHEDULE = "attention_cuda_tc"
@@ -65,11 +65,23 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
     sched = load_schedule(SCHEDULE)
     cfg = {**sched.default(spec, target), **dict(config or {})}
     sched.validate(spec, target, cfg)
+    block_m = 16 * cfg["m_tiles"] * cfg["warps"]
     args = sig.program_args(spec)
-    names = [a.name for a in args]
-    text = render("attention_tc.j2", name="attention", **context(spec, cfg, args))
-    mod = sched.schedule(tvm.IRModule({"attention": parse(text)}), spec, target, cfg)
-    return Lowered(mod, args, (Call("attention", tuple(names)),))
+    if cfg["tile_map"]:
+        args += tile_map.scratch(spec, block_m, cfg["block_n"])
+    names = tuple(a.name for a in args)
+    ctx = context(spec, cfg, args)
+    funcs = {}
+    if cfg["tile_map"]:
+        for kernel in tile_map.KERNELS:
+            text = render("tile_map.j2", name=kernel, kernel=kernel.split("_")[1],
+                          visible=tile_map.visible_fn(spec), warps=4,
+                          **{k: ctx[k] for k in ("params", "size_vars", "block_m", "block_n",
+                                                 "map_heads", "kv_lo", "kv_hi")})
+            funcs[kernel] = parse(text)
+    funcs["attention"] = parse(render("attention_tc.j2", name="attention", **ctx))
+    mod = sched.schedule(tvm.IRModule(funcs), spec, target, cfg)
+    return Lowered(mod, args, tuple(Call(f, names) for f in funcs))
 
 
 def context(spec: Attention, cfg, args) -> dict:
@@ -84,11 +96,19 @@ def context(spec: Attention, cfg, args) -> dict:
     names = {"b": "b", "h": "h", "q_idx": q_idx, "kv_idx": kv_idx, "q_len": "LQ", "kv_len": "kvl"}
 
     mod = predicate.score_expr(spec)
+    tanh_args = []  # the score mod's tanh operands: tanh.approx.f32 into th[k] before the logit
+
+    def tanh_approx(arg: str) -> str:
+        tanh_args.append(arg)
+        return f"th[{len(tanh_args) - 1}]"
+
     if mod is None:
-        logit = f"s[i] * T.float32({spec.scale * LOG2E!r})"
+        # raw scores; the kernel applies scale * log2(e) inside the exponent (one FFMA)
+        logit, fold = "s[i]", spec.scale * LOG2E
     else:
         natural = f"(s[i] * T.float32({spec.scale!r}))"
-        logit = f"({predicate.tir(mod, {**names, 'score': natural}, spec)}) * T.float32({LOG2E!r})"
+        text = predicate.tir(mod, {**names, "score": natural}, spec, unary={"tanh": tanh_approx})
+        logit, fold = f"({text}) * T.float32({LOG2E!r})", None
     mask = predicate.mask_expr(spec)
     visible = f"{kv_idx} < kvl"
     if not mask.same(E.true()):
@@ -112,6 +132,9 @@ def context(spec: Attention, cfg, args) -> dict:
         block_n=block_n, pad=8, q_in_registers=cfg["q_in_registers"], logit_full=logit,
         logit_partial=f"T.Select({visible}, {logit}, T.float32({NEG!r}))",
         kv_lo=kv_lo, kv_hi=kv_hi, full_lo=full_lo, full_hi=full_hi, sinks=spec.sinks,
+        tile_map=cfg["tile_map"], map_heads=tile_map.map_heads(spec),
+        fold=None if fold is None else repr(fold), tanh_args=tanh_args,
+        sink_to_m=repr(LOG2E / fold if fold else LOG2E),
         neg=repr(NEG), ln2=repr(LN2), log2e=repr(LOG2E))
 
 

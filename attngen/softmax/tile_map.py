@@ -1,0 +1,57 @@
+"""The per-tile map of a mask that is not one interval of keys per row (``templates/tile_map.j2``).
+
+The tensor-core kernel skips key tiles outside the band ``kv_range`` reads off the mask, and
+runs tiles inside every row's interval without mask arithmetic.  That is all a causal or
+windowed mask needs; for global + local, document ids, block-sparse layouts, prefix-LM,
+dilated and BigBird masks the band is a hull (often the whole causal triangle) with most of
+its tiles empty.  For those, two small kernels run before the attention kernel: ``tile_state``
+classifies every tile of the band (empty / partial / full) by counting its visible elements,
+``tile_list`` compacts each row tile's non-empty tiles into a list with a full flag; the
+attention kernel then loops over that list.  The map is computed on the GPU from the runtime
+tensors at every call (like FlexAttention's ``create_block_mask``, without an N x N tensor):
+its cost is one predicate evaluation per element of the band, against the ~4 d multiply-adds
+the attention spends on each visible element.
+"""
+from __future__ import annotations
+
+from .. import expr as E
+from ..family import Arg
+from ..spec import Attention
+from . import predicate
+
+KERNELS = ("tile_state", "tile_list")
+
+
+def needed(spec: Attention) -> bool:
+    """Whether the mask needs a map: it is not ``true`` and not exactly one interval per row."""
+    from .tensorcore import exact_interval
+
+    return not exact_interval(spec.mask.expr)
+
+
+def map_heads(spec: Attention) -> int:
+    """One map per head when the mask reads ``h``, else one map shared by every head."""
+    return spec.num_heads if "h" in E.free_vars(predicate.mask_expr(spec)) else 1
+
+
+def scratch(spec: Attention, block_m: int, block_n: int) -> tuple:
+    hm = map_heads(spec)
+    tiles = ("batch", hm, f"q_len/{block_m}", f"kv_len/{block_n}")
+    return (Arg("tile_state", tiles, "int32", "scratch"),
+            Arg("tile_list", tiles, "int32", "scratch"),
+            Arg("tile_count", ("batch", hm, f"q_len/{block_m}"), "int32", "scratch"))
+
+
+def visible_fn(spec: Attention):
+    """``visible(q, k)``: TVMScript text of "key k is visible to real row q" (k < kv_len and
+    the mask), for the template to call with its own row and key expressions."""
+    mask = predicate.mask_expr(spec)
+
+    def visible(q: str, k: str) -> str:
+        names = {"b": "b", "h": "h", "q_idx": q, "kv_idx": k, "q_len": "LQ", "kv_len": "kvl"}
+        text = f"{k} < kvl"
+        if not mask.same(E.true()):
+            text = f"T.And({text}, {predicate.tir(mask, names, spec)})"
+        return text
+
+    return visible

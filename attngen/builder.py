@@ -1,8 +1,8 @@
 """spec -> kernel: lower, compile, cache on disk, load.
 
 The cache key covers everything that can change the binary: the spec's key, the target, the
-schedule config, the text of ``templates/`` and ``schedules/``, and the versions of attngen and
-TVM.  An entry is a directory holding the exported module and ``meta.json`` (arguments and calls),
+schedule config, the text of ``templates/``, ``schedules/`` and attngen's modules, and the
+versions of attngen and TVM.  An entry is a directory holding the exported module and ``meta.json`` (arguments and calls),
 written to a temporary name and renamed into place, so a crash never leaves half an entry and
 two processes building the same kernel both end with a complete one.  A cache hit imports no
 TVM compiler code.
@@ -41,11 +41,14 @@ def cache_dir() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _sources_digest() -> str:
-    """Hash of every template and schedule file: editing one invalidates the cache."""
+    """Hash of every template and schedule file and of attngen's own modules (which render the
+    templates' context): editing any of them invalidates the cache."""
     h = hashlib.sha256()
-    for kind in ("templates", "schedules"):
-        root = resource_dir(kind)
-        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+    package = Path(__file__).resolve().parent
+    roots = [resource_dir("templates"), resource_dir("schedules"), package]
+    for root in roots:
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                           and (root != package or p.suffix == ".py")):
             h.update(str(path.relative_to(root)).encode())
             h.update(path.read_bytes())
     return h.hexdigest()

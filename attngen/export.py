@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from .runtime import NVCC_FLAGS
+
 FORMAT = "attngen-export"
 VERSION = 1
 
@@ -47,7 +49,7 @@ def compile_cubin(source: str, arch: str) -> bytes:
         src, out = os.path.join(d, "k.cu"), os.path.join(d, "k.cubin")
         with open(src, "w") as f:
             f.write(source)
-        proc = subprocess.run(["nvcc", "-cubin", "-O3", f"-arch={arch}", "-o", out, src],
+        proc = subprocess.run(["nvcc", "-cubin", *NVCC_FLAGS, f"-arch={arch}", "-o", out, src],
                               capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"nvcc failed for {arch}: {proc.stderr.strip()[-2000:]}")

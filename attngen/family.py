@@ -19,7 +19,7 @@ SIZE_NAMES = ("batch", "heads", "q_len", "kv_len")
 class Arg:
     """One buffer of the program.  ``shape`` holds ints and size names (``SIZE_NAMES`` or any
     extra size the family's ``sizes`` returns, e.g. ``num_pages``; ``q_len/128`` is the number
-    of 128-row tiles); ``role`` is ``"in"``,
+    of 128-row tiles, ``batch+1`` the length of cumulative offsets, see ``_size``); ``role`` is ``"in"``,
     ``"out"`` or ``"scratch"`` (allocated by the driver, shared between calls)."""
 
     name: str
@@ -32,13 +32,18 @@ class Arg:
 
 
 def _size(d, sizes: Mapping[str, int]) -> int:
-    """An int, a size name, or ``name/n`` (``ceil(size / n)``: tiles of n along a length)."""
+    """An int, a size name, ``name/n`` (``ceil(size / n)``: tiles of n along a length), or a
+    sum of those written with ``+`` (``batch+1``, ``total_q/128+batch``)."""
     if isinstance(d, int):
         return d
     if d in sizes:
         return sizes[d]
+    if "+" in d:
+        return sum(_size(t, sizes) for t in d.split("+"))
+    if d.isdigit():
+        return int(d)
     name, _, div = d.partition("/")
-    if div:
+    if div and name in sizes:
         return -(-sizes[name] // int(div))
     raise KeyError(f"size {d!r} unknown (known: {sorted(sizes)})")
 

@@ -18,6 +18,8 @@ from typing import Callable, Optional, Union
 from . import expr as E
 
 DTYPES = ("float16", "bfloat16", "float32")
+# how q, k, v and o are laid out in memory (see Attention)
+LAYOUTS = ("bhsd", "bshd", "thd")
 
 
 def _fail(cls: str, name: str, rule: str):
@@ -210,6 +212,14 @@ class Attention(_Spec):
     ``head_dim`` for q/k and ``head_dim_v`` for v (they differ for MLA).  ``latent_kv=True``
     is MLA's absorbed form: K and V are one tensor, V being its first ``head_dim_v`` columns.
     ``sinks=True`` adds a learned logit per head to every row's softmax (gpt-oss).
+
+    ``layout`` of q, k, v and o: ``"bhsd"`` ``[batch, heads, seq, dim]``; ``"bshd"``
+    ``[batch, seq, heads, dim]`` (FlashAttention's and most model code's); ``"thd"``: variable
+    lengths packed along the tokens, ``[total, heads, dim]``, with int32 ``cu_seqlens_q`` and
+    ``cu_seqlens_k`` ``[batch + 1]`` (cumulative offsets, as FlashAttention's varlen API).  lse
+    is ``[batch, heads, seq]``, or ``[heads, total_q]`` for ``"thd"``.  In ``"thd"`` the mask's
+    ``b`` is the sequence, ``q_idx``/``kv_idx`` positions inside it and ``q_len``/``kv_len`` its
+    lengths.
     """
 
     num_heads: int = 32
@@ -225,6 +235,7 @@ class Attention(_Spec):
     kv_layout: Union[str, Paged] = "contiguous"
     phase: Union[str, Decode] = "prefill"
     latent_kv: bool = False
+    layout: str = "bhsd"
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -269,6 +280,16 @@ class Attention(_Spec):
             _fail(A, "quant", "quantization of a latent (MLA) KV is not supported")
         if self.quant is not None and self.quant.qk and self.head_dim != self.head_dim_v:
             _fail(A, "quant", "qk quantization needs head_dim == head_dim_v")
+        if self.layout not in LAYOUTS:
+            _fail(A, "layout", f"must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.layout != "bhsd" and (self.is_decode or self.is_paged or self.quant is not None
+                                      or self.latent_kv):
+            _fail(A, "layout", f"{self.layout!r} is for contiguous, unquantized prefill (decode, "
+                               "paged, quantized and latent-KV specs take 'bhsd')")
+        if self.layout == "thd" and self.runtime_tensors:
+            _fail(A, "layout", "'thd' packs sequences of their own lengths; runtime mask tensors "
+                               f"({[t.name for t in self.runtime_tensors]}) index [batch, seq] "
+                               "and need 'bhsd' or 'bshd'")
         for t in self.runtime_tensors:
             if t.name in RESERVED_NAMES:
                 _fail(A, "mask", f"runtime tensor name {t.name!r} is reserved ({RESERVED_NAMES})")
@@ -305,7 +326,8 @@ class Attention(_Spec):
 
 RESERVED_NAMES = ("q", "k", "v", "o", "lse", "kv_lens", "page_table", "sinks", "q_scale",
                   "k_scale", "q_int8", "k_int8", "k_mean", "lse_shift", "o_parts", "lse_parts",
-                  "tile_state", "tile_list", "tile_count")
+                  "tile_state", "tile_list", "tile_count", "tile_seq", "cu_seqlens_q",
+                  "cu_seqlens_k")
 
 
 # ----------------------------------------------------------------------------- LinearAttention

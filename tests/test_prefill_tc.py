@@ -19,6 +19,7 @@ from attngen.builder import build, ensure_cached, compile_lowered, lower
 from attngen.check import check_length
 from attngen.gallery import GALLERY
 from attngen.resources import load_schedule
+from attngen.runtime import NVCC_FLAGS
 from attngen.softmax import signature as sig, tensorcore, tile_map
 from attngen.spec import Mask
 from attngen.targets import get as get_target
@@ -42,6 +43,18 @@ EXTRA = {
     # a mask that reads h: one tile map per head (even heads causal, odd heads every other
     # 64-key block of the causal triangle)
     "d64_head_map": Attention(num_heads=4, num_kv_heads=2, head_dim=64, mask=HEAD_BLOCKS),
+    # token-major q/k/v/o, with a band and with a tile map
+    "d128_bshd_gqa_causal": Attention(num_heads=8, num_kv_heads=2, head_dim=128, mask=masks.causal(),
+                                      layout="bshd"),
+    "d64_bshd_document": Attention(num_heads=4, head_dim=64, mask=masks.document(), layout="bshd"),
+}
+# packed variable-length batches (cu_seqlens): checked with 4 sequences, one of them empty
+PACKED = {
+    "d64_thd_causal_sinks": Attention(num_heads=4, num_kv_heads=2, head_dim=64, mask=masks.causal(),
+                                      sinks=True, layout="thd"),
+    "d128_thd_window_bf16": Attention(num_heads=4, head_dim=128, dtype="bfloat16",
+                                      mask=masks.sliding_window(100), layout="thd"),
+    "d128_thd_full_mqa": Attention(num_heads=4, num_kv_heads=1, head_dim=128, layout="thd"),
 }
 
 
@@ -94,11 +107,11 @@ def test_causal_tiles_have_band_and_full_bounds():
     args = sig.program_args(GALLERY["causal"].spec)
     ctx = tensorcore.context(GALLERY["causal"].spec, {"warps": 4, "block_n": 64, "q_in_registers": True, "m_tiles": 1, "tile_map": False}, args)
     # keys up to the last row's position are visited, and a tile is full below the first row's
-    assert ctx["kv_hi"] == "(q_last + kvl - LQ)" and ctx["kv_lo"] is None
-    assert ctx["full_hi"] == "(q0 + kvl - LQ)" and ctx["full_lo"] == "0"
+    assert ctx["kv_hi"] == "(q_last + kvl - lq)" and ctx["kv_lo"] is None
+    assert ctx["full_hi"] == "(q0 + kvl - lq)" and ctx["full_lo"] == "0"
     doc = tensorcore.context(GALLERY["document"].spec, {"warps": 4, "block_n": 64, "q_in_registers": True, "m_tiles": 1, "tile_map": True},
                              sig.program_args(GALLERY["document"].spec))
-    assert doc["full_lo"] is None and doc["kv_hi"] == "(q_last + kvl - LQ)"
+    assert doc["full_lo"] is None and doc["kv_hi"] == "(q_last + kvl - lq)"
 
 
 def test_window_tiles_are_a_band_and_full_in_its_core():
@@ -106,9 +119,9 @@ def test_window_tiles_are_a_band_and_full_in_its_core():
     ctx = tensorcore.context(spec, {"warps": 4, "block_n": 64, "q_in_registers": False, "m_tiles": 2, "tile_map": False},
                              sig.program_args(spec))
     # visited: from the first row's oldest key to the last row's newest
-    assert (ctx["kv_lo"], ctx["kv_hi"]) == ("(q0 + kvl - LQ - 255)", "(q_last + kvl - LQ)")
+    assert (ctx["kv_lo"], ctx["kv_hi"]) == ("(q0 + kvl - lq - 255)", "(q_last + kvl - lq)")
     # no mask: keys every row of the tile sees (the last row's oldest .. the first row's newest)
-    assert (ctx["full_lo"], ctx["full_hi"]) == ("(q_last + kvl - LQ - 255)", "(q0 + kvl - LQ)")
+    assert (ctx["full_lo"], ctx["full_hi"]) == ("(q_last + kvl - lq - 255)", "(q0 + kvl - lq)")
 
 
 # ----------------------------------------------------------------------------- tile map
@@ -148,11 +161,11 @@ def test_knobs_are_validated():
     with pytest.raises(ValueError, match="tile_map must be a bool"):
         sched.validate(spec, SM90, {**sched.default(spec, SM90), "tile_map": 1})
     with pytest.raises(ValueError, match="registers"):
-        sched.validate(spec, SM90, {"warps": 4, "block_n": 128, "q_in_registers": True, "m_tiles": 1})
+        sched.validate(spec, SM90, {"warps": 4, "block_n": 128, "q_in_registers": True, "m_tiles": 1, "tile_map": False})
     with pytest.raises(ValueError, match="warps"):
-        sched.validate(spec, SM90, {"warps": 3, "block_n": 16, "q_in_registers": False, "m_tiles": 1})
+        sched.validate(spec, SM90, {"warps": 3, "block_n": 16, "q_in_registers": False, "m_tiles": 1, "tile_map": False})
     with pytest.raises(ValueError, match="unknown"):
-        sched.validate(spec, SM90, {"warps": 4, "block_n": 16, "q_in_registers": False, "m_tiles": 1, "block_q": 64})
+        sched.validate(spec, SM90, {"warps": 4, "block_n": 16, "q_in_registers": False, "m_tiles": 1, "tile_map": False, "block_q": 64})
 
 
 # ----------------------------------------------------------------------------- nvcc
@@ -171,7 +184,7 @@ def test_registers_without_stack_or_spills(name, arch, tmp_path):
     assert source.count("mma.sync.aligned.m16n8k16") > 0 and "cp.async.cg.shared.global" in source
     path = tmp_path / "kernel.cu"
     path.write_text(source)
-    out = subprocess.run([NVCC, "-cubin", f"-arch={arch}", "--resource-usage", "-o",
+    out = subprocess.run([NVCC, "-cubin", *NVCC_FLAGS, f"-arch={arch}", "--resource-usage", "-o",
                           str(tmp_path / "kernel.cubin"), str(path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-4000:]
     usage = out.stdout + out.stderr
@@ -187,13 +200,15 @@ def prebuild(target: str = "cuda-sm90a") -> None:
         ensure_cached(spec, target)
     for name, config in MAP_SWAPPED.items():
         ensure_cached(GALLERY[name].spec, target, config)
+    for spec in PACKED.values():
+        ensure_cached(spec, target)
 
 
-def _check(spec, lengths, config=None):
+def _check(spec, lengths, config=None, batch=None):
     kernel = build(spec, "cuda", config)
     rng = np.random.default_rng(np.random.SeedSequence())
     for length in lengths:
-        result = check_length(kernel, length, batch=2 if length <= 257 else 1, rng=rng)
+        result = check_length(kernel, length, batch=batch or (2 if length <= 257 else 1), rng=rng)
         assert result.passed, (f"length {length}, seed {rng.bit_generator.seed_seq.entropy}", result.errors)
 
 
@@ -213,6 +228,12 @@ def test_extra_shapes_on_gpu(name):
 @pytest.mark.parametrize("name", ["causal", "gqa", "document", "longformer", "block_sparse"])
 def test_long_on_gpu(name):
     _check(GALLERY[name].spec, (4096,))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(PACKED))
+def test_packed_on_gpu(name):
+    _check(PACKED[name], (1, 63, 64, 65, 1000, 4096), batch=4)
 
 
 # the same masks through the other loop: the map on an interval mask, the band on a map mask

@@ -104,6 +104,7 @@ ATTN_CHANGES = {
     "kv_layout": [{"kv_layout": Paged(16)}, {"kv_layout": Paged(32)}],
     "phase": [{"phase": Decode()}, {"phase": Decode(2)}, {"phase": Decode(1, split_kv=4)}],
     "latent_kv": [{"latent_kv": True}],
+    "layout": [{"layout": "bshd"}, {"layout": "thd"}],
 }
 LIN_BASE = LinearAttention(num_heads=16, head_dim=128)
 LIN_CHANGES = {
@@ -182,6 +183,11 @@ def test_random_specs_round_trip():
 A = Attention
 L = LinearAttention
 INVALID = [
+    # Attention layouts
+    (lambda: A(layout="sbhd"), r"Attention\.layout"),
+    (lambda: A(layout="bshd", phase=Decode(1)), r"Attention\.layout"),
+    (lambda: A(layout="thd", kv_layout=Paged(16)), r"Attention\.layout"),
+    (lambda: A(layout="thd", mask=masks.document()), r"Attention\.layout"),
     # Attention sizes
     (lambda: A(num_heads=6, num_kv_heads=4), r"Attention\.num_kv_heads"),
     (lambda: A(num_heads=32, num_kv_heads=3), r"Attention\.num_kv_heads"),

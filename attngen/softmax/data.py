@@ -19,7 +19,19 @@ from . import predicate, signature as sig
 def sample(spec: Attention, sizes, rng: np.random.Generator) -> dict:
     """Inputs for ``sizes`` (``batch``, ``q_len``, ``kv_len``; decoding takes ``q_len`` from the
     phase).  For a paged cache ``kv_len`` is the longest sequence: each sequence gets
-    ``ceil(kv_len / page_size)`` table entries, filled with a random permutation of the pool."""
+    ``ceil(kv_len / page_size)`` table entries, filled with a random permutation of the pool.
+    Packed (``"thd"``) batches draw each sequence's length, the longest being ``q_len``, one of
+    them empty from three sequences on."""
+    if spec.layout == "thd":
+        return _sample_packed(spec, sizes, rng)
+    out = _sample_bhsd(spec, sizes, rng)
+    if spec.layout == "bshd":
+        for name in ("q", "k", "v"):
+            out[name] = np.ascontiguousarray(out[name].transpose(0, 2, 1, 3))
+    return out
+
+
+def _sample_bhsd(spec: Attention, sizes, rng: np.random.Generator) -> dict:
     B, L, Lk = sizes["batch"], sizes["q_len"], sizes["kv_len"]
     if spec.is_decode:
         L = spec.phase.q_len
@@ -59,6 +71,16 @@ def sizes_kv_len(spec: Attention, kv_len: int) -> int:
 
 def reference(spec: Attention, inputs) -> dict:
     """float64 ``{"o", "lse"}`` for ``inputs`` (as :func:`sample` returns them)."""
+    if spec.layout == "thd":
+        return _reference_packed(spec, inputs)
+    if spec.layout == "bshd":
+        heads_first = {n: np.asarray(inputs[n]).transpose(0, 2, 1, 3) for n in ("q", "k", "v")}
+        out = _reference_bhsd(spec, {**inputs, **heads_first})
+        return {"o": out["o"].transpose(0, 2, 1, 3), "lse": out["lse"]}
+    return _reference_bhsd(spec, inputs)
+
+
+def _reference_bhsd(spec: Attention, inputs) -> dict:
     q = inputs["q"]
     L = q.shape[2]
     if spec.is_paged:
@@ -81,6 +103,58 @@ def reference(spec: Attention, inputs) -> dict:
         o, lse = ref.attention(q, k, v, scale=spec.scale, mask=mask,
                                score_mod=predicate.score_fn(spec, inputs, L, Lk, kv_lens),
                                sinks=inputs.get("sinks"))
+    return {"o": o, "lse": lse}
+
+
+# ----------------------------------------------------------------------------- packed
+
+
+def _sample_packed(spec: Attention, sizes, rng: np.random.Generator) -> dict:
+    B, L, Lk = sizes["batch"], sizes["q_len"], sizes["kv_len"]
+    H, Hkv, D, Dv = spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.head_dim_v
+    q_lens = rng.integers(1, L + 1, B)
+    longest, empty = rng.permutation(max(B, 2))[:2]
+    q_lens[longest % B] = L
+    if B >= 3:
+        q_lens[empty] = 0
+    kv_lens = np.maximum(q_lens + (Lk - L), 0)  # each sequence aligned as a padded batch would be
+    cu_q = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+    cu_k = np.concatenate([[0], np.cumsum(kv_lens)]).astype(np.int32)
+    out = {"q": _normal(rng, (int(cu_q[-1]), H, D), spec.dtype),
+           "k": _normal(rng, (int(cu_k[-1]), Hkv, D), spec.dtype),
+           "v": _normal(rng, (int(cu_k[-1]), Hkv, Dv), spec.dtype),
+           "cu_seqlens_q": cu_q, "cu_seqlens_k": cu_k}
+    if spec.sinks:
+        out["sinks"] = rng.standard_normal(H).astype(np.float32)
+    return out
+
+
+def _reference_packed(spec: Attention, inputs) -> dict:
+    """Each sequence on its own, its mask and score mod seeing its own index and lengths."""
+    from .. import expr as E
+
+    cu_q, cu_k = np.asarray(inputs["cu_seqlens_q"]), np.asarray(inputs["cu_seqlens_k"])
+    H, Dv = spec.num_heads, spec.head_dim_v
+    total = int(cu_q[-1])
+    o, lse = np.zeros((total, H, Dv)), np.full((H, total), -np.inf)
+    mask, mod = predicate.mask_expr(spec), predicate.score_expr(spec)
+    for b in range(len(cu_q) - 1):
+        rows, keys = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
+        q, k, v = (np.asarray(inputs[n])[s].transpose(1, 0, 2)[None] for n, s in
+                   (("q", rows), ("k", keys), ("v", keys)))
+        L, Lk = q.shape[2], k.shape[2]
+        if L == 0:
+            continue
+        env = dict(b=b, h=np.arange(H).reshape(1, -1, 1, 1), q_idx=np.arange(L).reshape(1, 1, -1, 1),
+                   kv_idx=np.arange(Lk).reshape(1, 1, 1, -1), q_len=L, kv_len=Lk)
+        visible = np.broadcast_to(np.asarray(E.evaluate(mask, env), bool), (1, H, L, Lk))
+
+        def score_mod(s, _b, h, q_idx, kv_idx, b=b, L=L, Lk=Lk):
+            return E.evaluate(mod, dict(score=s, b=b, h=h, q_idx=q_idx, kv_idx=kv_idx, q_len=L, kv_len=Lk))
+
+        o_b, lse_b = ref.attention(q, k, v, scale=spec.scale, mask=visible, sinks=inputs.get("sinks"),
+                                   score_mod=None if mod is None else score_mod)
+        o[rows], lse[:, rows] = o_b[0].transpose(1, 0, 2), lse_b[0]
     return {"o": o, "lse": lse}
 
 

@@ -115,7 +115,10 @@ def attention_arg_names(spec: Attention) -> list:
 def attention_context(spec: Attention, cfg, scope, args) -> dict:
     G, D, Dv = spec.group_size, spec.head_dim, spec.head_dim_v
     BQ, BK = cfg["block_q"], cfg["block_k"]
+    packed = spec.layout == "thd"
     q_len = str(spec.phase.q_len) if spec.is_decode else "LQ"
+    if packed:  # each sequence's own lengths, from the cumulative offsets
+        q_len = "(CU_SEQLENS_Q[vb + 1] - CU_SEQLENS_Q[vb])"
     quant = spec.quant is not None
     # packed row vr of the tile is query p // G of head hk * G + p % G, with p = p0 + vr
     if G == 1:
@@ -123,7 +126,9 @@ def attention_context(spec: Attention, cfg, scope, args) -> dict:
     else:
         row_q, row_head = f"T.min((p0 + vr) // {G}, {q_len} - 1)", f"vhk * {G} + T.floormod(p0 + vr, {G})"
 
-    if spec.is_paged:
+    if packed:
+        kv_len_of_b = "(CU_SEQLENS_K[vb + 1] - CU_SEQLENS_K[vb])"
+    elif spec.is_paged:
         kv_len_of_b = f"T.min(KV_LENS[vb], MP * {spec.kv_layout.page_size})"
     elif spec.is_decode:
         kv_len_of_b = "T.min(KV_LENS[vb], LK)"
@@ -133,6 +138,10 @@ def attention_context(spec: Attention, cfg, scope, args) -> dict:
     if spec.is_paged:
         P = spec.kv_layout.page_size
         at = f"PAGE_TABLE[vb, {kpos} // {P}], vhk, T.floormod({kpos}, {P})"
+    elif packed:
+        at = f"CU_SEQLENS_K[vb] + {kpos}, vhk"
+    elif spec.layout == "bshd":
+        at = f"vb, {kpos}, vhk"
     else:
         at = f"vb, vhk, {kpos}"
     k_elem = f"{'K_INT8' if quant else 'K'}[{at}, vc]"
@@ -174,6 +183,11 @@ def attention_context(spec: Attention, cfg, scope, args) -> dict:
         out_o_dtype = "float32"
     else:
         out_o, out_lse = f"O[vb, {row_head}, {row_q}, vc]", f"LSE[vb, {row_head}, {row_q}]"
+        if packed:
+            row = f"CU_SEQLENS_Q[vb] + {row_q}"
+            out_o, out_lse = f"O[{row}, {row_head}, vc]", f"LSE[{row_head}, {row}]"
+        elif spec.layout == "bshd":
+            out_o = f"O[vb, {row_q}, {row_head}, vc]"
         out_o_dtype = spec.dtype
     lse_shift = f" + LSE_SHIFT[vb, {row_head}, {row_q}]" if quant else ""
 
@@ -181,6 +195,8 @@ def attention_context(spec: Attention, cfg, scope, args) -> dict:
     return dict(
         params=params, size_vars=sig.size_vars(args), dtype=spec.dtype, head_dim=D, head_dim_v=Dv,
         num_kv_heads=spec.num_kv_heads, group=G, q_len=q_len, block_q=BQ, block_k=BK, scope=scope,
+        batch="(NB - 1)" if packed else "B", q_rows="TQ" if packed else q_len,
+        q_elem=_q_elem(spec, row_q, row_head),
         kv_len_of_b=kv_len_of_b, k_elem=k_elem, v_elem=v_elem,
         row_q=row_q, row_head=row_head, visible=visible, logit=logit, kv_lo=lo, kv_hi=hi,
         q_prescale=repr(q_prescale), quant=quant,
@@ -190,6 +206,16 @@ def attention_context(spec: Attention, cfg, scope, args) -> dict:
         tile_writes=_regions([p for p, a in zip(params, args) if a.name in _OUTPUTS]),
         out_o=out_o, out_lse=out_lse, out_o_dtype=out_o_dtype, lse_shift=lse_shift,
         neg=repr(NEG), log2e=repr(LOG2E), ln2=repr(LN2))
+
+
+def _q_elem(spec: Attention, row_q: str, row_head: str) -> str:
+    """Q's element (row_q, vc) of head row_head in the spec's layout.  A packed tile past its
+    sequence's end (q_len 0) clamps its row into the tensor: it reads, but stores nothing."""
+    if spec.layout == "thd":
+        return f"Q[T.min(CU_SEQLENS_Q[vb] + T.max({row_q}, 0), TQ - 1), {row_head}, vc]"
+    if spec.layout == "bshd":
+        return f"Q[vb, {row_q}, {row_head}, vc]"
+    return f"Q[vb, {row_head}, {row_q}, vc]"
 
 
 _INTERNAL_IN = ("q_int8", "q_scale", "k_int8", "k_scale", "lse_shift")

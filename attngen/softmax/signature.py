@@ -17,7 +17,8 @@ from ..family import Arg
 from ..spec import Attention
 
 # size name -> the TIR variable (or expression of them) that stands for it in the kernels
-_TIR_SIZE = {"batch": "B", "q_len": "LQ", "kv_len": "LK", "num_pages": "NP", "max_pages": "MP"}
+_TIR_SIZE = {"batch": "B", "q_len": "LQ", "kv_len": "LK", "num_pages": "NP", "max_pages": "MP",
+             "total_q": "TQ", "total_k": "TK", "batch+1": "NB"}
 
 
 def q_len_of(spec: Attention):
@@ -38,10 +39,12 @@ def inputs(spec: Attention) -> tuple:
         P = spec.kv_layout.page_size
         k_shape, v_shape = ("num_pages", Hkv, P, D), ("num_pages", Hkv, P, Dv)
     else:
-        k_shape, v_shape = ("batch", Hkv, "kv_len", D), ("batch", Hkv, "kv_len", Dv)
-    args = [Arg("q", ("batch", H, L, D), spec.dtype), Arg("k", k_shape, spec.dtype)]
+        k_shape, v_shape = _seq(spec, "kv_len", Hkv, D, "total_k"), _seq(spec, "kv_len", Hkv, Dv, "total_k")
+    args = [Arg("q", _seq(spec, L, H, D, "total_q"), spec.dtype), Arg("k", k_shape, spec.dtype)]
     if not spec.latent_kv:
         args.append(Arg("v", v_shape, spec.dtype))
+    if spec.layout == "thd":
+        args += [Arg("cu_seqlens_q", ("batch+1",), "int32"), Arg("cu_seqlens_k", ("batch+1",), "int32")]
     if has_kv_lens(spec):
         args.append(Arg("kv_lens", ("batch",), "int32"))
     if spec.is_paged:
@@ -55,8 +58,18 @@ def inputs(spec: Attention) -> tuple:
 
 def outputs(spec: Attention) -> tuple:
     H, Dv, L = spec.num_heads, spec.head_dim_v, q_len_of(spec)
-    return (Arg("o", ("batch", H, L, Dv), spec.dtype, "out"),
-            Arg("lse", ("batch", H, L), "float32", "out"))
+    lse = (H, "total_q") if spec.layout == "thd" else ("batch", H, L)
+    return (Arg("o", _seq(spec, L, H, Dv, "total_q"), spec.dtype, "out"),
+            Arg("lse", lse, "float32", "out"))
+
+
+def _seq(spec: Attention, length, heads: int, dim: int, total: str) -> tuple:
+    """The shape of q, k, v or o in the spec's layout."""
+    if spec.layout == "bshd":
+        return ("batch", length, heads, dim)
+    if spec.layout == "thd":
+        return (total, heads, dim)
+    return ("batch", heads, length, dim)
 
 
 def split_scratch(spec: Attention) -> tuple:
@@ -89,6 +102,13 @@ def program_args(spec: Attention) -> tuple:
 def sizes(spec: Attention, arrays) -> dict:
     """Concrete sizes from input arrays (numpy or torch: only ``.shape`` is read)."""
     q, k = arrays["q"], arrays["k"]
+    if spec.layout == "thd":
+        return {"batch": int(arrays["cu_seqlens_q"].shape[0]) - 1, "heads": int(q.shape[1]),
+                "total_q": int(q.shape[0]), "total_k": int(k.shape[0]),
+                "batch+1": int(arrays["cu_seqlens_q"].shape[0])}
+    if spec.layout == "bshd":
+        return complete(spec, {"batch": int(q.shape[0]), "heads": int(q.shape[2]),
+                               "q_len": int(q.shape[1]), "kv_len": int(k.shape[1])})
     out = {"batch": int(q.shape[0]), "heads": int(q.shape[1]), "q_len": int(q.shape[2])}
     if spec.is_paged:
         table = arrays["page_table"]
@@ -126,7 +146,7 @@ def buffer_name(arg_name: str) -> str:
     (so a user's tensor name can never shadow a kernel variable)."""
     ours = {"q", "k", "v", "o", "lse", "kv_lens", "page_table", "sinks", "o_parts", "lse_parts",
             "k_int8", "k_scale", "k_mean", "q_int8", "q_scale", "lse_shift", "tile_state",
-            "tile_list", "tile_count"}
+            "tile_list", "tile_count", "tile_seq", "cu_seqlens_q", "cu_seqlens_k"}
     return arg_name.upper() if arg_name in ours else f"rt_{arg_name}"
 
 
@@ -158,6 +178,12 @@ def _tensor_dim(d, spec: Attention):
 def _tir_dim(d, spec: Attention) -> str:
     if isinstance(d, int):
         return str(d)
+    if d == "batch" and spec.layout == "thd":  # packed: the offsets say how many sequences
+        return "(NB - 1)"
+    if d not in _TIR_SIZE and "+" in d:
+        return " + ".join(f"({_tir_dim(t, spec)})" for t in d.split("+"))
+    if d.isdigit():
+        return d
     if d == "heads":
         return str(spec.num_heads)
     if d == "q_len" and spec.is_decode:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 from .. import expr as E
-from ..family import Call, Lowered
+from ..family import Arg, Call, Lowered
 from ..render import parse, render
 from ..resources import load_schedule
 from ..spec import Attention
@@ -69,9 +69,14 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
     args = sig.program_args(spec)
     if cfg["tile_map"]:
         args += tile_map.scratch(spec, block_m, cfg["block_n"])
+    if spec.layout == "thd":  # each CTA's sequence and tile (templates/packed_tiles.j2)
+        args += (Arg("tile_seq", (2, f"total_q/{block_m}+batch"), "int32", "scratch"),)
     names = tuple(a.name for a in args)
     ctx = context(spec, cfg, args)
     funcs = {}
+    if spec.layout == "thd":
+        funcs["packed_tiles"] = parse(render("packed_tiles.j2", name="packed_tiles", block_m=block_m,
+                                             params=ctx["params"], size_vars=ctx["size_vars"]))
     if cfg["tile_map"]:
         for kernel in tile_map.KERNELS:
             text = render("tile_map.j2", name=kernel, kernel=kernel.split("_")[1],
@@ -93,7 +98,7 @@ def context(spec: Attention, cfg, args) -> dict:
     sw = block_n // 2
     q_idx = f"(q_row + i // {sw} * 16 + i % 4 // 2 * 8)"
     kv_idx = f"(kv0 + i % {sw} // 4 * 8 + lane % 4 * 2 + i % 2)"
-    names = {"b": "b", "h": "h", "q_idx": q_idx, "kv_idx": kv_idx, "q_len": "LQ", "kv_len": "kvl"}
+    names = {"b": "b", "h": "h", "q_idx": q_idx, "kv_idx": kv_idx, "q_len": "lq", "kv_len": "kvl"}
 
     mod = predicate.score_expr(spec)
     tanh_args = []  # the score mod's tanh operands: tanh.approx.f32 into th[k] before the logit
@@ -115,7 +120,7 @@ def context(spec: Attention, cfg, args) -> dict:
         visible = f"T.And({visible}, {predicate.tir(mask, names, spec)})"
 
     interval = kv_range.visible_keys(mask)
-    lengths = {"q_len": "LQ", "kv_len": "kvl"}
+    lengths = {"q_len": "lq", "kv_len": "kvl"}
     kv_lo, kv_hi = kv_range.render_range(interval, lengths, first_row="q0", last_row="q_last")
     full_lo = full_hi = None
     if exact_interval(mask):
@@ -133,9 +138,31 @@ def context(spec: Attention, cfg, args) -> dict:
         logit_partial=f"T.Select({visible}, {logit}, T.float32({NEG!r}))",
         kv_lo=kv_lo, kv_hi=kv_hi, full_lo=full_lo, full_hi=full_hi, sinks=spec.sinks,
         tile_map=cfg["tile_map"], map_heads=tile_map.map_heads(spec),
-        fold=None if fold is None else repr(fold), tanh_args=tanh_args,
+        fold=None if fold is None else repr(fold), tanh_args=tanh_args, **layout_access(spec),
         sink_to_m=repr(LOG2E / fold if fold else LOG2E),
         neg=repr(NEG), ln2=repr(LN2), log2e=repr(LOG2E))
+
+
+def layout_access(spec: Attention) -> dict:
+    """The template's element accessors for the spec's layout: ``q_at(row, channel)`` etc.,
+    rows counted inside the sequence (``b`` the batch or sequence, ``h``/``hk`` the heads)."""
+    if spec.layout == "thd":
+        return dict(
+            packed=True,
+            # a tile past the last sequence has lq = 0: its (unused) Q rows stay inside the tensor
+            q_at=lambda r, c: f"Q[T.min(q_off + T.max({r}, 0), TQ - 1), h, {c}]",
+            k_at=lambda r, c: f"K[k_off + {r}, hk, {c}]",
+            v_at=lambda r, c: f"V[k_off + {r}, hk, {c}]",
+            o_at=lambda r, c: f"O[q_off + {r}, h, {c}]",
+            lse_at=lambda r: f"LSE[h, q_off + {r}]")
+
+    def at(buf: str, head: str):
+        if spec.layout == "bshd":
+            return lambda r, c: f"{buf}[b, {r}, {head}, {c}]"
+        return lambda r, c: f"{buf}[b, {head}, {r}, {c}]"
+
+    return dict(packed=False, q_at=at("Q", "h"), k_at=at("K", "hk"), v_at=at("V", "hk"),
+                o_at=at("O", "h"), lse_at=lambda r: f"LSE[b, h, {r}]")
 
 
 def exact_interval(mask: E.Expr) -> bool:

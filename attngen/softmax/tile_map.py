@@ -23,10 +23,11 @@ KERNELS = ("tile_state", "tile_list")
 
 
 def needed(spec: Attention) -> bool:
-    """Whether the mask needs a map: it is not ``true`` and not exactly one interval per row."""
+    """Whether the mask needs a map: it is not ``true`` and not exactly one interval per row
+    (packed sequences have no map: each sequence's tiles would need their own)."""
     from .tensorcore import exact_interval
 
-    return not exact_interval(spec.mask.expr)
+    return spec.layout != "thd" and not exact_interval(spec.mask.expr)
 
 
 def map_heads(spec: Attention) -> int:
@@ -48,7 +49,7 @@ def visible_fn(spec: Attention):
     mask = predicate.mask_expr(spec)
 
     def visible(q: str, k: str) -> str:
-        names = {"b": "b", "h": "h", "q_idx": q, "kv_idx": k, "q_len": "LQ", "kv_len": "kvl"}
+        names = {"b": "b", "h": "h", "q_idx": q, "kv_idx": k, "q_len": "lq", "kv_len": "kvl"}
         text = f"{k} < kvl"
         if not mask.same(E.true()):
             text = f"T.And({text}, {predicate.tir(mask, names, spec)})"

@@ -39,17 +39,24 @@ def schedule_module():
 
 
 def supports(spec: Attention, target, config: Optional[Mapping] = None) -> bool:
-    """Decode on CUDA, no quantization, no latent cache, K/V rows that split into 16-byte
+    """Decode on CUDA, no quantization, K/V rows that split into 16-byte
     vectors over a power-of-two share of a warp (d = 64/128/256 in fp16/bf16), and a config
-    that names only this schedule's knobs (the generic template's knobs select that one)."""
+    that names only this schedule's knobs (the generic template's knobs select that one).
+    A latent (MLA) cache takes ``mla_decode``'s tensor-core kernel where that supports it."""
+    if spec.latent_kv:  # MLA: the latent cache's own kernel
+        from . import mla_decode
+        return mla_decode.supports(spec, target, config)
     sched = schedule_module()
-    return (target.is_cuda and spec.is_decode and spec.quant is None and not spec.latent_kv
+    return (target.is_cuda and spec.is_decode and spec.quant is None
             and sched.fits(spec) and set(config or {}) <= set(sched.KNOBS))
 
 
 def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
     import tvm
 
+    if spec.latent_kv:
+        from . import mla_decode
+        return mla_decode.lower(spec, target, config)
     sched = schedule_module()
     cfg = {**sched.default(spec, target), **dict(config or {})}
     sched.validate(spec, target, cfg)

@@ -139,6 +139,20 @@ def build_weights(spec: Attention, target="cuda", *, use_cache: bool = True):
     return Kernel(spec, target, ex, lowered.args, lowered.calls)
 
 
+def ensure_weights_cached(spec: Attention, target="cuda"):
+    """Build the ``h2o_weights`` kernel into the cache unless it is there, without loading it
+    (a build host without a GPU prepares kernels this way for a runtime-only GPU host)."""
+    from .builder import _META, _write_entry, cache_dir, cache_key, compile_lowered
+    from .targets import get as get_target
+
+    target = get_target(target) if isinstance(target, str) else target
+    entry = cache_dir() / cache_key(spec, target, _weights_cache_config())
+    if not (entry / _META).is_file():
+        lowered = weights_lowered(spec, target)
+        _write_entry(entry, compile_lowered(lowered, target), lowered, target)
+    return entry
+
+
 class H2ODecode:
     """``decode(q, k, v, kv_lens, ...) -> (o, lse, weights)``: the spec's decode kernels, then
     the step's accumulated weight of every cache slot (see the module docstring)."""

@@ -43,7 +43,7 @@ def prebuild(target: str = "cuda") -> None:
     for _, spec, config in cases():
         ensure_cached(spec, target, config or {})
         if config is None:
-            h2o.build_weights(spec, target)
+            h2o.ensure_weights_cached(spec, target)
 
 
 def main() -> int:

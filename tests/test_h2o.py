@@ -40,7 +40,7 @@ def prebuild(target: str = "cuda") -> None:
     """Fill the build cache for a GPU host that has only TVM's runtime."""
     for spec in list(SPECS.values()) + [pipeline_spec(1), pipeline_spec(2)]:
         ensure_cached(spec, target)
-        h2o.build_weights(spec, target)
+        h2o.ensure_weights_cached(spec, target)
 
 
 def pipeline_spec(group: int, dtype: str = "float16") -> Attention:

@@ -33,7 +33,8 @@ from .spec import Attention
 
 LOG2E = 1.0 / math.log(2.0)
 WARPS = 4
-STEPS_PER_CTA = 16  # lane-group steps per CTA: block = 16 * groups slots
+KEYS_PER_THREAD = 4  # K vectors a thread has in flight
+STEPS_PER_CTA = 16  # keys per lane group and CTA: block = 16 * groups slots
 
 
 # ----------------------------------------------------------------------------- the kernel
@@ -108,7 +109,7 @@ def weights_context(spec: Attention, args) -> dict:
     return dict(
         params=sig.tir_params(args, spec), size_vars=sig.size_vars(args), dtype=spec.dtype,
         num_kv_heads=spec.num_kv_heads, group=G, packed=G * QL, warps=WARPS, lanes=lanes,
-        vec=vec, kpw=kpw, groups=groups, block=STEPS_PER_CTA * groups,
+        vec=vec, kpw=kpw, groups=groups, keys_per_thread=KEYS_PER_THREAD, block=STEPS_PER_CTA * groups,
         shuffle_offsets=[lanes >> i for i in range(1, lanes.bit_length())], capacity=capacity,
         kv_len_of_b=kv_len_of_b, k_at=k_at, row_q=row_q, row_head=row_head, visible=visible,
         logit=logit, q_prescale=repr(q_prescale), log2e=repr(LOG2E),

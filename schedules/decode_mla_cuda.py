@@ -57,9 +57,11 @@ def smem_bytes(spec, config) -> int:
 
 
 def default(spec, target) -> dict:
-    # 8 warps and 3 stages: two 64-key steps (147 KB) in flight per SM, above the ~40 KB that
-    # HBM latency x bandwidth asks of an SM; fewer stages where the arch has less memory
-    for warps, stages in ((8, 3), (8, 2), (4, 4), (4, 3), (4, 2)):
+    # measured on an H100 (benchmarks/NOTES-decode.md, B64 L8192): 4 warps x 4 stages of 32
+    # keys (three steps, 112 KB, in flight) 0.84-0.86 of HBM read bandwidth; 8 warps x 3
+    # stages of 64 keys 0.82-0.84; two CTAs per SM (4 warps x 2 or 3 stages, twice the splits)
+    # 0.83-0.84; fewer stages where the arch has less shared memory
+    for warps, stages in ((4, 4), (4, 3), (8, 3), (8, 2), (4, 2)):
         cfg = {"warps": warps, "stages": stages, "max_split": 64, "ctas_per_sm": 1}
         if not _problems(spec, target, cfg):
             return cfg

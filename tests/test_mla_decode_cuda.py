@@ -45,6 +45,8 @@ SPECS = {
 VARIANTS = {
     "mla_decode+warps4+stages4": ("mla_decode", {"warps": 4, "stages": 4}),
     "mla_paged16+stages2": ("mla_paged16", {"stages": 2}),
+    # two CTAs per SM (2 x 114 KB of shared memory): twice the splits
+    "mla_paged64_bf16+warps4+stages3+2ctas": ("mla_paged64_bf16", {"warps": 4, "stages": 3, "ctas_per_sm": 2}),
 }
 CASES = {**{name: (name, {}) for name in SPECS}, **VARIANTS}
 LENGTHS = (1, 63, 64, 65, 4097, 32768)

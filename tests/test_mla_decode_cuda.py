@@ -128,3 +128,11 @@ def test_mla_decode_on_gpu(case):
     for length in LENGTHS:
         result = check_length(kernel, length, batch=4 if length <= 4097 else 2, rng=rng)
         assert result.passed, (f"length {length}, seed {rng.bit_generator.seed_seq.entropy}", result.errors)
+
+
+def test_the_tuner_searches_the_mla_knobs():
+    from attngen.tune.space import candidates
+
+    configs = candidates(SPECS["mla_decode"], SM90)
+    assert configs[0] == load_schedule("decode_mla_cuda").default(SPECS["mla_decode"], SM90)
+    assert {c["warps"] for c in configs} == {4, 8} and {c["stages"] for c in configs} <= set(range(2, 7))

@@ -34,8 +34,9 @@ LN2 = math.log(2.0)
 NEG = -1e30  # the masked logit: finite, so m - m_new never evaluates inf - inf
 
 
-def schedule_module():
-    return load_schedule("decode_cuda")
+def schedule_module(spec: Optional[Attention] = None):
+    """The decode schedule; for a latent (MLA) spec, the MLA kernel's."""
+    return load_schedule("decode_mla_cuda" if spec is not None and spec.latent_kv else "decode_cuda")
 
 
 def supports(spec: Attention, target, config: Optional[Mapping] = None) -> bool:

@@ -17,6 +17,12 @@ kernels are measured against.  attngen runs as its two raw launches (decode, com
 preallocated buffers, so the timing leaves out the driver's input checks; its knobs are swept
 over a few settings (rows ``attngen[knob=value]``), ``attngen`` being the default config.
 Each case is checked against SDPA's output so that a fast wrong kernel cannot pass unnoticed.
+
+MLA cases (absorbed form, one latent head of 512 + 64 channels, 16 query heads): ``gbps`` is
+the latent cache read once (``B * L * 576 * 2``); there is no SDPA MLA, so the peer is the same
+absorbed math in torch (bmm, fp32 softmax, bmm) and the check is against it in fp32.  The H2O
+case times one decode step with its accumulated weights (``attngen.h2o``) against the decode
+alone.  Kernels travel with their cubin (compiled here), so the GPU host compiles nothing.
 """
 from __future__ import annotations
 
@@ -29,7 +35,47 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks._common import card_name, export_kernel, load_kernel, median_ms  # noqa: E402
+from benchmarks._common import card_name, load_kernel, median_ms  # noqa: E402
+
+
+def export_with_cubin(low, target, out_dir: str, file: str) -> None:
+    """``export_kernel`` plus ``file.cubin``, the device code compiled here with nvcc, so the
+    GPU host loads it instead of compiling the source (seconds per kernel there)."""
+    import hashlib
+
+    from attngen.builder import compile_lowered
+    from attngen.export import compile_cubin, cuda_source_of
+
+    ex = compile_lowered(low, target)
+    ex.export_library(os.path.join(out_dir, file + ".so"))
+    source = cuda_source_of(ex)
+    with open(os.path.join(out_dir, file + ".cubin"), "wb") as f:
+        f.write(compile_cubin(source, target.arch))
+    meta = {"args": [a.__dict__ for a in low.args],
+            "calls": [{"func": c.func, "args": list(c.args)} for c in low.calls],
+            "source_sha256": hashlib.sha256(source.encode()).hexdigest()}
+    with open(os.path.join(out_dir, file + ".json"), "w") as f:
+        json.dump(meta, f)
+
+
+def load_with_cubin(spec, target, build_dir: str, file: str):
+    """The kernel ``export_with_cubin`` wrote (``load_kernel`` where no cubin was written)."""
+    from pathlib import Path
+
+    from attngen.export import load_module
+    from attngen.family import Arg, Call
+    from attngen.kernel import Kernel
+
+    cubin = os.path.join(build_dir, file + ".cubin")
+    if not os.path.exists(cubin):
+        return load_kernel(spec, target, build_dir, file)
+    with open(os.path.join(build_dir, file + ".json")) as f:
+        meta = json.load(f)
+    with open(cubin, "rb") as f:
+        module = load_module(Path(build_dir) / (file + ".so"), {meta["source_sha256"]: f.read()})
+    args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in meta["args"])
+    calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
+    return Kernel(spec, target, module, args, calls)
 
 
 @dataclass(frozen=True)
@@ -59,18 +105,53 @@ CASES = [
 SWEEP = [{"butterfly": 1}, {"butterfly": 1, "warps": 4}]
 
 
-def spec_of(case: Case):
+@dataclass(frozen=True)
+class MLACase:
+    """Absorbed MLA (DeepSeek-V2/V3): 16 query heads over one latent head of 512 + 64 channels,
+    V = its first 512; the bytes are the latent cache read once."""
+    name: str
+    batch: int
+    kv_len: int
+    heads: int = 16
+    latent: int = 512
+    rope: int = 64
+    page_size: int = 0
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.batch * self.kv_len * (self.latent + self.rope) * 2
+
+
+MLA_CASES = [
+    MLACase("MLA B64 H16 L8192", 64, 8192),
+    MLACase("MLA B8 H16 L32768", 8, 32768),
+    MLACase("paged64 MLA B64 H16 L8192", 64, 8192, page_size=64),
+    MLACase("paged16 MLA B64 H16 L8192", 64, 8192, page_size=16),
+]
+MLA_SWEEP = [{"warps": 4, "stages": 4}, {"warps": 4, "stages": 3, "ctas_per_sm": 2},
+             {"warps": 4, "stages": 2, "ctas_per_sm": 2}]
+# H2O: the decode step plus its accumulated weights (one more read of K), against decode alone
+H2O_CASES = [Case("H2O B32 Hq32 Hkv8 L8192", 32, 8192)]
+
+
+def spec_of(case):
     from attngen import Attention, Decode, Paged
 
-    layout = Paged(case.page_size) if case.page_size else None
+    layout = {"kv_layout": Paged(case.page_size)} if case.page_size else {}
+    if isinstance(case, MLACase):
+        return Attention(num_heads=case.heads, num_kv_heads=1, head_dim=case.latent + case.rope,
+                         head_dim_v=case.latent, latent_kv=True, phase=Decode(1), **layout)
     return Attention(num_heads=case.heads, num_kv_heads=case.kv_heads, head_dim=case.dim,
-                     phase=Decode(1), **({"kv_layout": layout} if layout else {}))
+                     phase=Decode(1), **layout)
 
 
-def variants(case: Case) -> list:
+def variants(case) -> list:
     """(label, config) pairs built for a case: the default config, then the sweep."""
+    if case in H2O_CASES:
+        return [("attngen", {})]
+    sweep = MLA_SWEEP if isinstance(case, MLACase) else SWEEP
     return [("attngen", {})] + [("attngen[" + ",".join(f"{k}={v}" for k, v in cfg.items()) + "]", cfg)
-                                 for cfg in SWEEP]
+                                 for cfg in sweep]
 
 
 def _file(spec, config) -> str:
@@ -90,18 +171,25 @@ def build(out_dir: str) -> None:
     target = get("cuda-sm90a")
     os.makedirs(out_dir, exist_ok=True)
     done = set()
-    for case in CASES:
+    for case in CASES + MLA_CASES + H2O_CASES:
         spec = spec_of(case)
         for label, cfg in variants(case):
             name = _file(spec, cfg)
             if name in done:
                 continue
             low = lower(spec, target, cfg)
-            if [c.func for c in low.calls] != ["decode", "decode_combine"]:
+            want = ["decode_mla" if spec.latent_kv else "decode", "decode_combine"]
+            if [c.func for c in low.calls] != want:
                 raise RuntimeError(f"{case.name}: expected the decode kernels, got {low.calls}")
-            export_kernel(low, target, out_dir, name)
+            export_with_cubin(low, target, out_dir, name)
             done.add(name)
             print("built", case.name, label, flush=True)
+    for case in H2O_CASES:
+        from attngen import h2o
+
+        spec = spec_of(case)
+        export_with_cubin(h2o.weights_lowered(spec, target), target, out_dir, _file(spec, {}) + "_h2o_weights")
+        print("built", case.name, "h2o_weights", flush=True)
 
 
 # ----------------------------------------------------------------------------- run (GPU)
@@ -127,7 +215,7 @@ def hbm_bandwidth() -> dict:
 def _load(build_dir, spec, cfg):
     from attngen.targets import get
 
-    return load_kernel(spec, get("cuda-sm90a"), build_dir, _file(spec, cfg))
+    return load_with_cubin(spec, get("cuda-sm90a"), build_dir, _file(spec, cfg))
 
 
 def run(build_dir: str, results_dir: str, only=()) -> None:
@@ -147,6 +235,10 @@ def run(build_dir: str, results_dir: str, only=()) -> None:
     hbm = hbm_bandwidth()
     print(f"{card}: HBM copy {hbm['copy_gbps']} GB/s, read {hbm['read_gbps']} GB/s", flush=True)
     rows, checks = [], []
+    for case in [c for c in MLA_CASES if not only or c.name in only]:
+        run_mla(build_dir, case, hbm, rows, checks)
+    for case in [c for c in H2O_CASES if not only or c.name in only]:
+        run_h2o(build_dir, case, hbm, rows, checks)
     for case in [c for c in CASES if not only or c.name in only]:
         spec = spec_of(case)
         B, H, Hk, L, D = case.batch, case.heads, case.kv_heads, case.kv_len, case.dim
@@ -217,16 +309,7 @@ def run(build_dir: str, results_dir: str, only=()) -> None:
                         print(f"  {name} ({note}): {str(exc)[:100]}", flush=True)
             impls["flex"] = (lambda: flex(q, k, v, enable_gqa=Hk != H), {"note": "torch.compile"})
 
-        for impl, (fn, info) in impls.items():
-            try:
-                ms = median_ms(fn, 50, WARMUP)
-            except Exception as exc:  # a backend that refuses the shape is reported, not fatal
-                print(f"  {impl}: unavailable ({type(exc).__name__}: {str(exc)[:120]})", flush=True)
-                continue
-            gbps = case.kv_bytes / ms / 1e6
-            rows.append({"case": case.name, "impl": impl, "ms": round(ms, 4), "gbps": round(gbps, 1),
-                         "of_hbm_copy": round(gbps / hbm["copy_gbps"], 3), **info})
-            print(f"  {impl:34s} {ms:8.4f} ms {gbps:7.0f} GB/s", flush=True)
+        _time(rows, case, impls, hbm)
         del q, k, v, k_in, v_in, impls
         torch.cuda.empty_cache()
 
@@ -239,19 +322,143 @@ def run(build_dir: str, results_dir: str, only=()) -> None:
     print(markdown(card, hbm, rows, checks))
 
 
+def _row(case, impl, ms, hbm, info) -> dict:
+    gbps = case.kv_bytes / ms / 1e6
+    return {"case": case.name, "impl": impl, "ms": round(ms, 4), "gbps": round(gbps, 1),
+            "of_hbm_copy": round(gbps / hbm["copy_gbps"], 3), "of_hbm_read": round(gbps / hbm["read_gbps"], 3),
+            **info}
+
+
+def _launcher(kernel, bufs):
+    """The kernel's raw launches on preallocated buffers (no driver checks in the timing)."""
+    launches = [(kernel._funcs[c.func], [bufs[n] for n in c.args]) for c in kernel.calls]
+
+    def go():
+        for fn, args in launches:
+            fn(*args)
+    return go
+
+
+def _scratch(kernel, sizes, bufs, dev):
+    import torch
+
+    for a in kernel.args:
+        if a.role != "in":
+            bufs[a.name] = torch.full(a.concrete_shape(sizes), float("nan"), device=dev,
+                                      dtype=getattr(torch, a.dtype))
+
+
+def _time(rows, case, impls, hbm):
+    for impl, (fn, info) in impls.items():
+        try:
+            ms = median_ms(fn, 50, WARMUP)
+        except Exception as exc:  # a peer that refuses the shape is reported, not fatal
+            print(f"  {impl}: unavailable ({type(exc).__name__}: {str(exc)[:120]})", flush=True)
+            continue
+        rows.append(_row(case, impl, ms, hbm, info))
+        print(f"  {impl:34s} {ms:8.4f} ms {rows[-1]['gbps']:7.0f} GB/s", flush=True)
+
+
+def run_mla(build_dir, case: MLACase, hbm, rows, checks) -> None:
+    """attngen's MLA decode (default and sweep) against the same absorbed math in torch: S = q
+    [c; k_rope]^T (one bmm over the latent cache, every head at once), fp32 softmax, O = P c."""
+    import torch
+
+    dev, spec = "cuda", spec_of(case)
+    B, H, L, D, Dv = case.batch, case.heads, case.kv_len, case.latent + case.rope, case.latent
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(B, H, 1, D, device=dev, dtype=torch.float16, generator=gen)
+    kv = torch.randn(B, 1, L, D, device=dev, dtype=torch.float16, generator=gen)
+    kv_lens = torch.full((B,), L, device=dev, dtype=torch.int32)
+    bufs = {"q": q, "kv_lens": kv_lens}
+    if case.page_size:
+        P, mp = case.page_size, L // case.page_size
+        perm = torch.randperm(B * mp, device=dev, generator=gen)
+        bufs["page_table"] = perm.to(torch.int32).reshape(B, mp)
+        bufs["k"] = torch.empty_like(kv).view(B * mp, 1, P, D).index_copy_(0, perm, kv.view(B * mp, 1, P, D))
+    else:
+        bufs["k"] = kv
+    scale = spec.scale
+
+    def torch_absorbed():
+        s = torch.bmm(q.view(B, H, D), kv.view(B, L, D).transpose(1, 2)).float() * scale
+        return torch.bmm(torch.softmax(s, -1).half(), kv.view(B, L, D)[..., :Dv])
+
+    ref = torch.softmax(torch.bmm(q.view(B, H, D).float(), kv.view(B, L, D).float().transpose(1, 2)) * scale, -1) \
+        @ kv.view(B, L, D)[..., :Dv].float()
+    impls = {}
+    for label, cfg in variants(case):
+        kernel = _load(build_dir, spec, cfg)
+        sizes = kernel.family.sizes(spec, bufs)
+        _scratch(kernel, sizes, bufs, dev)
+        go = _launcher(kernel, dict(bufs))
+        go()
+        torch.cuda.synchronize()
+        o = bufs["o"].view(B, H, Dv).float()
+        err = float((o - ref).norm() / ref.norm())
+        checks.append({"case": case.name, "impl": label, "rel_err_vs_fp32_torch": err,
+                       "finite": bool(torch.isfinite(bufs["o"]).all() and torch.isfinite(bufs["lse"]).all())})
+        print(f"{case.name} {label}: rel err vs fp32 torch {err:.2e}", flush=True)
+        impls[label] = (go, {"config": cfg})
+    if not case.page_size:
+        impls["torch_absorbed"] = (torch_absorbed, {"note": "bmm + fp32 softmax + bmm, same process"})
+    _time(rows, case, impls, hbm)
+    del q, kv, bufs, impls
+    torch.cuda.empty_cache()
+
+
+def run_h2o(build_dir, case: Case, hbm, rows, checks) -> None:
+    """One H2O decode step (decode + accumulated weights) against the decode alone; gbps counts
+    K and V once for both, so the ratio is the cost of the weights."""
+    import torch
+
+    from attngen.targets import get
+
+    dev, spec = "cuda", spec_of(case)
+    B, H, Hk, L, D = case.batch, case.heads, case.kv_heads, case.kv_len, case.dim
+    gen = torch.Generator(device=dev).manual_seed(0)
+    bufs = {"q": torch.randn(B, H, 1, D, device=dev, dtype=torch.float16, generator=gen),
+            "k": torch.randn(B, Hk, L, D, device=dev, dtype=torch.float16, generator=gen),
+            "v": torch.randn(B, Hk, L, D, device=dev, dtype=torch.float16, generator=gen),
+            "kv_lens": torch.full((B,), L, device=dev, dtype=torch.int32)}
+    kernel = _load(build_dir, spec, {})
+    weights = load_with_cubin(spec, get("cuda-sm90a"), build_dir, _file(spec, {}) + "_h2o_weights")
+    sizes = kernel.family.sizes(spec, bufs)
+    _scratch(kernel, sizes, bufs, dev)
+    _scratch(weights, sizes, bufs, dev)
+    decode, weigh = _launcher(kernel, bufs), _launcher(weights, bufs)
+
+    def step():
+        decode()
+        weigh()
+
+    step()
+    torch.cuda.synchronize()
+    # the weights of each KV head sum to its 4 query heads' probabilities: 4 per (b, kv head)
+    total = bufs["weights"].double().sum(-1)
+    err = float((total - H // Hk).abs().max())
+    checks.append({"case": case.name, "impl": "attngen+h2o_weights", "max_abs_err_weight_sums": err,
+                   "finite": bool(torch.isfinite(bufs["weights"]).all())})
+    print(f"{case.name}: weight sums off by at most {err:.2e}", flush=True)
+    _time(rows, case, {"attngen": (decode, {}), "attngen+h2o_weights": (step, {"note": "decode + weights"}),
+                       "h2o_weights": (weigh, {"note": "weights kernel alone (reads K)"})}, hbm)
+    del bufs
+    torch.cuda.empty_cache()
+
+
 def markdown(card: str, hbm, rows, checks) -> str:
-    err = {(c["case"], c["impl"]): c["rel_err_vs_sdpa_fp32"] for c in checks}
+    err = {(c["case"], c["impl"]): c.get("rel_err_vs_sdpa_fp32", c.get("rel_err_vs_fp32_torch")) for c in checks}
     by = {(r["case"], r["impl"]): r for r in rows}
     lines = [f"# Decode on {card}: GB/s of K+V read once (ms in parentheses)", "",
              f"HBM copy {hbm['copy_gbps']} GB/s (read + written), fp16 sum {hbm['read_gbps']} GB/s (read).",
-             "", "| case | impl | GB/s | ms | of HBM copy | vs cuDNN | rel err vs fp32 SDPA | note |",
+             "", "| case | impl | GB/s | ms | of HBM read | vs cuDNN | rel err vs fp32 | note |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cudnn = by.get((r["case"].replace("paged16 ", ""), "sdpa_cudnn"))
         vs = "" if cudnn is None else f"{r['gbps'] / cudnn['gbps']:.2f}x"
         e = err.get((r["case"], r["impl"]))
         note = r.get("note") or ""
-        lines.append(f"| {r['case']} | {r['impl']} | {r['gbps']} | {r['ms']:.4f} | {r['of_hbm_copy']:.2f} | "
+        lines.append(f"| {r['case']} | {r['impl']} | {r['gbps']} | {r['ms']:.4f} | {r['of_hbm_read']:.2f} | "
                      f"{vs} | {'' if e is None else f'{e:.1e}'} | {note} |")
     return "\n".join(lines) + "\n"
 

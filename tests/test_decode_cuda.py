@@ -73,12 +73,12 @@ def test_supported_decode_specs_take_the_decode_kernels(name):
 
 
 @pytest.mark.parametrize("spec, why", [
-    (GALLERY["mla_decode"].spec, "latent cache"),
     (Attention(num_heads=4, head_dim=96, phase=Decode(1)), "96 channels: 12 lanes"),
     (Attention(num_heads=4, head_dim=128, head_dim_v=64, phase=Decode(1)), "Dv != D"),
     (GALLERY["gqa"].spec, "prefill"),
 ])
 def test_other_specs_keep_their_path(spec, why):
+    # (latent caches take the MLA kernel: tests/test_mla_decode_cuda.py)
     assert not decode.supports(spec, SM90), why
     assert "decode" not in [c.func for c in lower(spec, SM90).calls]
 

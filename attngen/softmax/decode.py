@@ -34,22 +34,30 @@ LN2 = math.log(2.0)
 NEG = -1e30  # the masked logit: finite, so m - m_new never evaluates inf - inf
 
 
-def schedule_module():
-    return load_schedule("decode_cuda")
+def schedule_module(spec: Optional[Attention] = None):
+    """The decode schedule; for a latent (MLA) spec, the MLA kernel's."""
+    return load_schedule("decode_mla_cuda" if spec is not None and spec.latent_kv else "decode_cuda")
 
 
 def supports(spec: Attention, target, config: Optional[Mapping] = None) -> bool:
-    """Decode on CUDA, no quantization, no latent cache, K/V rows that split into 16-byte
+    """Decode on CUDA, no quantization, K/V rows that split into 16-byte
     vectors over a power-of-two share of a warp (d = 64/128/256 in fp16/bf16), and a config
-    that names only this schedule's knobs (the generic template's knobs select that one)."""
+    that names only this schedule's knobs (the generic template's knobs select that one).
+    A latent (MLA) cache takes ``mla_decode``'s tensor-core kernel where that supports it."""
+    if spec.latent_kv:  # MLA: the latent cache's own kernel
+        from . import mla_decode
+        return mla_decode.supports(spec, target, config)
     sched = schedule_module()
-    return (target.is_cuda and spec.is_decode and spec.quant is None and not spec.latent_kv
+    return (target.is_cuda and spec.is_decode and spec.quant is None
             and sched.fits(spec) and set(config or {}) <= set(sched.KNOBS))
 
 
 def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
     import tvm
 
+    if spec.latent_kv:
+        from . import mla_decode
+        return mla_decode.lower(spec, target, config)
     sched = schedule_module()
     cfg = {**sched.default(spec, target), **dict(config or {})}
     sched.validate(spec, target, cfg)

@@ -47,7 +47,7 @@ def schedule_module(spec, target):
     except ImportError:
         tensorcore = None
     if decode is not None and decode.supports(spec, target, None):
-        return decode.schedule_module()
+        return decode.schedule_module(spec)
     if tensorcore is not None and tensorcore.supported(spec, target):
         return load_schedule(tensorcore.SCHEDULE)
     return softmax_lower.schedule_module(target)

@@ -1,0 +1,99 @@
+"""CUDA schedule of the absorbed-MLA decode kernel (``templates/decode_mla.j2``, lowered by
+``attngen/softmax/mla_decode.py``).
+
+The kernel streams the shared latent cache (D = r_kv + d_R channels per key, V = its first
+Dv) through shared memory with cp.async and runs Q K^T and P V on mma.sync m16n8k16 for one
+m-tile of 16 packed query rows.  The template carries the whole structure; this module picks
+its knobs and checks them.
+
+Knobs:
+    warps        warps per CTA (4 or 8); a step is 8 * warps keys (each warp's Q K^T takes 8
+                 of them, its P V a Dv / warps channel slice of every row)
+    stages       shared-memory buffers of one step (2..6): stages - 1 steps are in flight
+                 while one is used; the bytes in flight per SM are what hides HBM latency
+    max_split    most KV splits (1..256), the size of the partial-result scratch
+    ctas_per_sm  CTAs per SM the run-time split count aims at (1..8); the count is rounded
+                 down, so the grid never spills a small tail into another wave
+Validity: the buffers fit the opt-in shared memory of the arch; D a multiple of 32 (one
+ldmatrix.x4 of K covers 32 channels), Dv a multiple of 16 * warps (whole 16-channel slices).
+"""
+from __future__ import annotations
+
+from attngen import knobs
+
+KNOBS = {
+    "warps": "warps per CTA (4 or 8); a step is 8 * warps keys",
+    "stages": "shared-memory buffers of one step (2..6): stages - 1 steps in flight",
+    "max_split": "most KV splits; the split count is chosen at run time (1..256)",
+    "ctas_per_sm": "CTAs per SM the run-time split count aims at, rounded down (1..8)",
+}
+
+PAD = 8  # elements per shared-memory row: 16 B, so ldmatrix's 8 row addresses hit distinct banks
+SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024,
+              "sm_90a": 227 * 1024}
+_DTYPES = ("float16", "bfloat16")
+
+
+def block_n(config) -> int:
+    return 8 * config["warps"]
+
+
+def shape_problems(spec) -> list:
+    """Why the kernel cannot serve ``spec`` at any knob setting (empty: it can)."""
+    out = []
+    if spec.dtype not in _DTYPES:
+        out.append(f"dtype {spec.dtype} (mma operands are float16 or bfloat16)")
+    if spec.head_dim % 32:
+        out.append(f"head_dim={spec.head_dim} is not a multiple of 32")
+    if spec.head_dim_v % 64:
+        out.append(f"head_dim_v={spec.head_dim_v} is not a multiple of 64")
+    return out
+
+
+def smem_bytes(spec, config) -> int:
+    bn = block_n(config)
+    return (2 * (config["stages"] * bn * (spec.head_dim + PAD) + 16 * (bn + PAD))
+            + 2 * config["warps"] * 16 * 4)
+
+
+def default(spec, target) -> dict:
+    # measured on an H100 (benchmarks/NOTES-decode.md, B64 L8192): 4 warps x 4 stages of 32
+    # keys (three steps, 112 KB, in flight) 0.84-0.86 of HBM read bandwidth; 8 warps x 3
+    # stages of 64 keys 0.82-0.84; two CTAs per SM (4 warps x 2 or 3 stages, twice the splits)
+    # 0.83-0.84; fewer stages where the arch has less shared memory
+    for warps, stages in ((4, 4), (4, 3), (8, 3), (8, 2), (4, 2)):
+        cfg = {"warps": warps, "stages": stages, "max_split": 64, "ctas_per_sm": 1}
+        if not _problems(spec, target, cfg):
+            return cfg
+    return {"warps": 4, "stages": 2, "max_split": 64, "ctas_per_sm": 1}  # validate() says why not
+
+
+def validate(spec, target, config) -> None:
+    knobs.check_known(config, KNOBS, "decode_mla_cuda")
+    problems = _problems(spec, target, config)
+    if problems:
+        raise ValueError(f"decode_mla_cuda config {config}: " + "; ".join(problems))
+
+
+def _problems(spec, target, config) -> list:
+    out = []
+    for name, allowed in (("warps", (4, 8)), ("stages", range(2, 7)), ("max_split", range(1, 257)),
+                          ("ctas_per_sm", range(1, 9))):
+        v = config.get(name)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v in allowed):
+            out.append(f"{name} must be one of {list(allowed)}, got {v!r}")
+    if out:
+        return out
+    out += shape_problems(spec)
+    if spec.head_dim_v % (16 * config["warps"]):
+        out.append(f"head_dim_v={spec.head_dim_v} does not split into {config['warps']} slices of 16k channels")
+    limit = SMEM_LIMIT.get(target.arch, 99 * 1024)
+    if smem_bytes(spec, config) > limit:
+        out.append(f"{config['stages']} stages of {block_n(config)} latent rows need "
+                   f"{smem_bytes(spec, config)} B of shared memory, over {limit} B: fewer stages or warps")
+    return out
+
+
+def schedule(mod, spec, target, config):
+    """The template binds its own threads: nothing left to transform."""
+    return mod

@@ -1,0 +1,138 @@
+"""Absorbed-MLA decode on CUDA (attngen/softmax/mla_decode.py, templates/decode_mla.j2):
+which specs take it, its knobs, the generated code (nvcc: tensor-core instructions, no
+spills), and on a GPU the float64 reference at lengths 1..32768 with mixed lengths, shuffled
+pages and NaN past every sequence (skipped without a GPU).
+
+Where only TVM's runtime is installed, the kernels must already be in the build cache
+(``ATTNGEN_CACHE_DIR``): ``python tests/prebuild_gpu.py``.
+"""
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from attngen import Attention, Decode, Paged, masks
+from attngen.builder import build, compile_lowered, ensure_cached, lower
+from attngen.check import check_length
+from attngen.gallery import GALLERY
+from attngen.resources import load_schedule
+from attngen.softmax import decode, mla_decode
+from attngen.targets import get as get_target
+
+NVCC = shutil.which("nvcc")
+SM90 = get_target("cuda-sm90a")
+
+
+def mla(**kw) -> Attention:
+    """DeepSeek-V2/V3's absorbed MLA: one latent head of 512 + 64 channels, V = its first 512."""
+    base = dict(num_heads=16, num_kv_heads=1, head_dim=576, head_dim_v=512, latent_kv=True,
+                scale=192 ** -0.5, phase=Decode(1))
+    return Attention(**{**base, **kw})
+
+
+SPECS = {
+    "mla_decode": GALLERY["mla_decode"].spec,                                   # fp16, contiguous
+    "mla_paged16": mla(kv_layout=Paged(16)),
+    "mla_paged64_bf16": mla(dtype="bfloat16", kv_layout=Paged(64)),
+    # 2 queries x 16 heads = 2 row tiles, causal (the earlier query sees one key less)
+    "mla_q2_causal_paged32": mla(phase=Decode(2), mask=masks.causal(), kv_layout=Paged(32)),
+    # 8 heads of 2 KV heads: 4 packed rows, padded to the 16-row m-tile
+    "mla_h8_kv2_window": mla(num_heads=8, num_kv_heads=2, mask=masks.sliding_window(100)),
+    "mla_sinks_softcap": mla(sinks=True, score_mod=GALLERY["softcap"].spec.score_mod),
+}
+VARIANTS = {
+    "mla_decode+warps4+stages4": ("mla_decode", {"warps": 4, "stages": 4}),
+    "mla_paged16+stages2": ("mla_paged16", {"stages": 2}),
+    # two CTAs per SM (2 x 114 KB of shared memory): twice the splits
+    "mla_paged64_bf16+warps4+stages3+2ctas": ("mla_paged64_bf16", {"warps": 4, "stages": 3, "ctas_per_sm": 2}),
+}
+CASES = {**{name: (name, {}) for name in SPECS}, **VARIANTS}
+LENGTHS = (1, 63, 64, 65, 4097, 32768)
+
+
+def prebuild(target: str = "cuda") -> None:
+    """Fill the build cache for a GPU host that has only TVM's runtime."""
+    for spec_name, config in CASES.values():
+        ensure_cached(SPECS[spec_name], target, config)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_latent_specs_take_the_mla_kernel(name):
+    low = lower(SPECS[name], SM90)
+    assert [c.func for c in low.calls] == ["decode_mla", "decode_combine"]
+    assert decode.supports(SPECS[name], SM90)
+    max_split = load_schedule("decode_mla_cuda").default(SPECS[name], SM90)["max_split"]
+    scratch = {a.name: a.shape for a in low.args if a.role == "scratch"}
+    assert scratch["o_parts"][3] == max_split and scratch["o_parts"][4] == SPECS[name].head_dim_v
+
+
+@pytest.mark.parametrize("spec, why", [
+    (mla(head_dim=560), "560 channels: not whole 32-channel ldmatrix steps"),
+    (mla(head_dim_v=480), "480 value channels: not whole 64-channel slices"),
+    (mla(dtype="float32"), "float32: no fp32 mma operands"),
+])
+def test_other_latent_specs_keep_the_generic_kernel(spec, why):
+    assert not mla_decode.supports(spec, SM90), why
+    assert [c.func for c in lower(spec, SM90).calls][0] == "attention"
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"warps": 2}, "warps"), ({"stages": 7}, "stages"), ({"max_split": 0}, "max_split"),
+    ({"ctas_per_sm": True}, "ctas_per_sm"), ({"warps": 8, "stages": 4}, "shared memory"),
+    ({"block_q": 32}, "unknown knob"),
+])
+def test_invalid_mla_configs_are_rejected(config, message):
+    if "block_q" in config:  # a generic-SIMT knob selects that kernel instead
+        assert not mla_decode.supports(SPECS["mla_decode"], SM90, config)
+        with pytest.raises(ValueError, match=message):
+            mla_decode.lower(SPECS["mla_decode"], SM90, config)
+        return
+    with pytest.raises(ValueError, match=message):
+        lower(SPECS["mla_decode"], SM90, config)
+
+
+def test_split_count_fills_one_wave_without_a_tail():
+    """floor(sm_count * ctas_per_sm / CTAs per split), in [1, max_split]."""
+    spec = SPECS["mla_decode"]
+    cfg = {**load_schedule("decode_mla_cuda").default(spec, SM90), "max_split": 16}
+    text = mla_decode.split_count(spec, SM90, cfg)
+    for batch, want in ((1, 16), (64, 2), (100, 1), (1000, 1)):
+        assert eval(text.replace("T.max", "max").replace("T.min", "min"), {"B": batch}) == want, batch
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+@pytest.mark.parametrize("name, config", [("mla_decode", {}), ("mla_paged16", {}),
+                                          ("mla_q2_causal_paged32", {}),
+                                          ("mla_decode", {"warps": 4, "stages": 4})])
+def test_mla_kernel_compiles_to_tensor_cores_without_spills(name, config, tmp_path):
+    low = lower(SPECS[name], SM90, config)
+    source = next(m for m in compile_lowered(low, SM90).mod.imports if m.kind == "cuda").inspect_source()
+    assert "mma.sync.aligned.m16n8k16" in source and "ldmatrix" in source and "cp.async" in source
+    path = tmp_path / "kernel.cu"
+    path.write_text(source)
+    out = subprocess.run([NVCC, "-cubin", "-O3", "-arch=sm_90a", "--resource-usage", "-o",
+                          str(tmp_path / "kernel.cubin"), str(path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    spills = re.findall(r"(\d+) bytes spill stores", out.stdout + out.stderr)
+    assert spills and all(n == "0" for n in spills), out.stdout + out.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_mla_decode_on_gpu(case):
+    spec_name, config = CASES[case]
+    kernel = build(SPECS[spec_name], "cuda", config)
+    rng = np.random.default_rng(np.random.SeedSequence())
+    for length in LENGTHS:
+        result = check_length(kernel, length, batch=4 if length <= 4097 else 2, rng=rng)
+        assert result.passed, (f"length {length}, seed {rng.bit_generator.seed_seq.entropy}", result.errors)
+
+
+def test_the_tuner_searches_the_mla_knobs():
+    from attngen.tune.space import candidates
+
+    configs = candidates(SPECS["mla_decode"], SM90)
+    assert configs[0] == load_schedule("decode_mla_cuda").default(SPECS["mla_decode"], SM90)
+    assert {c["warps"] for c in configs} == {4, 8} and {c["stages"] for c in configs} <= set(range(2, 7))

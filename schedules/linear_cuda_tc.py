@@ -25,7 +25,12 @@ FRAGMENT_REGS = 200
 
 
 def default(spec, target) -> dict:
-    return {"value_block": 64 if spec.head_dim_v % 64 == 0 else 16}
+    # 64 columns: B * H * head_dim_v / 64 CTAs (256 for B = 8, H = 16, head_dim_v = 128), two
+    # per SM by registers and shared memory
+    for bv in (64, 32, 16):
+        if spec.head_dim_v % bv == 0:
+            return {"value_block": bv}
+    return {"value_block": 16}  # validate() says why not
 
 
 def validate(spec, target, config) -> None:

@@ -1,4 +1,7 @@
-"""CUDA SIMT schedule of the linear-attention kernels (no tensor cores yet).
+"""CUDA SIMT schedule of the linear-attention kernels that the tensor-core chunkwise kernel
+(``schedules/linear_cuda_tc.py``, scalar decay or none, identity features, additive update)
+does not serve: vector gates, the delta rule, normalisers, feature maps, the recurrent and
+parallel forms; and any spec whose config names these knobs.
 
 One thread block per task of a template: (batch * head, value block), and the query tile in
 the parallel form's ``outputs``.  Inside a task, every block is spread over the threads: its

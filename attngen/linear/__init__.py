@@ -36,7 +36,10 @@ form calls ``linear_parallel_cumulate_gates`` (scalar/vector gates), ``linear_pa
 (delta rule), ``linear_parallel_outputs`` and ``linear_parallel_final_state``.  Templates:
 ``templates/linear_{recurrent,chunkwise,parallel}.j2``.  Schedules: ``schedules/linear_cpu.py``
 (llvm) and ``schedules/linear_cuda.py`` (SIMT), each declaring its knobs in ``KNOBS`` with
-``default(spec, target)`` and ``validate(spec, target, config)``.
+``default(spec, target)`` and ``validate(spec, target, config)``.  On CUDA, chunkwise specs with
+a scalar decay (or none), identity features and the additive update take the tensor-core kernel
+``linear_chunk_tc`` instead (``attngen.linear.tensorcore``, ``templates/linear_chunk_tc.j2``,
+knobs in ``schedules/linear_cuda_tc.py``).
 """
 from __future__ import annotations
 

@@ -28,7 +28,13 @@ class Kernel:
     args: tuple
 
 
-def schedule_module(target):
+def schedule_module(target, spec: Optional[LinearAttention] = None):
+    """The schedule whose knobs ``lower`` takes: the tensor-core kernel's for a spec it supports
+    (``attngen.linear.tensorcore``), else the SIMT (CUDA) or CPU one."""
+    from . import tensorcore
+
+    if spec is not None and tensorcore.supported(spec, target):
+        return load_schedule(tensorcore.SCHEDULE)
     return load_schedule("linear_cpu" if target.kind == "llvm" else "linear_cuda")
 
 
@@ -63,6 +69,12 @@ def spec_context(spec: LinearAttention) -> dict:
 def lower(spec: LinearAttention, target, config: Optional[Mapping] = None) -> Lowered:
     import tvm
 
+    from . import tensorcore
+
+    # a supported spec takes the tensor-core kernel unless the config names SIMT knobs
+    tc_knobs = load_schedule(tensorcore.SCHEDULE).KNOBS
+    if tensorcore.supported(spec, target) and set(config or {}) <= set(tc_knobs):
+        return tensorcore.lower(spec, target, config)
     sched = schedule_module(target)
     config = {**sched.default(spec, target), **dict(config or {})}
     sched.validate(spec, target, config)

@@ -34,7 +34,7 @@ def schedule_module(spec, target):
     if family_of(spec).name != "softmax":
         from ..linear.lower import schedule_module as pick
 
-        return pick(target)
+        return pick(target, spec)
     from ..resources import load_schedule
     from ..softmax import lower as softmax_lower
 

@@ -1,0 +1,73 @@
+"""Knobs of the tensor-core chunkwise linear-attention kernel (``templates/linear_chunk_tc.j2``).
+
+The template already is the schedule (explicit thread bindings, register fragments, PTX
+builtins); what remains is the value block:
+
+    value_block   value columns per CTA (16, 32, 64 or 128; divides head_dim_v).  A CTA of 4
+                  warps scans one (batch, head, value block): smaller blocks give more CTAs
+                  (B * H * head_dim_v / value_block) but recompute Q K^T once per block.
+
+Limits checked by ``validate``: the double-buffered Q/K/V tiles and the 16-bit state fit the
+target's dynamic shared memory; the state accumulator (head_dim / 64 * value_block / 2 fp32 per
+thread) stays inside the register budget.
+"""
+from __future__ import annotations
+
+from attngen import knobs
+
+KNOBS = {"value_block": "value columns per CTA (16, 32, 64 or 128; divides head_dim_v)"}
+CANDIDATES = {"value_block": [16, 32, 64, 128]}
+
+SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024,
+              "sm_90a": 227 * 1024}
+# 32-bit registers the fragments may take (Q 32, s 32, P 16, O and S accumulators)
+FRAGMENT_REGS = 200
+
+
+def default(spec, target) -> dict:
+    # 64 columns: B * H * head_dim_v / 64 CTAs (256 for B = 8, H = 16, head_dim_v = 128), two
+    # per SM by registers and shared memory
+    for bv in (64, 32, 16):
+        if spec.head_dim_v % bv == 0:
+            return {"value_block": bv}
+    return {"value_block": 16}  # validate() says why not
+
+
+def validate(spec, target, config) -> None:
+    knobs.check_known(config, KNOBS, "linear_cuda_tc")
+    problems = _problems(spec, target, config)
+    if problems:
+        raise ValueError(f"linear_cuda_tc config {config}: " + "; ".join(problems))
+
+
+def smem_bytes(spec, config) -> int:
+    from attngen.linear.tensorcore import CHUNK, PAD
+
+    bv = config["value_block"]
+    tiles = 2 * CHUNK * (2 * (spec.head_dim + PAD) + bv + PAD)  # Q, K, V, double-buffered
+    return 2 * (tiles + spec.head_dim * (bv + PAD)) + 2 * 4 * CHUNK
+
+
+def fragment_regs(spec, config) -> int:
+    bv = config["value_block"]
+    return spec.head_dim // 4 + 32 + 16 + bv // 2 + spec.head_dim // 64 * bv // 2 + 8
+
+
+def _problems(spec, target, config) -> list:
+    bv = config.get("value_block")
+    if bv not in CANDIDATES["value_block"]:
+        return [f"value_block must be one of {CANDIDATES['value_block']}, got {bv!r}"]
+    out = []
+    if spec.head_dim_v % bv:
+        out.append(f"value_block {bv} does not divide head_dim_v {spec.head_dim_v}")
+    limit = SMEM_LIMIT.get(target.arch, 99 * 1024)
+    if smem_bytes(spec, config) > limit:
+        out.append(f"tiles need {smem_bytes(spec, config)} B of shared memory, over {limit} B")
+    if fragment_regs(spec, config) > FRAGMENT_REGS:
+        out.append(f"fragments need {fragment_regs(spec, config)} registers per thread, over "
+                   f"{FRAGMENT_REGS}: lower value_block")
+    return out
+
+
+def schedule(mod, spec, target, config):
+    return mod  # the template binds threads and places every fragment itself

@@ -1,0 +1,142 @@
+"""The tensor-core chunkwise linear-attention kernel (templates/linear_chunk_tc.j2).
+
+Without a GPU: which specs take it, its knob checks, and nvcc + ptxas on its CUDA source (no
+spills).  On a GPU (marked ``gpu``): every spec of ``SPECS`` against the float64 recurrence at
+lengths around the chunk (1, 63, 64, 65), 1000 and 4096, with the family's mixed gates and with
+every gate near 1 (no decay) or near 0 (the state is wiped each token: exp underflows); the
+final state is checked too.  Where only TVM's runtime is installed, fill the build cache first
+(``prebuild``, or tests/prebuild_gpu.py).
+"""
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from attngen import tolerance
+from attngen.builder import build, cuda_source, ensure_cached, lower
+from attngen.check import check_length, poisoned
+from attngen.gallery import GALLERY
+from attngen.linear import tensorcore
+from attngen.spec import LinearAttention
+from attngen.targets import get
+
+TARGET = "cuda-sm90a"
+NVCC = shutil.which("nvcc")
+L = LinearAttention
+# the gallery's specs that take the kernel, and the other shapes and dtypes it serves
+SPECS = {
+    **{n: GALLERY[n].spec for n in ("linear_attn", "retnet", "mamba2")},
+    "mamba2_bf16": L(num_heads=4, head_dim=128, gate="scalar", dtype="bfloat16"),
+    "retnet_bf16_d64": L(num_heads=6, head_dim=64, gate="fixed", dtype="bfloat16"),
+    "linear_bf16_dv256": L(num_heads=2, head_dim=64, head_dim_v=256, dtype="bfloat16"),
+    "mamba2_dv48": L(num_heads=2, head_dim=128, head_dim_v=48, gate="scalar"),
+}
+LENGTHS = (1, 63, 64, 65, 1000, 4096)
+# log gates of the two regimes: gate ~ 1 - 1e-7 (nothing decays), gate ~ e^-40 (underflow)
+GATE_REGIMES = {"near_one": (-1e-6, -1e-9), "near_zero": (-60.0, -20.0)}
+
+
+def prebuild(target: str = TARGET) -> None:
+    """Fill the build cache for a GPU host that has only TVM's runtime."""
+    for spec in SPECS.values():
+        ensure_cached(spec, target)
+
+
+# ----------------------------------------------------------------------------- CPU
+
+
+def test_supported_specs_take_the_tensor_core_kernel():
+    t = get(TARGET)
+    for name, spec in SPECS.items():
+        assert tensorcore.supported(spec, t), (name, tensorcore.unsupported_reason(spec, t))
+        assert [c.func for c in lower(spec, t).calls] == [tensorcore.KERNEL], name
+
+
+def test_other_specs_keep_the_simt_kernels():
+    t = get(TARGET)
+    for spec in (GALLERY["gla"].spec, GALLERY["deltanet"].spec, GALLERY["linear_transformer"].spec,
+                 GALLERY["retnet_recurrent"].spec, L(head_dim=128, chunk_size=32),
+                 L(head_dim=128, dtype="float32")):
+        assert not tensorcore.supported(spec, t)
+        assert tensorcore.KERNEL not in [c.func for c in lower(spec, t).calls]
+    assert not tensorcore.supported(GALLERY["mamba2"].spec, get("cpu"))
+    # a config in the SIMT schedule's knobs asks for the SIMT kernel
+    low = lower(GALLERY["mamba2"].spec, t, {"block_v": 32, "block_q": 32, "block_k": 32, "threads": 128})
+    assert [c.func for c in low.calls] == ["linear_chunkwise"]
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"value_block": 48}, "value_block must be one of"),
+    ({"value_block": 128}, "registers per thread"),
+    ({"value_blocks": 64}, "value_blocks"),
+])
+def test_bad_knobs_raise_value_error(config, message):
+    with pytest.raises(ValueError, match=message):
+        lower(GALLERY["mamba2"].spec, TARGET, config)
+
+
+@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
+def test_cuda_source_compiles_without_spills(tmp_path):
+    """One spec per gate, bf16: nvcc accepts the source, ptxas keeps every fragment in registers."""
+    for gate in (None, "scalar"):
+        path = tmp_path / "kernel.cu"
+        path.write_text(cuda_source(L(num_heads=16, head_dim=128, gate=gate, dtype="bfloat16"), TARGET))
+        done = subprocess.run([NVCC, "-cubin", "-arch=sm_90a", "-Xptxas", "-v", "-o",
+                               str(tmp_path / "kernel.cubin"), str(path)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "0 bytes spill stores" in done.stderr and "0 bytes stack frame" in done.stderr, done.stderr
+        regs = int(re.search(r"Used (\d+) registers", done.stderr).group(1))
+        assert regs <= 255
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+def check_gate_regime(kernel, length: int, regime: str, rng) -> dict:
+    """Errors of one run whose log gates all lie in ``GATE_REGIMES[regime]`` (the rest of the
+    inputs from the family's sampler), against the float64 recurrence; outputs NaN-poisoned."""
+    import torch
+
+    spec, fam = kernel.spec, kernel.family
+    sizes = {"batch": 2, "heads": spec.num_heads, "q_len": length, "kv_len": length}
+    inputs = fam.sample(spec, sizes, rng)
+    lo, hi = GATE_REGIMES[regime]
+    inputs["g"] = rng.uniform(lo, hi, inputs["g"].shape).astype(np.float32)
+    ref = fam.reference(spec, inputs)
+    feed = {}
+    for arg in kernel.args:
+        if arg.role == "in":
+            feed[arg.name] = torch.from_numpy(np.ascontiguousarray(inputs[arg.name])).cuda().to(getattr(torch, arg.dtype))
+    out = kernel.run(feed, poisoned(kernel, fam.sizes(spec, feed)))
+    errors = {}
+    for name, expected in ref.items():
+        err = tolerance.errors(out[name].double().cpu().numpy(), expected)
+        errors[name] = (err, tolerance.passes(err, spec.dtype))
+    return errors
+
+
+def check_spec(kernel, rng) -> list:
+    """Every check of one kernel: (what, passed, errors) per length and gate regime."""
+    results = []
+    for length in LENGTHS:
+        r = check_length(kernel, length, batch=2 if length <= 1000 else 1, rng=rng)
+        results.append((f"length {length}", r.passed, r.errors))
+    if kernel.spec.gate == "scalar":
+        for regime in GATE_REGIMES:
+            for length in (65, 1000):
+                errs = check_gate_regime(kernel, length, regime, rng)
+                results.append((f"{regime} length {length}", all(ok for _, ok in errs.values()),
+                                {n: e for n, (e, _) in errs.items()}))
+    return results
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_spec_on_gpu(name):
+    kernel = build(SPECS[name], TARGET)
+    assert [c.func for c in kernel.calls] == [tensorcore.KERNEL]
+    rng = np.random.default_rng(np.random.SeedSequence())
+    failed = [(what, errors) for what, ok, errors in check_spec(kernel, rng) if not ok]
+    assert not failed, (f"seed {rng.bit_generator.seed_seq.entropy}", failed)

@@ -46,6 +46,7 @@ class Case:
     dtype: str = "float16"
     mask: str = "full"     # full | causal | window | global_local | document
     softcap: Optional[float] = None
+    layout: str = "bhsd"   # "thd": the documents packed with cu_seqlens, causal inside each
 
     @property
     def sdpa(self) -> bool:
@@ -64,6 +65,7 @@ CASES = [
     Case("window 1024 causal N16384", 1, 16384, mask="window"),
     Case("global 64 + local 1024 causal N16384", 1, 16384, mask="global_local"),
     Case("document 8x2048 N16384", 1, 16384, mask="document"),
+    Case("packed varlen 8x2048 causal N16384", 1, 16384, mask="document", layout="thd"),
     Case("softcap 30 causal N16384", 1, 16384, mask="causal", softcap=30.0),
 ]
 
@@ -75,8 +77,8 @@ VARIANTS = {
     "causal d128 N4096": [dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
     "dense d64 N4096": [dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
     # the per-tile map against the band alone (the previous kernel for these masks)
-    "global 64 + local 1024 causal N16384": [dict(tile_map=False)],
-    "document 8x2048 N16384": [dict(tile_map=False)],
+    "document 8x2048 N16384": [dict(tile_map=False), dict(m_tiles=1, block_n=64, q_in_registers=True)],
+    "global 64 + local 1024 causal N16384": [dict(tile_map=False), dict(m_tiles=2, block_n=32)],
 }
 
 
@@ -98,8 +100,10 @@ def spec_of(case: Case):
     mask = {"full": masks.full(), "causal": masks.causal(), "window": masks.sliding_window(WINDOW),
             "global_local": masks.global_local(GLOBAL, WINDOW, causal=True),
             "document": masks.document()}[case.mask]
+    if case.layout == "thd":  # the sequences are the documents
+        mask = masks.causal()
     return Attention(num_heads=case.heads, num_kv_heads=case.kv_heads, head_dim=case.dim,
-                     dtype=case.dtype, mask=mask,
+                     dtype=case.dtype, mask=mask, layout=case.layout,
                      score_mod=None if case.softcap is None else mods.softcap(case.softcap))
 
 
@@ -247,6 +251,14 @@ def run(build_dir: str, results_dir: str) -> None:
         doc_ids = (torch.arange(N, device=dev, dtype=torch.int32) // DOC_LEN).expand(B, N).contiguous()
         feed = {"q": q, "k": k, "v": v, "o": o, "lse": lse,
                 **({"doc_ids": doc_ids} if case.mask == "document" else {})}
+        if case.layout == "thd":  # one batch of N tokens: [N, H, D] views of the same values
+            cu = torch.arange(0, N + 1, DOC_LEN, device=dev, dtype=torch.int32)
+            tok = lambda x: x[0].transpose(0, 1).contiguous()
+            o_packed = torch.full((N, H, D), float("nan"), device=dev, dtype=dt)
+            feed = {"q": tok(q), "k": tok(k), "v": tok(v), "cu_seqlens_q": cu, "cu_seqlens_k": cu,
+                    "o": o_packed, "lse": torch.full((H, N), float("nan"), device=dev)}
+            o = o_packed.transpose(0, 1)[None]  # compared as [1, H, N, D] below
+            lse = feed["lse"]
         fn = load(spec, _file(case), feed)
         kernel = load_kernel(spec, target, build_dir, _file(case))
         map_calls = [c.func for c in kernel.calls if c.func.startswith("tile_")]

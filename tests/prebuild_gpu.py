@@ -11,7 +11,8 @@ import sys
 import time
 
 MODULES = ("test_softmax_gpu", "test_linear_gpu", "test_linear_tc", "test_prefill_tc",
-           "test_decode_cuda", "test_mla_decode_cuda", "test_h2o", "memcheck_decode")
+           "test_decode_cuda", "test_mla_decode_cuda", "test_h2o", "memcheck_decode",
+           "memcheck_prefill")
 
 
 def main() -> int:

@@ -1,0 +1,63 @@
+"""Run every tensor-core prefill kernel variant on three shapes, for ``compute-sanitizer``:
+
+    compute-sanitizer --tool memcheck --error-exitcode 1 python tests/memcheck_prefill.py
+
+Variants (tests/test_prefill_tc.py's specs): the band loop with full and partial tiles
+(causal, sliding window, GQA, d256), the per-tile map's three kernels (document ids, a mask
+per head, prefix-LM), token-major q/k/v, packed sequences with their tile pre-pass (one
+sequence empty), sinks and a softcap.  Shapes: lengths 1, 65 and 1000 (tile - 63, one tile +
+1, several tiles with a tail), batches of 3 (4 packed sequences).  Each run is also checked
+against its float64 reference (exit 1 on a wrong result: an out-of-bounds read that lands on
+valid memory cannot pass for clean).  The kernels must be in the build cache
+(``ATTNGEN_CACHE_DIR``; ``python tests/prebuild_gpu.py`` fills it).
+"""
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+SHAPES = (1, 65, 1000)
+
+
+def cases():
+    """(label, spec, batch) of every kernel variant checked."""
+    import test_prefill_tc as t
+    from attngen.gallery import GALLERY
+
+    gallery = ("causal", "sliding_window", "gqa", "document", "prefix_lm", "sinks", "softcap")
+    out = [(n, GALLERY[n].spec, 3) for n in gallery]
+    out += [(n, t.EXTRA[n], 3) for n in ("d256", "d64_head_map", "d64_bshd_document")]
+    out += [(n, t.PACKED[n], 4) for n in ("d64_thd_causal_sinks",)]
+    return out
+
+
+def prebuild(target: str = "cuda-sm90a") -> None:
+    from attngen.builder import ensure_cached
+
+    for _, spec, _ in cases():
+        ensure_cached(spec, target)
+
+
+def main() -> int:
+    import torch
+
+    from attngen.builder import build
+    from attngen.check import check_length
+
+    rng = np.random.default_rng(0)
+    bad = 0
+    for label, spec, batch in cases():
+        kernel = build(spec, "cuda")
+        for length in SHAPES:
+            ok = check_length(kernel, length, batch=batch, rng=rng).passed
+            torch.cuda.synchronize()
+            print(f"{label} length {length} batch {batch}: {'ok' if ok else 'WRONG'}", flush=True)
+            bad += not ok
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-MODULES = ("test_softmax_gpu", "test_linear_gpu", "test_prefill_tc", "test_decode_cuda")
+MODULES = ("test_softmax_gpu", "test_linear_gpu", "test_prefill_tc", "test_decode_cuda", "test_export")
 
 
 def main() -> int:

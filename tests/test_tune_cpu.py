@@ -47,6 +47,27 @@ def test_space_default_first_and_every_candidate_valid():
             assert len(space.candidates(spec, target, 3)) == 3
 
 
+def test_fixed_knobs_keep_their_default_and_unknown_ones_are_refused():
+    spec = GALLERY["causal"].spec
+    sm90 = get("cuda-sm90a")
+    default = space.default_config(spec, sm90)
+    cands = space.candidates(spec, sm90, fixed=("tile_map",))
+    assert cands[0] == default and len(cands) < len(space.candidates(spec, sm90))
+    assert all(c["tile_map"] == default["tile_map"] for c in cands)
+    with pytest.raises(ValueError, match="no_such_knob"):
+        space.candidates(spec, sm90, fixed=("no_such_knob",))
+
+
+def test_batches_per_length():
+    assert tuner.batches_for([1024, 4096, 16384], tokens=16384) == [16, 4, 1]
+    assert tuner.batches_for([100, 50000], tokens=16384) == [163, 1]
+    assert tuner.batches_for([64, 256], batch=3) == [3, 3]
+    with pytest.raises(ValueError):
+        tuner.batches_for([64], tokens=0)
+    # a manifest written before per-length batches existed
+    assert tuner.manifest_batches({"lengths": [8, 16], "batch": 2}) == [2, 2]
+
+
 def test_space_rejects_what_the_target_cannot_run():
     # a SIMT tile over the 48 KiB static shared memory is never offered
     spec = Attention(num_heads=4, head_dim=256, mask=masks.causal(), phase=attngen.Decode(1))
@@ -66,7 +87,7 @@ def measured(tmp_path_factory):
     out = tmp / "cands"
     db = tmp / "db.json"
     r = cli("tune", spec_path, "--build-only", "-o", out, "--lengths", "64,256", "--trials", "3",
-            "--jobs", "2")
+            "--jobs", "2", "--tokens", "256", "--fix", "block_k")
     assert r.returncode == 0, r.stderr
     blocker = textwrap.dedent("""
         import importlib.abc, runpy, sys
@@ -100,7 +121,10 @@ def test_measure_validates_and_times_every_candidate(measured):
     results = json.loads((out / "results.json").read_text())
     assert [r["status"] for r in results["rows"]] == ["ok"] * 3
     for row in results["rows"]:
+        assert row["config"]["block_k"] == 64  # held at its default by --fix
         assert set(row["timings"]) == {"q64-kv64", "q256-kv256"}
+        # --tokens 256: as many sequences as make 256 tokens at each length
+        assert {t["length"]: t["batch"] for t in row["timings"].values()} == {64: 4, 256: 1}
         assert all(t["ms"] > 0 and t["copies"] >= 2 for t in row["timings"].values())
     assert "best q64-kv64" in table and "vs default" in table
 

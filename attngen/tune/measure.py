@@ -10,7 +10,9 @@ loads each built candidate, and
    timed with CUDA events (``perf_counter`` on the CPU) and long enough to hide launch gaps;
    the result is the median over groups.  Successive calls rotate over copies of the inputs
    whose total size exceeds twice the last-level cache, so no call finds its inputs cached;
-   the copies are drawn once per length and shared by all candidates.
+   one set is drawn per shape of the inputs (and shared by every candidate, and by every
+   spec measured with the same ``Workloads``), the other copies are clones of it on the
+   device: the rotation is about addresses, and drawing 16K-token inputs costs seconds.
 
 Results go to ``dir/results.json``.  Only TVM's runtime, torch and numpy are imported: this
 runs on a GPU host with no TVM compiler (tested with the compiler modules blocked).
@@ -97,19 +99,30 @@ def _bytes(buffers: dict, kernel) -> int:
 
 
 class Workloads:
-    """Input sets per problem size, drawn once and shared by every candidate of a spec."""
+    """Input sets per problem, drawn once and shared by every candidate that takes the same
+    inputs: a problem is its sizes and the kernel's input signature (names, shapes, dtypes,
+    and how the spec's runtime tensors are drawn), so specs that differ only in a mask or
+    score mod computed from indices share one draw."""
 
     def __init__(self, rng: np.random.Generator):
         self.rng, self.sets = rng, {}
 
     def get(self, kernel, sizes: dict) -> list:
-        key = tuple(sorted(sizes.items()))
+        key = (tuple(sorted(sizes.items())), _signature(kernel))
         if key not in self.sets:
-            first = workload(kernel, sizes, self.rng, 1)
+            first = workload(kernel, sizes, self.rng, 1)[0]
             budget = 2 * CACHE_BYTES["cuda" if kernel.target.is_cuda else "cpu"]
-            copies = int(min(MAX_COPIES, max(2, -(-budget // max(1, _bytes(first[0], kernel))))))
-            self.sets[key] = first + workload(kernel, sizes, self.rng, copies - 1)
+            copies = int(min(MAX_COPIES, max(2, -(-budget // max(1, _bytes(first, kernel))))))
+            self.sets[key] = [first] + [{n: t.clone() for n, t in first.items()}
+                                        for _ in range(copies - 1)]
         return self.sets[key]
+
+
+def _signature(kernel) -> tuple:
+    """What decides the distribution of a kernel's inputs (see ``Workloads``)."""
+    args = tuple((a.name, str(a.shape), a.dtype, a.role) for a in kernel.args)
+    tensors = repr(getattr(kernel.spec, "runtime_tensors", ()))
+    return kernel.family.name, type(kernel.spec).__name__, args, tensors
 
 
 def time_kernel(kernel, sets: list, *, repeats: int = 10, warmup_seconds: float = 0.05) -> dict:
@@ -170,13 +183,16 @@ def time_kernel(kernel, sets: list, *, repeats: int = 10, warmup_seconds: float 
 
 
 def measure(dirpath, *, repeats: int = 10, seed: int = 0, deadline: Optional[float] = None,
-            on_result: Callable[[dict], None] = lambda r: None) -> dict:
-    """Validate and time every built candidate of ``dirpath``; writes ``results.json``."""
+            on_result: Callable[[dict], None] = lambda r: None,
+            workloads: Optional[Workloads] = None) -> dict:
+    """Validate and time every built candidate of ``dirpath``; writes ``results.json``.
+    ``workloads`` shares timing inputs across several directories (a fresh one by default)."""
     import attngen
 
     from ..targets import get
     from . import device_name, sizes_for
     from .database import bucket
+    from .tuner import manifest_batches
 
     dirpath = Path(dirpath)
     manifest = json.loads((dirpath / "manifest.json").read_text())
@@ -184,7 +200,7 @@ def measure(dirpath, *, repeats: int = 10, seed: int = 0, deadline: Optional[flo
     spec = eval(manifest["spec"], {"__builtins__": {}}, attngen.namespace())  # noqa: S307
     target = get(manifest["target"])
     rows = []
-    workloads = Workloads(np.random.default_rng(seed + 1))
+    workloads = workloads or Workloads(np.random.default_rng(seed + 1))
     for cand in manifest["candidates"]:
         row = {"id": cand["id"], "config": cand["config"], "timings": {}}
         if cand["status"] != "built":
@@ -199,10 +215,10 @@ def measure(dirpath, *, repeats: int = 10, seed: int = 0, deadline: Optional[flo
                 if reason:
                     row.update(status="invalid", reason=reason)
                 else:
-                    for n in manifest["lengths"]:
-                        sizes = sizes_for(spec, n, manifest["batch"])
+                    for n, b in zip(manifest["lengths"], manifest_batches(manifest)):
+                        sizes = sizes_for(spec, n, b)
                         t = time_kernel(kernel, workloads.get(kernel, sizes), repeats=repeats)
-                        row["timings"][bucket(sizes)] = {"length": n, "batch": manifest["batch"], **t}
+                        row["timings"][bucket(sizes)] = {"length": n, "batch": b, **t}
                     row["status"] = "ok"
             except Exception as err:  # a crash at load or launch is this candidate's result
                 row.update(status="error", reason=f"{type(err).__name__}: {str(err)[:300]}")

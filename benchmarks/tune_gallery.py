@@ -72,16 +72,18 @@ def cmd_measure(args) -> int:
 
     root = Path(args.dir)
     deadline = time.monotonic() + 60 * args.minutes if args.minutes else None
-    walls = {}
+    wall_file = root / "measure_wall.json"
+    walls = json.loads(wall_file.read_text()) if wall_file.is_file() else {}
     shared = measure.Workloads(measure.np.random.default_rng(1))  # one draw per shape
-    for d in sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()):
-        start = time.perf_counter()
+    for d in sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()
+                    and (not args.specs or p.name in args.specs)):
+        start, drawn = time.perf_counter(), shared.seconds
         results = measure.measure(d, deadline=deadline, workloads=shared)
         walls[d.name] = time.perf_counter() - start
         ok = sum(r["status"] == "ok" for r in results["rows"])
         print(f"{d.name}: {ok}/{len(results['rows'])} valid and timed in {walls[d.name]:.1f} s "
-              f"on {results['device']}", flush=True)
-    (root / "measure_wall.json").write_text(json.dumps(walls, indent=1))
+              f"({shared.seconds - drawn:.1f} s drawing inputs) on {results['device']}", flush=True)
+    wall_file.write_text(json.dumps(walls, indent=1))
     return 0
 
 
@@ -101,17 +103,20 @@ def cmd_import(args) -> int:
         manifest = json.loads((d / "manifest.json").read_text())
         results = json.loads((d / "results.json").read_text())
         device = results["device"]
-        n = tuner.import_dir(d, shipped_db(device))
+        if any(r["status"] == "ok" for r in results["rows"]):
+            n = tuner.import_dir(d, shipped_db(device))
+            print(f"{d.name}: recorded {n} measurements in {shipped_db(device)}")
+        else:  # nothing to choose from: the table says why, the database stays as it was
+            print(f"{d.name}: no valid candidate, nothing recorded")
         build = json.loads((d / "build_wall.json").read_text()) if (d / "build_wall.json").is_file() else {}
         rows += summary_rows(d.name, manifest, results, walls.get(d.name), build.get("seconds"))
-        print(f"{d.name}: recorded {n} measurements in {shipped_db(device)}")
     if device is None:
         print("no measured directory under", root, file=sys.stderr)
         return 1
     card = device.replace("NVIDIA ", "").replace(" ", "-")
     out = Path(args.results) / f"{card}-tuning"
     doc = {"device": device, "target": TARGET, "lengths": list(LENGTHS), "tokens": TOKENS,
-           "fixed": list(FIXED), "rows": rows}
+           "fixed": list(FIXED), "note": args.note or "", "rows": rows}
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
     out.with_suffix(".md").write_text(markdown(doc))
     print(f"wrote {out}.json and {out}.md")
@@ -122,6 +127,16 @@ def summary_rows(name: str, manifest: dict, results: dict, measure_s, build_s) -
     """Per length bucket: the default's time, the best valid candidate's, and its config."""
     by_id = {r["id"]: r for r in results["rows"]}
     default = by_id.get(manifest["default"])
+    common = {"spec": name, "spec_repr": manifest["spec"],
+              "default_config": manifest["candidates"][0]["config"],
+              "candidates": len(manifest["candidates"]),
+              "valid": sum(r["status"] == "ok" for r in results["rows"]),
+              "failures": {r["id"]: f"{r['status']}: {r.get('reason', '')[:120]}"
+                           for r in results["rows"] if r["status"] != "ok"},
+              "measure_s": measure_s, "build_s": build_s}
+    if not common["valid"]:
+        return [{**common, "length": None, "batch": None, "default_ms": None, "tuned_ms": None,
+                 "speedup": None, "config": None}]
     out = []
     for length, batch in zip(manifest["lengths"], tuner_batches(manifest)):
         timed = [(r["timings"][b]["ms"], r) for r in results["rows"] if r["status"] == "ok"
@@ -131,15 +146,9 @@ def summary_rows(name: str, manifest: dict, results: dict, measure_s, build_s) -
         best_ms, best = min(timed, key=lambda t: t[0])
         default_ms = next((t["ms"] for t in (default or {}).get("timings", {}).values()
                            if t["length"] == length), None)
-        out.append({"spec": name, "spec_repr": manifest["spec"], "length": length, "batch": batch,
-                    "default_ms": default_ms, "tuned_ms": best_ms,
-                    "speedup": default_ms / best_ms if default_ms else None,
-                    "config": best["config"], "default_config": manifest["candidates"][0]["config"],
-                    "candidates": len(manifest["candidates"]),
-                    "valid": sum(r["status"] == "ok" for r in results["rows"]),
-                    "failures": {r["id"]: f"{r['status']}: {r.get('reason', '')[:120]}"
-                                 for r in results["rows"] if r["status"] != "ok"},
-                    "measure_s": measure_s, "build_s": build_s})
+        out.append({**common, "length": length, "batch": batch, "default_ms": default_ms,
+                    "tuned_ms": best_ms, "speedup": default_ms / best_ms if default_ms else None,
+                    "config": best["config"]})
     return out
 
 
@@ -163,9 +172,14 @@ def markdown(doc: dict) -> str:
              f"default and its nearest neighbours (knobs held: {', '.join(doc['fixed'])}), each "
              "validated against the float64 reference before timing; times are medians of 10 "
              "CUDA-event groups over rotated input copies (attngen.tune.measure).", "",
+             *([doc["note"], ""] if doc.get("note") else []),
              "| spec | length | batch | default ms | tuned ms | speed-up | tuned config (vs default) |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in doc["rows"]:
+        if r["tuned_ms"] is None:
+            lines.append(f"| {r['spec']} | - | - | - | - | - | no valid candidate "
+                         f"(0/{r['candidates']}, see below) |")
+            continue
         d = f"{r['default_ms']:.4f}" if r["default_ms"] else "-"
         s = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
         lines.append(f"| {r['spec']} | {r['length']} | {r['batch']} | {d} | {r['tuned_ms']:.4f} "
@@ -183,7 +197,9 @@ def markdown(doc: dict) -> str:
         cfg = ", ".join(f"{k}={v}" for k, v in sorted(r["default_config"].items()))
         b = f"{r['build_s']:.0f}" if r["build_s"] else "-"
         m = f"{r['measure_s']:.1f}" if r["measure_s"] else "-"
-        bad = "; ".join(f"{k}: {v}" for k, v in r["failures"].items()) or "-"
+        bad = "; ".join(f"{k}: {v}" for k, v in list(r["failures"].items())[:2]) or "-"
+        if len(r["failures"]) > 2:
+            bad += f"; and {len(r['failures']) - 2} more"
         lines.append(f"| {r['spec']} | {cfg} | {r['candidates']} | {r['valid']} | {b} | {m} | {bad} |")
     return "\n".join(lines) + "\n"
 
@@ -202,10 +218,12 @@ def main(argv=None) -> int:
     s = sub.add_parser("measure")
     s.add_argument("dir")
     s.add_argument("--minutes", type=float, default=None, help="budget; later candidates are skipped")
+    s.add_argument("--specs", type=lambda t: t.split(","), default=None, help="only these")
     s.set_defaults(run=cmd_measure)
     s = sub.add_parser("import")
     s.add_argument("dir")
     s.add_argument("--results", default=str(Path(__file__).parent / "results"))
+    s.add_argument("--note", default=None, help="a paragraph for the table's header")
     s.set_defaults(run=cmd_import)
     args = p.parse_args(argv)
     return args.run(args)

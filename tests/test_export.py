@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import attngen
-from attngen import Attention, masks
+from attngen import Attention, masks, mods
 from attngen.builder import _host_cpu_id, _tvm_version
 from attngen.export import ExportError, export, load
 from attngen.tune import database, space
@@ -168,49 +168,56 @@ def test_cuda_export_ships_a_cubin_of_its_source(tmp_path):
 
 # ----------------------------------------------------------------------------- on the GPU
 
-GPU_SPEC = Attention(num_heads=2, head_dim=64, mask=masks.causal())  # the tensor-core kernel
+# two specs of the tensor-core kernel: without a score mod (the scale folded into the exp2)
+# and with one (logits computed apart)
+GPU_SPECS = {"causal": Attention(num_heads=2, head_dim=64, mask=masks.causal()),
+             "softcap": Attention(num_heads=2, head_dim=64, mask=masks.causal(),
+                                  score_mod=mods.softcap(20.0))}
 GPU_CARD = "attngen-test-card"  # a device name no real card has: only this test's records
 GPU_BUCKETS = {20: "q32-kv32", 700: "q1024-kv1024"}
 
 
-def _gpu_files():
+def _gpu_files(name):
     root = Path(os.environ["ATTNGEN_CACHE_DIR"]) / "gpu-export"
-    return root / "attn.so", root / "db.json"
+    return root / f"{name}.so", root / "db.json"
 
 
-def _gpu_configs():
+def _gpu_configs(spec):
     sm90 = get("cuda-sm90a")
-    default = space.default_config(GPU_SPEC, sm90)
-    return [c for c in space.candidates(GPU_SPEC, sm90) if c != default][:2]
+    default = space.default_config(spec, sm90)
+    return [c for c in space.candidates(spec, sm90) if c != default][:2]
 
 
 def prebuild(target: str = "cuda-sm90a") -> None:
-    """Here (compiler, nvcc): a database tuning two buckets of GPU_SPEC to two non-default
+    """Here (compiler, nvcc): a database tuning two buckets of each GPU spec to two non-default
     configs for GPU_CARD, the export of those kernels, and ``attngen.compile``'s cache entries,
     so that the GPU host (TVM runtime only) exports nothing and builds nothing."""
     from attngen.builder import ensure_cached
 
-    out, db = _gpu_files()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    base = {"spec": GPU_SPEC.key, "target": target, "device": GPU_CARD, "tvm": _tvm_version(),
-            "valid": True, "ms": 1.0}
-    configs = _gpu_configs()
-    database.add([{**base, "bucket": b, "config": c}
-                  for b, c in zip(GPU_BUCKETS.values(), configs)], db)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(database.ENV_DB, str(db))
-        export(GPU_SPEC, out, target, device=GPU_CARD)
-    for config in [None, *configs]:
-        ensure_cached(GPU_SPEC, target, config)
+    for name, spec in GPU_SPECS.items():
+        out, db = _gpu_files(name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        base = {"spec": spec.key, "target": target, "device": GPU_CARD, "tvm": _tvm_version(),
+                "valid": True, "ms": 1.0}
+        configs = _gpu_configs(spec)
+        database.add([{**base, "bucket": b, "config": c}
+                      for b, c in zip(GPU_BUCKETS.values(), configs)], db)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(database.ENV_DB, str(db))
+            export(spec, out, target, device=GPU_CARD)
+        for config in [None, *configs]:
+            ensure_cached(spec, target, config)
 
 
 @pytest.mark.gpu
-def test_gpu_export_loads_in_a_fresh_process_and_matches_compile(tmp_path, monkeypatch):
-    out, db = _gpu_files()
+@pytest.mark.parametrize("name", sorted(GPU_SPECS))
+def test_gpu_export_loads_in_a_fresh_process_and_matches_compile(name, tmp_path, monkeypatch):
+    spec = GPU_SPECS[name]
+    out, db = _gpu_files(name)
     if not out.is_file():  # needs the compiler: on a runtime-only host run prebuild_gpu first
         prebuild()
     monkeypatch.setenv(database.ENV_DB, str(db))
-    op = attngen.compile(GPU_SPEC, "cuda", device=GPU_CARD)
+    op = attngen.compile(spec, "cuda", device=GPU_CARD)
     meta = json.loads(open(f"{out}.json").read())
     assert len(meta["variants"]) == 3 and sorted(meta["table"]) == sorted(op.table)
     rng = np.random.default_rng()
@@ -225,9 +232,10 @@ def test_gpu_export_loads_in_a_fresh_process_and_matches_compile(tmp_path, monke
                        capture_output=True, text=True, timeout=600,
                        env={**os.environ, "TVM_USE_RUNTIME_LIB": "1"})
     assert r.returncode == 0, r.stdout + r.stderr
-    print(r.stdout.strip())  # the load time, for the record (pytest -s)
+    print(name, r.stdout.strip())  # the load time, for the record (pytest -s)
     got = np.load(tmp_path / "in_out.npz")
     for n in GPU_BUCKETS:
-        assert not np.isnan(want[n][0]).any()
-        assert np.array_equal(got[f"o{n}"], want[n][0])
-        assert np.array_equal(got[f"lse{n}"], want[n][1])
+        assert np.array_equal(got[f"o{n}"], want[n][0], equal_nan=True)
+        assert np.array_equal(got[f"lse{n}"], want[n][1], equal_nan=True)
+        # identical and right: the export is not two copies of one wrong kernel
+        assert not np.isnan(want[n][0]).any(), f"compile's output at length {n} holds NaN"

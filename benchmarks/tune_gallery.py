@@ -164,6 +164,8 @@ def _config_text(config: dict, default: dict) -> str:
 
 
 def markdown(doc: dict) -> str:
+    from attngen.tune import NOISE
+
     lines = [f"# Tuned vs default: tensor-core prefill, {doc['device']} ({doc['target']})", "",
              f"Reproduce: `python benchmarks/tune_gallery.py build DIR` here, "
              f"`python benchmarks/tune_gallery.py measure DIR` on the GPU host, "
@@ -182,8 +184,11 @@ def markdown(doc: dict) -> str:
             continue
         d = f"{r['default_ms']:.4f}" if r["default_ms"] else "-"
         s = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
+        cfg = _config_text(r["config"], r["default_config"])
+        if cfg != "default" and r["speedup"] and r["speedup"] < 1 + NOISE:
+            cfg = f"default: {cfg} is within the {NOISE:.0%} noise margin (attngen.tune.NOISE)"
         lines.append(f"| {r['spec']} | {r['length']} | {r['batch']} | {d} | {r['tuned_ms']:.4f} "
-                     f"| {s} | {_config_text(r['config'], r['default_config'])} |")
+                     f"| {s} | {cfg} |")
     lines += ["", "Default configs and tuning cost per spec (build: this 2-core host, shared; "
               "measure: wall time of validating and timing every candidate at the three "
               "lengths on the GPU):", "",

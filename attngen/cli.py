@@ -140,8 +140,8 @@ def cmd_tune(args) -> int:
         raise UsageError("tune needs a SPEC (or --import DIR)")
     spec = load_spec(args.spec)
     target = resolve_target(args.target)
-    options = dict(lengths=args.lengths, batch=args.batch, trials=args.trials, jobs=args.jobs,
-                   timeout=args.timeout)
+    options = dict(lengths=args.lengths, batch=args.batch, tokens=args.tokens, trials=args.trials,
+                   fixed=tuple(args.fix or ()), jobs=args.jobs, timeout=args.timeout)
     if args.build_only:
         if not args.output:
             raise UsageError("--build-only needs -o DIR")
@@ -246,6 +246,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--lengths", type=_positive_ints, default=[512, 2048, 8192],
                    help="sequence lengths to tune for, one bucket each (default 512,2048,8192)")
     s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--tokens", type=int, default=None,
+                   help="batch of each length = max(1, TOKENS // length) (overrides --batch)")
+    s.add_argument("--fix", type=lambda t: [k for k in t.split(",") if k], default=None,
+                   metavar="KNOB,...", help="knobs held at their default (e.g. tile_map)")
     s.add_argument("--trials", type=int, default=None, help="at most this many candidates")
     s.add_argument("--minutes", type=float, default=None, help="time budget")
     s.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel build workers")

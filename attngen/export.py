@@ -7,7 +7,9 @@ the heuristic default) into ONE TVM module -- each variant's functions renamed `
     attn.so         the exported TVM library (host code; for CUDA the device source too)
     attn.so.cubin   CUDA only: that device source compiled here with nvcc for the target arch
     attn.so.json    metadata: the spec, the variants (config, arguments, calls), which variant
-                    serves which length bucket, the sha256 of both files and of the CUDA source
+                    serves which length bucket, the sha256 of both files and of the CUDA source,
+                    and for a CPU export the CPU model it was generated for (loading it on
+                    another model is refused)
 
 ``load("attn.so")`` returns the same torch-callable as ``attngen.compile``.  It imports only
 TVM's runtime: the library is verified against the recorded hash and copied into the private
@@ -104,7 +106,7 @@ def export(spec, path, target="cuda", *, lengths: Optional[Sequence[int]] = None
     import tvm
 
     from . import __version__
-    from .builder import _tvm_version, compile_lowered, lower
+    from .builder import _host_cpu_id, _tvm_version, compile_lowered, lower
     from .family import Lowered
     from .targets import get
     from .tune import sizes_for, tuned
@@ -149,6 +151,10 @@ def export(spec, path, target="cuda", *, lengths: Optional[Sequence[int]] = None
     meta = {"format": FORMAT, "version": VERSION, "spec": spec.canonical(), "spec_key": spec.key,
             "target": target.name, "arch": target.arch, "device": device, "tvm": _tvm_version(),
             "attngen": __version__, "variants": variants, "table": table, "files": files}
+    if not target.is_cuda:
+        # LLVM generated code for this host's CPU model (``-mcpu`` of the host, as the build
+        # cache keys it): another model may lack its instructions
+        meta["cpu"] = _host_cpu_id()
     if target.is_cuda:
         source = cuda_source_of(ex)
         cubin = compile_cubin(source, target.arch)
@@ -231,6 +237,12 @@ def load(path):
         local = local_cuda_arch()
         if local != meta["arch"]:
             raise ExportError(f"{path} holds {meta['arch']} code; this GPU is {local or 'absent'}")
+    else:
+        from .builder import _host_cpu_id
+
+        if meta.get("cpu") != _host_cpu_id():
+            raise ExportError(f"{path} holds code for the CPU {meta.get('cpu') or 'unknown'!r}; "
+                              f"this CPU is {_host_cpu_id()!r}: export it again on this machine")
     # the spec is data from the user's own file: evaluated with attngen's constructors only
     spec = eval(meta["spec"], {"__builtins__": {}}, attngen.namespace())  # noqa: S307
     if spec.key != meta["spec_key"]:

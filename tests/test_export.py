@@ -6,13 +6,14 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import attngen
-from attngen import Attention, masks
+from attngen import Attention, masks, mods
 from attngen.builder import _host_cpu_id, _tvm_version
 from attngen.export import ExportError, export, load
 from attngen.tune import database, space
@@ -71,13 +72,14 @@ _LOADER = textwrap.dedent("""
     sys.meta_path.insert(0, Block())
     import numpy as np, torch, attngen, tvm
     so, data = sys.argv[1], sys.argv[2]
+    device = sys.argv[3] if len(sys.argv) > 3 else "cpu"
     op = attngen.load(so)
     arrays = dict(np.load(data))
     outs = {}
     for n in (20, 700):
-        q, k, v = (torch.from_numpy(arrays[f"{x}{n}"]) for x in "qkv")
+        q, k, v = (torch.from_numpy(arrays[f"{x}{n}"]).to(device) for x in "qkv")
         o, lse = op(q, k, v)
-        outs[f"o{n}"], outs[f"lse{n}"] = o.numpy(), lse.numpy()
+        outs[f"o{n}"], outs[f"lse{n}"] = o.cpu().numpy(), lse.cpu().numpy()
     np.savez(data.replace(".npz", "_out.npz"), **outs)
     assert tvm.base._RUNTIME_ONLY and "libtvm_compiler" not in open("/proc/self/maps").read()
     print(f"load {op.load_seconds:.3f} s")
@@ -101,6 +103,23 @@ def test_load_in_a_fresh_runtime_only_process_matches_compile(exported, tmp_path
     for n in (20, 700):
         assert np.array_equal(got[f"o{n}"], want[n][0].numpy())
         assert np.array_equal(got[f"lse{n}"], want[n][1].numpy())
+
+
+def test_a_cpu_export_is_refused_on_another_cpu_model(exported, tmp_path):
+    out, _ = exported
+    meta = json.loads(open(f"{out}.json").read())
+    assert meta["cpu"] == _host_cpu_id()
+    other = tmp_path / "other.so"
+    shutil.copy(out, other)
+    meta["cpu"] = "Some Other CPU @ 1.00GHz"
+    other.with_name("other.so.json").write_text(json.dumps(meta))
+    with pytest.raises(ExportError, match="Some Other CPU"):
+        load(other)
+    # an export written before the CPU model was recorded is refused too, not guessed at
+    del meta["cpu"]
+    other.with_name("other.so.json").write_text(json.dumps(meta))
+    with pytest.raises(ExportError, match="unknown"):
+        load(other)
 
 
 def test_altered_or_incomplete_exports_are_refused(exported, tmp_path):
@@ -145,3 +164,78 @@ def test_cuda_export_ships_a_cubin_of_its_source(tmp_path):
 
     assert hashlib.sha256(cubin).hexdigest() == meta["files"]["cubin"]
     assert cubin[:4] == b"\x7fELF" and meta["arch"] == "sm_90a" and meta["cuda_source_sha256"]
+
+
+# ----------------------------------------------------------------------------- on the GPU
+
+# two specs of the tensor-core kernel: without a score mod (the scale folded into the exp2)
+# and with one (logits computed apart)
+GPU_SPECS = {"causal": Attention(num_heads=2, head_dim=64, mask=masks.causal()),
+             "softcap": Attention(num_heads=2, head_dim=64, mask=masks.causal(),
+                                  score_mod=mods.softcap(20.0))}
+GPU_CARD = "attngen-test-card"  # a device name no real card has: only this test's records
+GPU_BUCKETS = {20: "q32-kv32", 700: "q1024-kv1024"}
+
+
+def _gpu_files(name):
+    root = Path(os.environ["ATTNGEN_CACHE_DIR"]) / "gpu-export"
+    return root / f"{name}.so", root / "db.json"
+
+
+def _gpu_configs(spec):
+    sm90 = get("cuda-sm90a")
+    default = space.default_config(spec, sm90)
+    return [c for c in space.candidates(spec, sm90) if c != default][:2]
+
+
+def prebuild(target: str = "cuda-sm90a") -> None:
+    """Here (compiler, nvcc): a database tuning two buckets of each GPU spec to two non-default
+    configs for GPU_CARD, the export of those kernels, and ``attngen.compile``'s cache entries,
+    so that the GPU host (TVM runtime only) exports nothing and builds nothing."""
+    from attngen.builder import ensure_cached
+
+    for name, spec in GPU_SPECS.items():
+        out, db = _gpu_files(name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        base = {"spec": spec.key, "target": target, "device": GPU_CARD, "tvm": _tvm_version(),
+                "valid": True, "ms": 1.0}
+        configs = _gpu_configs(spec)
+        database.add([{**base, "bucket": b, "config": c}
+                      for b, c in zip(GPU_BUCKETS.values(), configs)], db)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(database.ENV_DB, str(db))
+            export(spec, out, target, device=GPU_CARD)
+        for config in [None, *configs]:
+            ensure_cached(spec, target, config)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(GPU_SPECS))
+def test_gpu_export_loads_in_a_fresh_process_and_matches_compile(name, tmp_path, monkeypatch):
+    spec = GPU_SPECS[name]
+    out, db = _gpu_files(name)
+    if not out.is_file():  # needs the compiler: on a runtime-only host run prebuild_gpu first
+        prebuild()
+    monkeypatch.setenv(database.ENV_DB, str(db))
+    op = attngen.compile(spec, "cuda", device=GPU_CARD)
+    meta = json.loads(open(f"{out}.json").read())
+    assert len(meta["variants"]) == 3 and sorted(meta["table"]) == sorted(op.table)
+    rng = np.random.default_rng()
+    arrays, want = {}, {}
+    for n in GPU_BUCKETS:  # two buckets, served by two different tuned variants
+        q, k, v = (rng.standard_normal((2, 2, n, 64)).astype(np.float16) for _ in range(3))
+        arrays.update({f"q{n}": q, f"k{n}": k, f"v{n}": v})
+        want[n] = [t.cpu().numpy() for t in op(*(torch.from_numpy(x).cuda() for x in (q, k, v)))]
+    data = tmp_path / "in.npz"
+    np.savez(data, **arrays)
+    r = subprocess.run([sys.executable, "-c", _LOADER, str(out), str(data), "cuda"],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "TVM_USE_RUNTIME_LIB": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    print(name, r.stdout.strip())  # the load time, for the record (pytest -s)
+    got = np.load(tmp_path / "in_out.npz")
+    for n in GPU_BUCKETS:
+        assert np.array_equal(got[f"o{n}"], want[n][0], equal_nan=True)
+        assert np.array_equal(got[f"lse{n}"], want[n][1], equal_nan=True)
+        # identical and right: the export is not two copies of one wrong kernel
+        assert not np.isnan(want[n][0]).any(), f"compile's output at length {n} holds NaN"

@@ -140,3 +140,11 @@ def test_shipped_databases_are_readable():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert db.read(path), f"{path} holds no records"
+
+
+def test_shipped_file_of_a_card():
+    assert db.shipped_file("NVIDIA H200").name == "nvidia-h200.json"
+    assert db.shipped_file("NVIDIA H100 80GB HBM3").name == "nvidia-h100-80gb-hbm3.json"
+    assert db.shipped_file("NVIDIA H200").parent in {p.parent for p in db.shipped_paths()}
+    with pytest.raises(ValueError):
+        db.shipped_file(" ")

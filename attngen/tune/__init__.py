@@ -41,13 +41,20 @@ def _tvm() -> str:
     return _tvm_version()
 
 
+# a tuned config must beat the default's median by more than this to serve its bucket: closer
+# than that is timing noise, and a second config costs a second build and load
+NOISE = 0.01
+
+
 def tuned(spec, target, device: Optional[str] = None):
     """(device, {bucket: best valid record}) for ``spec`` on ``target``.
 
     ``device`` defaults to the local one; on a host without the target's device (building
-    CUDA kernels on a CPU machine) it is the one device the databases know for this spec."""
+    CUDA kernels on a CPU machine) it is the one device the databases know for this spec.
+    A best record within ``NOISE`` of the default's time (measured in the same run) is
+    replaced by the default config: the bucket stays tuned, to the default."""
     from . import database
-    from .space import is_valid
+    from .space import default_config, is_valid
 
     records = database.all_records()
     if device is None:
@@ -57,6 +64,9 @@ def tuned(spec, target, device: Optional[str] = None):
         device = known.pop() if len(known) == 1 else ""
     best = database.best_per_bucket(records, spec=spec.key, target=target.name, device=device,
                                     tvm=_tvm(), accept=lambda c: is_valid(spec, target, c))
+    for b, r in best.items():
+        if r.get("default_ms") and r["ms"] * (1 + NOISE) > r["default_ms"]:
+            best[b] = {**r, "config": default_config(spec, target), "ms": r["default_ms"]}
     return device, best
 
 

@@ -96,6 +96,19 @@ def user_path() -> Path:
     return cache_dir().parent / "tuning.json"
 
 
+def shipped_file(device: str) -> Path:
+    """The shipped database of a card: ``targets/tuned/<device, lower case, dashes>.json``
+    (``NVIDIA H200`` -> ``nvidia-h200.json``)."""
+    import re
+
+    from ..resources import resource_dir
+
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    if not slug:
+        raise ValueError("a shipped database needs a device name")
+    return resource_dir("targets") / "tuned" / f"{slug}.json"
+
+
 def shipped_paths() -> list:
     from ..resources import resource_dir
 

@@ -10,7 +10,9 @@ loads each built candidate, and
    timed with CUDA events (``perf_counter`` on the CPU) and long enough to hide launch gaps;
    the result is the median over groups.  Successive calls rotate over copies of the inputs
    whose total size exceeds twice the last-level cache, so no call finds its inputs cached;
-   the copies are drawn once per length and shared by all candidates.
+   one set is drawn per shape of the inputs (and shared by every candidate, and by every
+   spec measured with the same ``Workloads``), the other copies are clones of it on the
+   device: the rotation is about addresses, and drawing 16K-token inputs costs seconds.
 
 Results go to ``dir/results.json``.  Only TVM's runtime, torch and numpy are imported: this
 runs on a GPU host with no TVM compiler (tested with the compiler modules blocked).
@@ -97,19 +99,51 @@ def _bytes(buffers: dict, kernel) -> int:
 
 
 class Workloads:
-    """Input sets per problem size, drawn once and shared by every candidate of a spec."""
+    """Input sets per problem, drawn once and shared by every candidate that takes the same
+    inputs: a problem is its sizes and the kernel's input signature (names, shapes, dtypes,
+    and how the spec's runtime tensors are drawn), so specs that differ only in a mask or
+    score mod computed from indices share one draw, and candidates whose scratch buffers
+    differ (a tile map's size follows the tile) share the inputs and get their own scratch."""
 
     def __init__(self, rng: np.random.Generator):
-        self.rng, self.sets = rng, {}
+        self.rng, self.inputs, self.sets = rng, {}, {}
+        self.seconds = 0.0  # spent drawing (reported: it is most of a short tuning run)
 
     def get(self, kernel, sizes: dict) -> list:
-        key = tuple(sorted(sizes.items()))
-        if key not in self.sets:
-            first = workload(kernel, sizes, self.rng, 1)
+        problem = (tuple(sorted(sizes.items())), _signature(kernel, roles=("in",)))
+        key = (problem, _signature(kernel))
+        if key in self.sets:
+            return self.sets[key]
+        if problem not in self.inputs:
+            start = time.perf_counter()
+            first = workload(kernel, sizes, self.rng, 1)[0]
             budget = 2 * CACHE_BYTES["cuda" if kernel.target.is_cuda else "cpu"]
-            copies = int(min(MAX_COPIES, max(2, -(-budget // max(1, _bytes(first[0], kernel))))))
-            self.sets[key] = first + workload(kernel, sizes, self.rng, copies - 1)
+            copies = int(min(MAX_COPIES, max(2, -(-budget // max(1, _bytes(first, kernel))))))
+            inputs = {a.name: first[a.name] for a in kernel.args if a.role == "in"}
+            self.inputs[problem] = [inputs] + [{n: t.clone() for n, t in inputs.items()}
+                                               for _ in range(copies - 1)]
+            self.seconds += time.perf_counter() - start
+        self.sets[key] = [{**inputs, **_allocate(kernel, inputs)} for inputs in self.inputs[problem]]
         return self.sets[key]
+
+
+def _allocate(kernel, inputs: dict) -> dict:
+    """Fresh output and scratch buffers of ``kernel`` for these inputs."""
+    import torch
+
+    from ..kernel import _torch_dtype
+
+    actual = kernel.family.sizes(kernel.spec, inputs)
+    device = next(iter(inputs.values())).device
+    return {a.name: torch.empty(a.concrete_shape(actual), dtype=_torch_dtype(a.dtype), device=device)
+            for a in kernel.args if a.role != "in"}
+
+
+def _signature(kernel, roles=("in", "out", "scratch")) -> tuple:
+    """What decides the distribution of a kernel's buffers of these roles (see ``Workloads``)."""
+    args = tuple((a.name, str(a.shape), a.dtype, a.role) for a in kernel.args if a.role in roles)
+    tensors = repr(getattr(kernel.spec, "runtime_tensors", ()))
+    return kernel.family.name, type(kernel.spec).__name__, args, tensors
 
 
 def time_kernel(kernel, sets: list, *, repeats: int = 10, warmup_seconds: float = 0.05) -> dict:
@@ -139,14 +173,17 @@ def time_kernel(kernel, sets: list, *, repeats: int = 10, warmup_seconds: float 
             import tvm_ffi
 
             stack.enter_context(tvm_ffi.use_torch_stream())
-        # warm-up (first launches load code, fill TLBs) and a first estimate of one call
+        # warm-up (first launches load code, fill TLBs) and a first estimate of one call;
+        # synchronized per call: unsynchronized launches would queue up to the driver's
+        # limit (~1000 calls) within the warm-up time, and a 4 ms kernel would then spend
+        # seconds draining them
         run()
         sync()
         start, n = time.perf_counter(), 0
         while n < 3 or time.perf_counter() - start < warmup_seconds:
             run()
+            sync()
             n += 1
-        sync()
         estimate = (time.perf_counter() - start) / n
         group = max(1, int(GROUP_SECONDS / max(estimate, 1e-7)))
         samples = []
@@ -170,13 +207,16 @@ def time_kernel(kernel, sets: list, *, repeats: int = 10, warmup_seconds: float 
 
 
 def measure(dirpath, *, repeats: int = 10, seed: int = 0, deadline: Optional[float] = None,
-            on_result: Callable[[dict], None] = lambda r: None) -> dict:
-    """Validate and time every built candidate of ``dirpath``; writes ``results.json``."""
+            on_result: Callable[[dict], None] = lambda r: None,
+            workloads: Optional[Workloads] = None) -> dict:
+    """Validate and time every built candidate of ``dirpath``; writes ``results.json``.
+    ``workloads`` shares timing inputs across several directories (a fresh one by default)."""
     import attngen
 
     from ..targets import get
     from . import device_name, sizes_for
     from .database import bucket
+    from .tuner import manifest_batches
 
     dirpath = Path(dirpath)
     manifest = json.loads((dirpath / "manifest.json").read_text())
@@ -184,9 +224,10 @@ def measure(dirpath, *, repeats: int = 10, seed: int = 0, deadline: Optional[flo
     spec = eval(manifest["spec"], {"__builtins__": {}}, attngen.namespace())  # noqa: S307
     target = get(manifest["target"])
     rows = []
-    workloads = Workloads(np.random.default_rng(seed + 1))
+    workloads = workloads or Workloads(np.random.default_rng(seed + 1))
     for cand in manifest["candidates"]:
         row = {"id": cand["id"], "config": cand["config"], "timings": {}}
+        started = time.perf_counter()
         if cand["status"] != "built":
             row.update(status=cand["status"], reason=cand.get("error", ""))
         elif deadline is not None and time.monotonic() > deadline:
@@ -199,18 +240,19 @@ def measure(dirpath, *, repeats: int = 10, seed: int = 0, deadline: Optional[flo
                 if reason:
                     row.update(status="invalid", reason=reason)
                 else:
-                    for n in manifest["lengths"]:
-                        sizes = sizes_for(spec, n, manifest["batch"])
+                    for n, b in zip(manifest["lengths"], manifest_batches(manifest)):
+                        sizes = sizes_for(spec, n, b)
                         t = time_kernel(kernel, workloads.get(kernel, sizes), repeats=repeats)
-                        row["timings"][bucket(sizes)] = {"length": n, "batch": manifest["batch"], **t}
+                        row["timings"][bucket(sizes)] = {"length": n, "batch": b, **t}
                     row["status"] = "ok"
             except Exception as err:  # a crash at load or launch is this candidate's result
                 row.update(status="error", reason=f"{type(err).__name__}: {str(err)[:300]}")
+        row["seconds"] = time.perf_counter() - started
         rows.append(row)
         on_result(row)
     results = {"format": "attngen-measurements", "version": 1, "device": device_name(target),
                "spec_key": manifest["spec_key"], "target": target.name, "rows": rows,
-               "measured_at": time.time()}
+               "measured_at": time.time(), "draw_seconds": workloads.seconds}
     tmp = dirpath / ".results.json.tmp"
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(dirpath / "results.json")

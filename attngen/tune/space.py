@@ -80,12 +80,18 @@ def is_valid(spec, target, config) -> bool:
     return True
 
 
-def candidates(spec, target, limit: int | None = None) -> list:
-    """Valid configs, the default first, then by distance from it; at most ``limit``."""
+def candidates(spec, target, limit: int | None = None, fixed=()) -> list:
+    """Valid configs, the default first, then by distance from it; at most ``limit``.
+
+    Knobs named in ``fixed`` keep their default (a structural choice, like ``tile_map``,
+    whose alternative is known to be slower, need not cost a build per candidate)."""
     sched = schedule_module(spec, target)
     base = dict(sched.default(spec, target))
+    unknown = set(fixed) - set(base)
+    if unknown:
+        raise ValueError(f"cannot fix {sorted(unknown)}: the schedule's knobs are {sorted(base)}")
     names = sorted(base)
-    axes = [knob_values(sched, n, base[n]) for n in names]
+    axes = [[base[n]] if n in fixed else knob_values(sched, n, base[n]) for n in names]
     out = []
     for values in itertools.product(*axes):
         config = dict(zip(names, values))

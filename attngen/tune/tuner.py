@@ -3,8 +3,8 @@
 One host (the target's device is here):   tune(spec, target, ...)
 Two hosts (build here, measure there):    build_only(...) -> measure.measure(dir) -> import_dir(dir)
 
-A build directory holds ``manifest.json`` (the spec, target, lengths, batch and every
-candidate with its build status), one sub-directory per built candidate (see ``runner``) and,
+A build directory holds ``manifest.json`` (the spec, target, lengths, the batch of each length
+and every candidate with its build status), one sub-directory per built candidate (see ``runner``) and,
 once measured, ``results.json``.  Importing turns results into database records: a valid
 candidate gives one record per length bucket with its median time; an invalid one gives
 records marked invalid with the reason, so it is never chosen.
@@ -45,16 +45,35 @@ class Progress:
             sys.stderr.flush()
 
 
+def batches_for(lengths: Sequence[int], batch: int = 1, tokens: Optional[int] = None) -> list:
+    """The batch of each length: ``batch``, or with ``tokens`` as many sequences as make that
+    many tokens (at least one), so that every bucket fills the GPU alike and a short length is
+    not tuned for a grid smaller than the card."""
+    if tokens is not None and tokens < 1:
+        raise ValueError(f"tokens must be positive, got {tokens}")
+    if batch < 1:
+        raise ValueError(f"batch must be positive, got {batch}")
+    return [max(1, tokens // n) if tokens else batch for n in lengths]
+
+
+def manifest_batches(manifest: dict) -> list:
+    """The batch of each of a manifest's lengths (older manifests have one ``batch``)."""
+    return manifest.get("batches") or [manifest["batch"]] * len(manifest["lengths"])
+
+
 def build_only(spec, target, out, *, lengths: Sequence[int] = DEFAULT_LENGTHS, batch: int = 1,
-               trials: Optional[int] = None, jobs: int = 2, timeout: float = 300,
-               deadline: Optional[float] = None, progress: bool = True) -> dict:
-    """Build up to ``trials`` candidates (the default first) into ``out``; returns the manifest."""
+               tokens: Optional[int] = None, trials: Optional[int] = None, fixed=(),
+               jobs: int = 2, timeout: float = 300, deadline: Optional[float] = None,
+               progress: bool = True) -> dict:
+    """Build up to ``trials`` candidates (the default first; knobs in ``fixed`` held at their
+    default) into ``out``; returns the manifest."""
     from .. import __version__
     from ..builder import _sources_digest, _tvm_version
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    configs = {space.config_id(c): c for c in space.candidates(spec, target, trials)}
+    batches = batches_for(lengths, batch, tokens)
+    configs = {space.config_id(c): c for c in space.candidates(spec, target, trials, fixed)}
     bar = Progress(len(configs), "build") if progress else None
     results = runner.build_all(spec, target, configs, out, jobs=jobs, timeout=timeout,
                                deadline=deadline,
@@ -64,8 +83,8 @@ def build_only(spec, target, out, *, lengths: Sequence[int] = DEFAULT_LENGTHS, b
     manifest = {"format": "attngen-candidates", "version": 1, "spec": spec.canonical(),
                 "spec_key": spec.key, "target": target.name, "arch": target.arch,
                 "tvm": _tvm_version(), "attngen": __version__, "sources": _sources_digest(),
-                "lengths": list(lengths),
-                "batch": batch, "default": order[0],
+                "lengths": list(lengths), "batch": batch, "batches": batches,
+                "default": order[0],
                 "candidates": [{"id": r.id, "config": r.config, "status": r.status,
                                 "error": r.error, "build_s": round(r.seconds, 2)}
                                for r in results]}
@@ -92,7 +111,8 @@ def records_of(dirpath) -> list:
     from . import sizes_for
 
     spec = eval(manifest["spec"], {"__builtins__": {}}, attngen.namespace())  # noqa: S307
-    buckets = [database.bucket(sizes_for(spec, n, manifest["batch"])) for n in manifest["lengths"]]
+    buckets = [database.bucket(sizes_for(spec, n, b))
+               for n, b in zip(manifest["lengths"], manifest_batches(manifest))]
     out = []
     for row in results["rows"]:
         if row["status"] == "ok":
@@ -117,14 +137,16 @@ def import_dir(dirpath, db: Optional[Path] = None) -> int:
 
 
 def tune(spec, target, *, lengths: Sequence[int] = DEFAULT_LENGTHS, batch: int = 1,
-         trials: Optional[int] = None, minutes: Optional[float] = None, jobs: int = 2,
+         tokens: Optional[int] = None, fixed=(), trials: Optional[int] = None,
+         minutes: Optional[float] = None, jobs: int = 2,
          timeout: float = 300, repeats: int = 10, db: Optional[Path] = None,
          workdir: Optional[Path] = None, progress: bool = True) -> dict:
     """Tune on this host (its device is the target's); returns the measured results."""
     deadline = time.monotonic() + 60 * minutes if minutes else None
     with tempfile.TemporaryDirectory(prefix="attngen-tune-") as tmp:
         out = Path(workdir) if workdir else Path(tmp)
-        manifest = build_only(spec, target, out, lengths=lengths, batch=batch, trials=trials,
+        manifest = build_only(spec, target, out, lengths=lengths, batch=batch, tokens=tokens,
+                              fixed=fixed, trials=trials,
                               jobs=jobs, timeout=timeout, deadline=deadline, progress=progress)
         built = sum(c["status"] == "built" for c in manifest["candidates"])
         bar = Progress(len(manifest["candidates"]), "measure") if progress else None

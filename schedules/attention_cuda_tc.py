@@ -99,6 +99,9 @@ def _problems(spec, target, config) -> list:
         out.append(f"m_tiles must be 1 or 2, got {config.get('m_tiles')!r}")
     if bn not in (16, 32, 64, 128):
         out.append(f"block_n must be 16, 32, 64 or 128, got {bn!r}")
+    if config.get("tile_map") and bn == 16:
+        # the map's classification gives each lane of a warp one key column of the tile
+        out.append(f"tile_map needs block_n >= 32 (a key per lane), got {bn}")
     if config.get("tile_map") and spec.layout == "thd":
         out.append("tile_map needs one tile grid per batch: not with packed sequences (layout 'thd')")
     if out:

@@ -160,6 +160,9 @@ def test_knobs_are_validated():
     assert sched.default(spec, SM90)["q_in_registers"] is False  # the 256-wide O takes them
     assert sched.default(Attention(num_heads=2, head_dim=128), SM90) == {
         "warps": 4, "m_tiles": 2, "block_n": 64, "q_in_registers": False, "tile_map": False}
+    doc = GALLERY["document"].spec
+    with pytest.raises(ValueError, match="block_n >= 32"):  # caught by the tuner's check on an H100
+        sched.validate(doc, SM90, {**sched.default(doc, SM90), "block_n": 16})
     with pytest.raises(ValueError, match="tile_map must be a bool"):
         sched.validate(spec, SM90, {**sched.default(spec, SM90), "tile_map": 1})
     with pytest.raises(ValueError, match="registers"):

@@ -7,6 +7,11 @@ default), so all kernels are built or loaded up front and no sequence length eve
 build.  Inputs are checked before launch (``Kernel.run``), outputs are fresh tensors, and CUDA
 kernels run on the current torch stream.
 
+Layouts: a head-major (``"bhsd"``) operator given q, k, v that are transposed views of
+token-major tensors (``x.transpose(1, 2)`` of a contiguous ``[batch, seq, heads, dim]``), or the
+reverse, runs the kernel built for that other layout on the underlying memory (no copy) and
+returns ``o`` as the same kind of view; the sibling operator is compiled on first use.
+
 Each operator is registered as ``torch.ops.attngen.<name>`` (a torch.library custom op with a
 fake implementation that derives output shapes from input shapes), so ``torch.compile`` treats
 it as one opaque node: no graph break, no tracing into TVM.
@@ -20,6 +25,7 @@ from .kernel import bind_inputs
 
 _OPS: dict = {}  # op name -> the AttentionOp its registered implementation calls
 _LIBRARY = None
+_OTHER_LAYOUT = {"bhsd": "bshd", "bshd": "bhsd"}  # the dense layouts, each a transpose(1, 2) of the other
 
 
 class AttentionOp:
@@ -32,6 +38,7 @@ class AttentionOp:
         self.op_name = _register(self)
         self.op = getattr(_torch_ops(), self.op_name)
         self.load_seconds: Optional[float] = None
+        self._sibling = None  # the operator of the other dense layout, compiled on first use
 
     def __repr__(self):
         return (f"AttentionOp({self.spec!r}, target={self.target.name!r}, "
@@ -51,7 +58,38 @@ class AttentionOp:
     def __call__(self, *args, **kwargs):
         """``op(q, k, v, ...)`` or by name; returns the outputs (a tuple if several)."""
         named = bind_inputs(self.input_names, args, kwargs, "operator")
+        if self._transposed_views(named):
+            sibling = self._sibling_op()
+            if sibling is not None:
+                return self._through(sibling, named)
         return self.op(*(named[n] for n in self.input_names))
+
+    def _transposed_views(self, named) -> bool:
+        """Whether q, k, v are (non-contiguous) transposes of tensors in the other layout."""
+        import torch
+
+        if getattr(self.spec, "layout", None) not in _OTHER_LAYOUT:
+            return False
+        qkv = [named[n] for n in ("q", "k", "v") if n in named]
+        return all(isinstance(x, torch.Tensor) and x.dim() == 4 and not x.is_contiguous()
+                   and x.transpose(1, 2).is_contiguous() for x in qkv)
+
+    def _sibling_op(self):
+        """The operator of the other dense layout (None where it cannot be built here, e.g. a
+        loaded export on a host without the compiler: the inputs are then copied)."""
+        if self._sibling is None:
+            try:
+                self._sibling = compile(self.spec.replace(layout=_OTHER_LAYOUT[self.spec.layout]), self.target)
+            except ImportError:
+                return None
+        return self._sibling
+
+    def _through(self, sibling, named):
+        swapped = {n: x.transpose(1, 2) if n in ("q", "k", "v") else x for n, x in named.items()}
+        out = sibling(**swapped)
+        values = out if isinstance(out, tuple) else (out,)
+        values = tuple(v.transpose(1, 2) if n == "o" else v for n, v in zip(self.output_names, values))
+        return values if len(values) > 1 else values[0]
 
     # the registered implementation and its fake (shape-only) twin
     def _run(self, *tensors):

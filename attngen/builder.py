@@ -62,10 +62,15 @@ def _tvm_version() -> str:
 
     try:
         text = version("apache-tvm")
-    except PackageNotFoundError:  # runtime-only bundle on a GPU host
-        import tvm
+    except PackageNotFoundError:  # runtime-only bundle on a GPU host: its _version.py, unimported
+        from .runtime import tvm_dir
 
-        text = getattr(tvm, "__version__", "unknown")
+        try:
+            found = re.search(r"__version__ = version = '([^']+)'",
+                              Path(tvm_dir(), "_version.py").read_text())
+        except (ImportError, OSError):
+            found = None
+        text = found.group(1) if found else "unknown"
     return re.sub(r"\.post\d+$", "", text)
 
 
@@ -155,17 +160,17 @@ def ensure_cached(spec, target="cpu", config: Optional[Mapping] = None) -> Path:
 def _load_module(entry: Path, target: Target, cubin: Optional[dict]):
     """Load a cached module; a CUDA one with the cubin compiled when it was cached, so a cache
     hit runs no nvcc (the exported library itself carries CUDA source)."""
-    import tvm
+    from .runtime import load_library
 
     if not target.is_cuda:
-        return tvm.runtime.load_module(str(entry / _LIB))
+        return load_library(entry / _LIB)
     from .export import load_module
 
     if cubin is None:  # cached where nvcc was missing: the runtime compiles at load
         from .runtime import ensure_cuda_runtime
 
         ensure_cuda_runtime()
-        return tvm.runtime.load_module(str(entry / _LIB))
+        return load_library(entry / _LIB)
     data = (entry / _CUBIN).read_bytes()
     if hashlib.sha256(data).hexdigest() != cubin["sha256"]:
         raise RuntimeError(f"cached cubin {entry / _CUBIN} does not match its hash; delete {entry}")

@@ -61,11 +61,12 @@ def compile_cubin(source: str, arch: str) -> bytes:
 
 def load_module(lib: Path, cubins: Optional[Mapping[str, bytes]] = None):
     """``tvm.runtime.load_module`` with the CUDA device code taken from ``cubins`` (sha256 of
-    a CUDA source -> its cubin); while ``cubins`` are given, compiling at load is refused."""
-    import tvm
+    a CUDA source -> its cubin); while ``cubins`` are given, compiling at load is refused.
+    Imports no part of the ``tvm`` package (``attngen.runtime.load_library``)."""
+    from .runtime import load_library
 
     if cubins is None:
-        return tvm.runtime.load_module(str(lib))
+        return load_library(lib)
     import tvm_ffi
 
     from .runtime import ensure_cuda_runtime
@@ -83,7 +84,7 @@ def load_module(lib: Path, cubins: Optional[Mapping[str, bytes]] = None):
 
     tvm_ffi.register_global_func(name, from_cubin, override=True)
     try:
-        return tvm.runtime.load_module(str(lib))
+        return load_library(lib)
     finally:
         if previous is not None:
             tvm_ffi.register_global_func(name, previous, override=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.util
 import os
 import subprocess
 import tempfile
@@ -20,12 +21,45 @@ import tempfile
 NVCC_FLAGS = ("-O3", "-ftz=true")
 
 
+def tvm_dir() -> str:
+    """TVM's package directory, found without importing the package (its Python modules take
+    1.5 s to import on a runtime-only GPU host, the libraries a few milliseconds)."""
+    spec = importlib.util.find_spec("tvm")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("TVM is not installed (pip install apache-tvm)")
+    return spec.submodule_search_locations[0]
+
+
 @functools.lru_cache(maxsize=1)
-def ensure_cuda_runtime() -> None:
-    import tvm
+def _runtime_library() -> None:
+    """TVM's runtime library, loaded globally as ``import tvm`` loads it: a library TVM
+    exported resolves its runtime symbols against it."""
+    import tvm_ffi  # noqa: F401  (loads libtvm_ffi, which the runtime library links against)
+
+    ctypes.CDLL(os.path.join(tvm_dir(), "lib", "libtvm_runtime.so"), mode=ctypes.RTLD_GLOBAL)
+
+
+def load_library(path):
+    """``tvm.runtime.load_module`` of an exported shared library (that function is
+    ``tvm_ffi.load_module`` once TVM's runtime library is loaded), without importing the
+    ``tvm`` package: a cache hit pays for the libraries only."""
     import tvm_ffi
 
-    lib = os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime_cuda.so")
+    _runtime_library()
+    try:
+        return tvm_ffi.load_module(str(path))
+    except Exception:  # noqa: BLE001  a library that needs more of TVM: the package's loader
+        import tvm  # (it raises the real error if that fails too)
+
+        return tvm.runtime.load_module(str(path))
+
+
+@functools.lru_cache(maxsize=1)
+def ensure_cuda_runtime() -> None:
+    import tvm_ffi
+
+    _runtime_library()
+    lib = os.path.join(tvm_dir(), "lib", "libtvm_runtime_cuda.so")
     if os.path.exists(lib):
         ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
     from .targets import local_cuda_arch

@@ -64,9 +64,7 @@ _RUN = textwrap.dedent("""
     import attngen
     from attngen.gallery import GALLERY
     t1 = time.perf_counter()
-    import tvm  # the runtime: compile() imports it on a cache hit; timed apart
-    t_tvm = time.perf_counter()
-    op = attngen.compile(GALLERY[name].spec, "cuda")
+    op = attngen.compile(GALLERY[name].spec, "cuda")  # a hit loads through tvm_ffi: no `import tvm`
     t2 = time.perf_counter()
     o, lse = op(q, k, v)
     torch.cuda.synchronize()
@@ -87,13 +85,12 @@ _RUN = textwrap.dedent("""
         errors[n] = (o.float() - want.float()).abs().max().item()
     print(json.dumps({
         "device": torch.cuda.get_device_name(), "spec": repr(op.spec), "kernels": len(op.kernels),
-        "import_attngen_s": t1 - t0, "import_tvm_runtime_s": t_tvm - t1,
-        "compile_from_cache_s": t2 - t_tvm, "first_call_s": t3 - t2,
+        "import_attngen_s": t1 - t0, "tvm_package_imported": "tvm" in sys.modules,
+        "compile_from_cache_s": t2 - t1, "first_call_s": t3 - t2,
         "import_to_first_output_s": t3 - t0, "new_length_first_call_s": firsts,
         "new_length_max_abs_err_vs_sdpa": errors,
         "cache_entries_before": len(entries),
-        "cache_entries_after": len(os.listdir(os.path.join(cache, "kernels"))),
-        "tvm_runtime_only": __import__("tvm").base._RUNTIME_ONLY}))
+        "cache_entries_after": len(os.listdir(os.path.join(cache, "kernels")))}))
 """)
 
 

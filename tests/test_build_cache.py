@@ -66,3 +66,23 @@ def test_attngen_build_stays_a_function_after_the_driver_is_imported():
     import attngen.builder  # noqa: F401  (the module behind it)
 
     assert callable(attngen.build) and attngen.build.__module__ == "attngen"
+
+
+def test_a_hit_in_a_fresh_process_imports_no_tvm(tmp_path):
+    """A cached kernel loads through tvm_ffi with TVM's runtime library only: the ``tvm``
+    package (1.5 s of Python imports on a runtime-only GPU host) stays unimported."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ATTNGEN_CACHE_DIR": str(tmp_path / "cache")}
+    code = ("import sys, torch; from attngen import Attention, masks; from attngen.builder import build\n"
+            "spec = Attention(num_heads=2, head_dim=32, mask=masks.causal(), dtype='float32')\n"
+            "q = torch.randn(1, 2, 33, 32); o, lse = build(spec, 'cpu')(q, q, q)\n"
+            "ref = torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)\n"
+            "assert (o - ref).abs().max() < 1e-5\n"
+            "print('tvm' in sys.modules)")
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           timeout=300) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr[-2000:]
+    assert [r.stdout.strip() for r in runs] == ["True", "False"]  # built (compiler), then a hit

@@ -14,6 +14,15 @@ def check_known(config, knobs, schedule: str) -> None:
         raise ValueError(f"unknown knob(s) {sorted(unknown)} for {schedule}; known: {sorted(knobs)}")
 
 
+def check(config, knobs, schedule: str, problems) -> None:
+    """``check_known``, then one ``ValueError`` listing every problem ``problems()`` (the
+    schedule's own rules, run on a config of known knobs) finds."""
+    check_known(config, knobs, schedule)
+    found = problems()
+    if found:
+        raise ValueError(f"{schedule} config {config}: " + "; ".join(found))
+
+
 def pow2_problem(name: str, value, lo: int, hi: int) -> str | None:
     """Why ``value`` is not a power of two in [lo, hi], or None when it is (for schedules that
     collect every problem of a config before raising)."""

@@ -1,37 +1,74 @@
 """What the benchmarks share: moving built kernels from the build host (compiler, no GPU) to
-the GPU host (TVM's runtime only), and timing on the GPU.
+the GPU host (TVM's runtime only), timing on the GPU, and keeping a results file.
 
-A kernel travels as ``<file>.so`` (the exported library) and ``<file>.json`` (its arguments and
-calls, which the runtime-only host cannot recompute without lowering).
+A kernel travels as ``<file>.so`` (the exported library), ``<file>.json`` (its arguments and
+calls, which the runtime-only host cannot recompute without lowering) and, for CUDA where nvcc
+is on the build host, ``<file>.cubin`` (its device code, so the GPU host compiles nothing:
+nvcc there costs seconds of device time per kernel).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 
 
 def export_kernel(low, target, out_dir: str, file: str) -> None:
-    """Compile a Lowered kernel and write ``out_dir/file.so`` and ``out_dir/file.json``."""
+    """Compile a Lowered kernel and write ``out_dir/file.so``, ``.json`` and ``.cubin``."""
     from attngen.builder import compile_lowered
+    from attngen.export import compile_cubin, cuda_source_of
 
-    compile_lowered(low, target).export_library(os.path.join(out_dir, file + ".so"))
+    ex = compile_lowered(low, target)
+    ex.export_library(os.path.join(out_dir, file + ".so"))
     meta = {"args": [a.__dict__ for a in low.args],
             "calls": [{"func": c.func, "args": list(c.args)} for c in low.calls]}
+    if target.is_cuda and shutil.which("nvcc"):
+        source = cuda_source_of(ex)
+        with open(os.path.join(out_dir, file + ".cubin"), "wb") as f:
+            f.write(compile_cubin(source, target.arch))
+        meta["source_sha256"] = hashlib.sha256(source.encode()).hexdigest()
     with open(os.path.join(out_dir, file + ".json"), "w") as f:
         json.dump(meta, f)
 
 
 def load_kernel(spec, target, build_dir: str, file: str):
-    """The ``attngen.kernel.Kernel`` that ``export_kernel`` wrote as ``build_dir/file``."""
-    import tvm
+    """The ``attngen.kernel.Kernel`` that ``export_kernel`` wrote as ``build_dir/file`` (its
+    cubin when there is one; else the runtime compiles the source through the callback of
+    ``attngen.runtime.ensure_cuda_runtime``)."""
+    from pathlib import Path
+
+    from attngen.export import load_module
     from attngen.family import Arg, Call
     from attngen.kernel import Kernel
 
     with open(os.path.join(build_dir, file + ".json")) as f:
         meta = json.load(f)
+    cubin = os.path.join(build_dir, file + ".cubin")
+    cubins = None
+    if "source_sha256" in meta and os.path.exists(cubin):
+        with open(cubin, "rb") as f:
+            cubins = {meta["source_sha256"]: f.read()}
+    module = load_module(Path(build_dir) / (file + ".so"), cubins)
     args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in meta["args"])
     calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
-    return Kernel(spec, target, tvm.runtime.load_module(os.path.join(build_dir, file + ".so")), args, calls)
+    return Kernel(spec, target, module, args, calls)
+
+
+def merge_results(base: str, cases, rows, checks, variants) -> tuple:
+    """``rows``, ``checks``, ``variants`` of this run plus those of ``base.json`` for the cases
+    not run this time (a subset run, or a run cut off), ordered as ``cases`` (names)."""
+    done = {x["case"] for x in checks}
+    if os.path.exists(base + ".json"):
+        with open(base + ".json") as f:
+            old = json.load(f)
+        keep = lambda xs: [x for x in xs if x["case"] not in done]  # noqa: E731
+        rows, checks = keep(old["rows"]) + rows, keep(old["checks"]) + checks
+        variants = keep(old.get("variants", [])) + variants
+    order = {name: i for i, name in enumerate(cases)}
+    for xs in (rows, checks, variants):
+        xs.sort(key=lambda x: order.get(x["case"], len(order)))
+    return rows, checks, variants
 
 
 def launcher(kernel, buffers: dict, funcs=None):

@@ -35,47 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks._common import card_name, load_kernel, median_ms  # noqa: E402
-
-
-def export_with_cubin(low, target, out_dir: str, file: str) -> None:
-    """``export_kernel`` plus ``file.cubin``, the device code compiled here with nvcc, so the
-    GPU host loads it instead of compiling the source (seconds per kernel there)."""
-    import hashlib
-
-    from attngen.builder import compile_lowered
-    from attngen.export import compile_cubin, cuda_source_of
-
-    ex = compile_lowered(low, target)
-    ex.export_library(os.path.join(out_dir, file + ".so"))
-    source = cuda_source_of(ex)
-    with open(os.path.join(out_dir, file + ".cubin"), "wb") as f:
-        f.write(compile_cubin(source, target.arch))
-    meta = {"args": [a.__dict__ for a in low.args],
-            "calls": [{"func": c.func, "args": list(c.args)} for c in low.calls],
-            "source_sha256": hashlib.sha256(source.encode()).hexdigest()}
-    with open(os.path.join(out_dir, file + ".json"), "w") as f:
-        json.dump(meta, f)
-
-
-def load_with_cubin(spec, target, build_dir: str, file: str):
-    """The kernel ``export_with_cubin`` wrote (``load_kernel`` where no cubin was written)."""
-    from pathlib import Path
-
-    from attngen.export import load_module
-    from attngen.family import Arg, Call
-    from attngen.kernel import Kernel
-
-    cubin = os.path.join(build_dir, file + ".cubin")
-    if not os.path.exists(cubin):
-        return load_kernel(spec, target, build_dir, file)
-    with open(os.path.join(build_dir, file + ".json")) as f:
-        meta = json.load(f)
-    with open(cubin, "rb") as f:
-        module = load_module(Path(build_dir) / (file + ".so"), {meta["source_sha256"]: f.read()})
-    args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in meta["args"])
-    calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
-    return Kernel(spec, target, module, args, calls)
+from benchmarks._common import card_name, export_kernel, load_kernel, median_ms  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -181,14 +141,14 @@ def build(out_dir: str) -> None:
             want = ["decode_mla" if spec.latent_kv else "decode", "decode_combine"]
             if [c.func for c in low.calls] != want:
                 raise RuntimeError(f"{case.name}: expected the decode kernels, got {low.calls}")
-            export_with_cubin(low, target, out_dir, name)
+            export_kernel(low, target, out_dir, name)
             done.add(name)
             print("built", case.name, label, flush=True)
     for case in H2O_CASES:
         from attngen import h2o
 
         spec = spec_of(case)
-        export_with_cubin(h2o.weights_lowered(spec, target), target, out_dir, _file(spec, {}) + "_h2o_weights")
+        export_kernel(h2o.weights_lowered(spec, target), target, out_dir, _file(spec, {}) + "_h2o_weights")
         print("built", case.name, "h2o_weights", flush=True)
 
 
@@ -215,7 +175,7 @@ def hbm_bandwidth() -> dict:
 def _load(build_dir, spec, cfg):
     from attngen.targets import get
 
-    return load_with_cubin(spec, get("cuda-sm90a"), build_dir, _file(spec, cfg))
+    return load_kernel(spec, get("cuda-sm90a"), build_dir, _file(spec, cfg))
 
 
 def run(build_dir: str, results_dir: str, only=()) -> None:
@@ -422,7 +382,7 @@ def run_h2o(build_dir, case: Case, hbm, rows, checks) -> None:
             "v": torch.randn(B, Hk, L, D, device=dev, dtype=torch.float16, generator=gen),
             "kv_lens": torch.full((B,), L, device=dev, dtype=torch.int32)}
     kernel = _load(build_dir, spec, {})
-    weights = load_with_cubin(spec, get("cuda-sm90a"), build_dir, _file(spec, {}) + "_h2o_weights")
+    weights = load_kernel(spec, get("cuda-sm90a"), build_dir, _file(spec, {}) + "_h2o_weights")
     sizes = kernel.family.sizes(spec, bufs)
     _scratch(kernel, sizes, bufs, dev)
     _scratch(weights, sizes, bufs, dev)

@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks._common import card_name, export_kernel, load_kernel, median_ms  # noqa: E402
+from benchmarks._common import card_name, export_kernel, load_kernel, median_ms, merge_results  # noqa: E402
 
 B, H, D = 8, 16, 128
 CHUNK = 64
@@ -280,16 +280,7 @@ def save(results_dir, card, rows, checks, variants) -> None:
     """Write the JSON and markdown; rows of cases not run this time are kept from the file."""
     os.makedirs(results_dir, exist_ok=True)
     base = _base(results_dir, card)
-    done = {x["case"] for x in checks}
-    if os.path.exists(base + ".json"):
-        with open(base + ".json") as f:
-            old = json.load(f)
-        keep = lambda xs: [x for x in xs if x["case"] not in done]  # noqa: E731
-        rows, checks = keep(old["rows"]) + rows, keep(old["checks"]) + checks
-        variants = keep(old.get("variants", [])) + variants
-    order = {c.name: i for i, c in enumerate(CASES)}
-    for xs in (rows, checks, variants):
-        xs.sort(key=lambda x: order.get(x["case"], len(order)))
+    rows, checks, variants = merge_results(base, [c.name for c in CASES], rows, checks, variants)
     with open(base + ".json", "w") as f:
         json.dump({"card": card, "rows": rows, "checks": checks, "variants": variants}, f, indent=1)
     with open(base + ".md", "w") as f:

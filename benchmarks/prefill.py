@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks._common import card_name, export_kernel, launcher, load_kernel, median_ms  # noqa: E402
+from benchmarks._common import card_name, export_kernel, launcher, load_kernel, median_ms, merge_results  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,6 @@ def _visible_fraction(case: Case, mask_mod, device) -> float:
 
 
 def run(build_dir: str, results_dir: str) -> None:
-    import numpy as np
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -233,9 +232,9 @@ def run(build_dir: str, results_dir: str) -> None:
     card = card_name()
     rows, checks, variants = [], [], []
 
-    def load(spec, file, feed, funcs=None):
+    def load(spec, file, feed):
         # the raw launches: the timing leaves out the driver's input checks
-        return launcher(load_kernel(spec, target, build_dir, file), feed, funcs)
+        return launcher(load_kernel(spec, target, build_dir, file), feed)
 
     for case in selected():
         spec = spec_of(case)
@@ -259,8 +258,8 @@ def run(build_dir: str, results_dir: str) -> None:
                     "o": o_packed, "lse": torch.full((H, N), float("nan"), device=dev)}
             o = o_packed.transpose(0, 1)[None]  # compared as [1, H, N, D] below
             lse = feed["lse"]
-        fn = load(spec, _file(case), feed)
         kernel = load_kernel(spec, target, build_dir, _file(case))
+        fn = launcher(kernel, feed)
         map_calls = [c.func for c in kernel.calls if c.func.startswith("tile_")]
 
         mask_mod = _mask_mod(case, doc_ids)
@@ -296,7 +295,7 @@ def run(build_dir: str, results_dir: str) -> None:
         reps = 30 if N <= 4096 else 15
         check = {"case": case.name, "rel_err_vs_flex": err, "finite": finite}
         if map_calls:  # the per-tile map's share of attngen's time
-            check["map_ms"] = round(median_ms(load(spec, _file(case), feed, map_calls), reps, WARMUP), 4)
+            check["map_ms"] = round(median_ms(launcher(kernel, feed, map_calls), reps, WARMUP), 4)
         checks.append(check)
         print(f"{case.name}: visible {frac:.3f}, rel err vs flex {err:.2e}, finite {finite}"
               + (f", tile map {check['map_ms']:.3f} ms" if map_calls else ""), flush=True)
@@ -340,16 +339,7 @@ def save(results_dir, card, rows, checks, variants) -> None:
     """Write the JSON and markdown; rows of cases not run this time are kept from the file."""
     os.makedirs(results_dir, exist_ok=True)
     base = _base(results_dir, card)
-    done = {x["case"] for x in checks}
-    if os.path.exists(base + ".json"):
-        with open(base + ".json") as f:
-            old = json.load(f)
-        keep = lambda xs: [x for x in xs if x["case"] not in done]
-        rows, checks = keep(old["rows"]) + rows, keep(old["checks"]) + checks
-        variants = keep(old.get("variants", [])) + variants
-    order = {c.name: i for i, c in enumerate(CASES)}
-    for xs in (rows, checks, variants):
-        xs.sort(key=lambda x: order.get(x["case"], len(order)))
+    rows, checks, variants = merge_results(base, [c.name for c in CASES], rows, checks, variants)
     with open(base + ".json", "w") as f:
         json.dump({"card": card, "rows": rows, "checks": checks, "variants": variants}, f, indent=1)
     with open(base + ".md", "w") as f:

@@ -44,10 +44,7 @@ def default(spec, target) -> dict:
 
 
 def validate(spec, target, config) -> None:
-    knobs.check_known(config, KNOBS, "attention_cuda")
-    problems = _problems(spec, target, config)
-    if problems:
-        raise ValueError(f"attention_cuda config {config}: " + "; ".join(problems))
+    knobs.check(config, KNOBS, "attention_cuda", lambda: _problems(spec, target, config))
 
 
 def _problems(spec, target, config) -> list:

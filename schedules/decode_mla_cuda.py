@@ -69,10 +69,7 @@ def default(spec, target) -> dict:
 
 
 def validate(spec, target, config) -> None:
-    knobs.check_known(config, KNOBS, "decode_mla_cuda")
-    problems = _problems(spec, target, config)
-    if problems:
-        raise ValueError(f"decode_mla_cuda config {config}: " + "; ".join(problems))
+    knobs.check(config, KNOBS, "decode_mla_cuda", lambda: _problems(spec, target, config))
 
 
 def _problems(spec, target, config) -> list:

@@ -34,10 +34,7 @@ def default(spec, target) -> dict:
 
 
 def validate(spec, target, config) -> None:
-    knobs.check_known(config, KNOBS, "linear_cuda_tc")
-    problems = _problems(spec, target, config)
-    if problems:
-        raise ValueError(f"linear_cuda_tc config {config}: " + "; ".join(problems))
+    knobs.check(config, KNOBS, "linear_cuda_tc", lambda: _problems(spec, target, config))
 
 
 def smem_bytes(spec, config) -> int:

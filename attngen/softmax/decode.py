@@ -53,24 +53,32 @@ def supports(spec: Attention, target, config: Optional[Mapping] = None) -> bool:
 
 
 def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
-    import tvm
-
     if spec.latent_kv:
         from . import mla_decode
         return mla_decode.lower(spec, target, config)
-    sched = schedule_module()
+    return lower_split_kv(spec, target, config, schedule_module(), ("decode", "decode.j2", decode_context),
+                          split_count)
+
+
+def lower_split_kv(spec: Attention, target, config, sched, split_kernel, count) -> Lowered:
+    """A split-KV kernel and the run-time-split combine after it.  ``split_kernel`` is
+    ``(func name, template, context(spec, target, cfg, args, n_split))``, ``count(spec, target,
+    cfg)`` the TVMScript text of the split count (MLA decode has its own kernel and count)."""
+    import tvm
+
+    name, template, split_context = split_kernel
     cfg = {**sched.default(spec, target), **dict(config or {})}
     sched.validate(spec, target, cfg)
     args = program_args(spec, cfg)
     by_name = {a.name: a for a in args}
-    n_split = split_count(spec, target, cfg)
+    n_split = count(spec, target, cfg)
 
     att = [a.name for a in sig.inputs(spec) if a.name != "sinks"] + ["o_parts", "lse_parts"]
     comb = ["o_parts", "lse_parts"] + (["sinks"] if spec.sinks else []) + ["o", "lse"]
-    kernels = [("decode", "decode.j2", decode_context(spec, target, cfg, [by_name[n] for n in att], n_split), att),
+    kernels = [(name, template, split_context(spec, target, cfg, [by_name[n] for n in att], n_split), att),
                ("decode_combine", "decode_combine.j2",
                 combine_context(spec, [by_name[n] for n in comb], n_split), comb)]
-    funcs = {fname: parse(render(template, name=fname, **ctx)) for fname, template, ctx, _ in kernels}
+    funcs = {fname: parse(render(tpl, name=fname, **ctx)) for fname, tpl, ctx, _ in kernels}
     mod = sched.schedule(tvm.IRModule(funcs), spec, target, cfg)
     calls = tuple(Call(fname, tuple(names)) for fname, _, _, names in kernels)
     return Lowered(mod, args, calls)

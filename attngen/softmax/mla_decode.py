@@ -15,8 +15,7 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 from .. import expr as E
-from ..family import Arg, Call, Lowered
-from ..render import parse, render
+from ..family import Lowered
 from ..resources import load_schedule
 from ..spec import Attention
 from . import kv_range, predicate, signature as sig
@@ -37,31 +36,10 @@ def supports(spec: Attention, target, config: Optional[Mapping] = None) -> bool:
 
 
 def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
-    import tvm
+    from .decode import lower_split_kv
 
-    from .decode import combine_context
-
-    sched = schedule_module()
-    cfg = {**sched.default(spec, target), **dict(config or {})}
-    sched.validate(spec, target, cfg)
-    args = program_args(spec, cfg)
-    by_name = {a.name: a for a in args}
-    n_split = split_count(spec, target, cfg)
-    att = [a.name for a in sig.inputs(spec) if a.name != "sinks"] + ["o_parts", "lse_parts"]
-    comb = ["o_parts", "lse_parts"] + (["sinks"] if spec.sinks else []) + ["o", "lse"]
-    kernels = [("decode_mla", "decode_mla.j2", context(spec, target, cfg, [by_name[n] for n in att], n_split), att),
-               ("decode_combine", "decode_combine.j2",
-                combine_context(spec, [by_name[n] for n in comb], n_split), comb)]
-    funcs = {fname: parse(render(template, name=fname, **ctx)) for fname, template, ctx, _ in kernels}
-    mod = sched.schedule(tvm.IRModule(funcs), spec, target, cfg)
-    return Lowered(mod, args, tuple(Call(fname, tuple(names)) for fname, _, _, names in kernels))
-
-
-def program_args(spec: Attention, cfg) -> tuple:
-    H, Dv, L, S = spec.num_heads, spec.head_dim_v, spec.phase.q_len, cfg["max_split"]
-    return sig.inputs(spec) + sig.outputs(spec) + (
-        Arg("o_parts", ("batch", H, L, S, Dv), "float32", "scratch"),
-        Arg("lse_parts", ("batch", H, L, S), "float32", "scratch"))
+    return lower_split_kv(spec, target, config, schedule_module(), ("decode_mla", "decode_mla.j2", context),
+                          split_count)
 
 
 def row_tiles(spec: Attention) -> int:

@@ -104,8 +104,7 @@ def sizes(spec: Attention, arrays) -> dict:
     q, k = arrays["q"], arrays["k"]
     if spec.layout == "thd":
         return {"batch": int(arrays["cu_seqlens_q"].shape[0]) - 1, "heads": int(q.shape[1]),
-                "total_q": int(q.shape[0]), "total_k": int(k.shape[0]),
-                "batch+1": int(arrays["cu_seqlens_q"].shape[0])}
+                "total_q": int(q.shape[0]), "total_k": int(k.shape[0])}
     if spec.layout == "bshd":
         return complete(spec, {"batch": int(q.shape[0]), "heads": int(q.shape[2]),
                                "q_len": int(q.shape[1]), "kv_len": int(k.shape[1])})

@@ -64,6 +64,25 @@ class AttentionOp:
                 return self._through(sibling, named)
         return self.op(*(named[n] for n in self.input_names))
 
+    def step(self, *args, **kwargs):
+        """Linear attention in the recurrent form, the state updated in place: ``op.step(q, k,
+        v, ..., initial_state[, z0])`` runs the tokens given (one per sequence for a decode
+        step) from ``initial_state`` and leaves the final state in that same tensor (and the
+        normaliser's running key sum in ``z0``).  Returns ``o``.  Eager only (not a registered
+        op: it mutates its input)."""
+        if getattr(self.family, "name", None) != "linear" or self.spec.form != "recurrent":
+            raise TypeError(f"step() is for LinearAttention(form='recurrent') specs, this op's spec "
+                            f"is {self.spec!r}")
+        named = bind_inputs(self.input_names, args, kwargs, "step")
+        kernel = self.kernel_for(self.family.sizes(self.spec, named))
+        # each thread reads the state elements it owns before it writes them (the fused CUDA
+        # kernel; the block-level kernels copy the state into scratch first): alias-safe
+        out = kernel.run(named, {"final_state": named["initial_state"]})
+        if self.spec.normalize:
+            # z is shared by a head's CTAs, one of which stores it: not alias-safe, so copy
+            named["z0"].copy_(out["z_final"])
+        return out["o"]
+
     def _transposed_views(self, named) -> bool:
         """Whether q, k, v are (non-contiguous) transposes of tensors in the other layout."""
         import torch

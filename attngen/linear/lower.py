@@ -28,13 +28,23 @@ class Kernel:
     args: tuple
 
 
-def schedule_module(target, spec: Optional[LinearAttention] = None):
-    """The schedule whose knobs ``lower`` takes: the tensor-core kernel's for a spec it supports
-    (``attngen.linear.tensorcore``), else the SIMT (CUDA) or CPU one."""
-    from . import tensorcore
+def _warp_level(spec: LinearAttention, target):
+    """The warp-level kernel module serving ``spec`` on ``target`` (the tensor-core chunkwise
+    kernel or the fused recurrent one), or None: the block-level SIMT/CPU templates."""
+    from . import fused, tensorcore
 
-    if spec is not None and tensorcore.supported(spec, target):
-        return load_schedule(tensorcore.SCHEDULE)
+    for module in (tensorcore, fused):
+        if module.supported(spec, target):
+            return module
+    return None
+
+
+def schedule_module(target, spec: Optional[LinearAttention] = None):
+    """The schedule whose knobs ``lower`` takes: the warp-level kernel's for a spec it supports
+    (``attngen.linear.tensorcore``, ``attngen.linear.fused``), else the SIMT (CUDA) or CPU one."""
+    module = _warp_level(spec, target) if spec is not None else None
+    if module is not None:
+        return load_schedule(module.SCHEDULE)
     return load_schedule("linear_cpu" if target.kind == "llvm" else "linear_cuda")
 
 
@@ -69,12 +79,10 @@ def spec_context(spec: LinearAttention) -> dict:
 def lower(spec: LinearAttention, target, config: Optional[Mapping] = None) -> Lowered:
     import tvm
 
-    from . import tensorcore
-
-    # a supported spec takes the tensor-core kernel unless the config names SIMT knobs
-    tc_knobs = load_schedule(tensorcore.SCHEDULE).KNOBS
-    if tensorcore.supported(spec, target) and set(config or {}) <= set(tc_knobs):
-        return tensorcore.lower(spec, target, config)
+    # a supported spec takes the warp-level kernel unless the config names SIMT knobs
+    module = _warp_level(spec, target)
+    if module is not None and set(config or {}) <= set(load_schedule(module.SCHEDULE).KNOBS):
+        return module.lower(spec, target, config)
     sched = schedule_module(target)
     config = {**sched.default(spec, target), **dict(config or {})}
     sched.validate(spec, target, config)

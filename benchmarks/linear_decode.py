@@ -6,8 +6,10 @@
 
 Cases: one decode step (T = 1) at batch 8 and 64, and a short sequence (T = 256, batch 8); H = 16,
 D = Dv = 128, bf16, the six variants of benchmarks/linear.py.  attngen updates the state in
-place (``AttentionOp.step``'s launch: final_state is initial_state); fla reads the initial state
-and writes a new final state (``output_final_state=True``, its decoding API).  A step is bound
+place (final_state is initial_state), timed twice: the raw launch (``attngen``) and through
+``Kernel.run`` with its input checks, which is what ``AttentionOp.step`` runs
+(``attngen_step``); fla reads the initial state and writes a new final state
+(``output_final_state=True``), timed through its Python API (that is how it is called).  A step is bound
 by the state's bytes (B x H x D x Dv fp32, read and written once), so rows carry ``gbps``:
 state bytes x 2 + q, k, v, o, gates, beta, over the time.  Every case is compared with fla's
 output (o and the final state) before timing.  Writes
@@ -159,7 +161,9 @@ def run(build_dir: str, results_dir: str) -> None:
                            "finite": bool(torch.isfinite(o).all() and torch.isfinite(state).all())})
             print(f"{case.name}: rel err vs fla: o {err_o:.1e}, state {err_s:.1e}", flush=True)
             gb = gbytes(case)
-            for impl, fn in (("attngen", ours), ("fla", fla)):
+            named = {a.name: buffers[a.name] for a in kernel.args if a.role == "in"}
+            api = lambda: kernel.run(named, {"final_state": state})  # noqa: E731  (what op.step runs)
+            for impl, fn in (("attngen", ours), ("attngen_step", api), ("fla", fla)):
                 ms = median_ms(fn, 50, 5)
                 rows.append({"case": case.name, "impl": impl, "ms": round(ms, 5), "gbytes": round(gb, 4),
                              "gbps": round(gb / ms * 1e3, 1)})
@@ -193,14 +197,16 @@ def markdown(card: str, rows, checks) -> str:
     info = {c["case"]: c for c in checks}
     lines = [f"# Linear-attention decoding on {card}: H={H}, D=Dv={D}, {DTYPE}, state fp32 "
              "(us, median of CUDA-event times; GB/s of state read + written and token data)", "",
-             "| case | attngen us | fla us | fla / attngen | attngen GB/s | fla GB/s | rel err o vs fla | state |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| case | attngen us | attngen step() us | fla us | fla / attngen | fla / step() | attngen GB/s "
+             "| fla GB/s | rel err o vs fla | state |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for case in dict.fromkeys(r["case"] for r in rows):
-        a, f = by.get((case, "attngen")), by.get((case, "fla"))
-        if a is None or f is None:
+        a, st, f = (by.get((case, i)) for i in ("attngen", "attngen_step", "fla"))
+        if a is None or f is None or st is None:
             continue
         c = info.get(case, {})
-        lines.append(f"| {case} | {a['ms'] * 1e3:.1f} | {f['ms'] * 1e3:.1f} | {f['ms'] / a['ms']:.2f}x | "
+        lines.append(f"| {case} | {a['ms'] * 1e3:.1f} | {st['ms'] * 1e3:.1f} | {f['ms'] * 1e3:.1f} | "
+                     f"{f['ms'] / a['ms']:.2f}x | {f['ms'] / st['ms']:.2f}x | "
                      f"{a['gbps']:.0f} | {f['gbps']:.0f} | {c.get('rel_err_o_vs_fla', float('nan')):.1e} | "
                      f"{c.get('rel_err_state_vs_fla', float('nan')):.1e} |")
     return "\n".join(lines) + "\n"

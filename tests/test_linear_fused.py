@@ -77,10 +77,12 @@ def test_other_specs_do_not():
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"lanes_per_column": 3, "warps": 4}, "lanes_per_column must be one of"),
-    ({"lanes_per_column": 2, "warps": 4}, "registers"),
-    ({"lanes_per_column": 8, "warps": 16}, "warps must be one of"),
-    ({"lanes_per_column": 8, "warps": 8, "unroll": 2}, "unknown knob"),
+    ({"lanes_per_column": 3, "columns_per_lane": 1, "warps": 4}, "lanes_per_column must be one of"),
+    ({"lanes_per_column": 2, "columns_per_lane": 1, "warps": 4}, "registers"),
+    ({"lanes_per_column": 8, "columns_per_lane": 4, "warps": 4}, "registers"),
+    ({"lanes_per_column": 8, "columns_per_lane": 3, "warps": 4}, "columns_per_lane must be one of"),
+    ({"lanes_per_column": 8, "columns_per_lane": 1, "warps": 16}, "warps must be one of"),
+    ({"lanes_per_column": 8, "columns_per_lane": 1, "warps": 8, "unroll": 2}, "unknown knob"),
 ])
 def test_bad_knobs_raise_value_error(config, message):
     with pytest.raises(ValueError, match=message):
@@ -89,7 +91,7 @@ def test_bad_knobs_raise_value_error(config, message):
 
 def test_columns_must_divide_head_dim_v():
     with pytest.raises(ValueError, match="do not divide head_dim_v"):
-        lower(SPECS["relu_d64_dv48"], TARGET, {"lanes_per_column": 4, "warps": 8})
+        lower(SPECS["relu_d64_dv48"], TARGET, {"lanes_per_column": 4, "columns_per_lane": 1, "warps": 8})
 
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
@@ -165,8 +167,6 @@ def test_step_is_for_the_recurrent_form():
 
 
 def check_gate_regime(kernel, length: int, regime: str, rng) -> dict:
-    import torch
-
     from attngen.check import poisoned
 
     spec, fam = kernel.spec, kernel.family

@@ -59,12 +59,12 @@ def lower(spec: LinearAttention, target, config: Optional[Mapping] = None) -> Lo
 
 
 def context(spec: LinearAttention, cfg) -> dict:
-    lpc, warps = cfg["lanes_per_column"], cfg["warps"]
-    cols = 32 // lpc
+    lpc, warps, cpl = cfg["lanes_per_column"], cfg["warps"], cfg["columns_per_lane"]
+    cols = 32 // lpc * cpl
     rows = spec.feature_dim // lpc
     shuffle_offsets = [1 << i for i in range(lpc.bit_length() - 1)]
     return dict(dtype=spec.dtype, H=spec.num_heads, D=spec.head_dim, F=spec.feature_dim,
-                DV=spec.head_dim_v, lpc=lpc, R=rows, cols=cols, warps=warps,
+                DV=spec.head_dim_v, lpc=lpc, R=rows, cpl=cpl, cols=cols, warps=warps,
                 NV=spec.head_dim_v // (cols * warps), feature_map=spec.feature_map,
                 gate=spec.gate, delta=spec.update == "delta", normalize=spec.normalize,
                 scale=repr(float(spec.scale)), shuffle_offsets=shuffle_offsets,

@@ -57,12 +57,55 @@ GEMMS = [
 ]
 
 
+@dataclass(frozen=True)
+class Attn:
+    name: str
+    causal: bool = False
+    dtype: str = "float16"
+    group: int = 1
+    pv_split: bool = False
+    block_n: int = 128
+    warpgroups: int = 2
+    heads: int = 32
+    head_dim: int = 128
+    timed: bool = True
+
+    def source(self) -> str:
+        from attngen.hopper import attention_source
+
+        return attention_source(self.heads, self.head_dim, self.dtype, causal=self.causal,
+                                group=self.group, block_n=self.block_n,
+                                warpgroups=self.warpgroups, pv_split=self.pv_split,
+                                name=self.file)
+
+    @property
+    def file(self) -> str:
+        return "a_%s_%s_h%d_g%d_d%d_n%d_w%d%s" % (
+            "causal" if self.causal else "dense", self.dtype, self.heads, self.group,
+            self.head_dim, self.block_n, self.warpgroups, "_split" if self.pv_split else "")
+
+
+ATTNS = [
+    Attn("dense"),
+    Attn("causal", causal=True),
+    Attn("dense pv_split", pv_split=True),
+    Attn("causal pv_split", causal=True, pv_split=True),
+    Attn("causal bf16 gqa4", causal=True, dtype="bfloat16", group=4, timed=False),
+    Attn("causal bn64", causal=True, block_n=64, timed=False),
+    Attn("dense d64 1wg", head_dim=64, warpgroups=1, timed=False),
+]
+# (batch, LQ, LK) checked against float64: odd lengths, one row, one key, LQ < LK (causal
+# bottom-right); and the timed (batch, N) shapes
+ATTN_CHECKS = [(1, 1, 1), (1, 127, 127), (1, 129, 129), (2, 200, 333), (1, 64, 300), (1, 255, 256)]
+ATTN_TIMED = [(4, 4096), (1, 16384)]
+
+
 def build(out_dir: str) -> None:
     from attngen.export import compile_cubin, cuda_source_of
     from attngen.hopper import build as build_kernel
 
     os.makedirs(out_dir, exist_ok=True)
-    for case in GEMMS:
+    for case in GEMMS + ATTNS:
         ex = build_kernel(case.source())
         ex.export_library(os.path.join(out_dir, case.file + ".so"))
         with open(os.path.join(out_dir, case.file + ".cubin"), "wb") as f:
@@ -126,15 +169,95 @@ def run_gemms(build_dir: str, rows: list, checks: list) -> None:
             print(f"{case.name:40s} {impl:16s} {ms:8.3f} ms {flop / ms / 1e9:7.1f} TFLOP/s", flush=True)
 
 
+def attention_reference(q, k, v, causal: bool):
+    """float64 softmax(q k^T / sqrt(d) [causal, bottom-right]) v, heads of k/v repeated."""
+    import numpy as np
+
+    q, k, v = (np.asarray(x.cpu().double().numpy()) for x in (q, k, v))
+    group = q.shape[1] // k.shape[1]
+    k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+    s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
+    lq, lk = q.shape[2], k.shape[2]
+    if causal:
+        visible = np.arange(lk)[None, :] <= np.arange(lq)[:, None] + lk - lq
+        s = np.where(visible, s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+def run_attention(build_dir: str, rows: list, checks: list) -> None:
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from attngen.tolerance import passes
+
+    torch.manual_seed(0)
+    for case in ATTNS:
+        fn = _load(build_dir, case.file)
+        dt = getattr(torch, case.dtype)
+        hk = case.heads // case.group
+
+        def inputs(b, lq, lk):
+            q = torch.randn(b, case.heads, lq, case.head_dim, device="cuda").to(dt)
+            k = torch.randn(b, hk, lk, case.head_dim, device="cuda").to(dt)
+            v = torch.randn(b, hk, lk, case.head_dim, device="cuda").to(dt)
+            return q, k, v, torch.full_like(q, float("nan"))
+
+        for b, lq, lk in ATTN_CHECKS:
+            q, k, v, o = inputs(b, lq, lk)
+            fn(q, k, v, o)
+            torch.cuda.synchronize()
+            err = _errors(o.float().cpu().numpy(), attention_reference(q, k, v, case.causal))
+            ok = passes(err, case.dtype)
+            label = f"attn {case.name} B{b} LQ{lq} LK{lk}"
+            checks.append({"case": label, "ok": ok, **err})
+            print(f"{label:40s} {'OK ' if ok else 'BAD'} rel_rmse={err['rel_rmse']:.2e} "
+                  f"max_rel={err['max_rel']:.2e}", flush=True)
+        if not case.timed:
+            continue
+        for b, n in ATTN_TIMED:
+            q, k, v, o = inputs(b, n, n)
+            label = f"attn {case.name} d{case.head_dim} B{b} N{n}"
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                ref = F.scaled_dot_product_attention(q, k, v, is_causal=case.causal)
+            fn(q, k, v, o)
+            torch.cuda.synchronize()
+            err = _errors(o.float().cpu().numpy(), ref.float().cpu().numpy())
+            ok = passes(err, case.dtype)
+            checks.append({"case": label + " vs SDPA flash", "ok": ok, **err})
+            print(f"{label:40s} {'OK ' if ok else 'BAD'} vs SDPA rel_rmse={err['rel_rmse']:.2e}", flush=True)
+            visible = (n * (n + 1) / 2) if case.causal else n * n
+            flop = 4.0 * b * case.heads * visible * case.head_dim
+            peers = [("attngen wgmma", lambda: fn(q, k, v, o))]
+            for peer, backend in (("SDPA flash", SDPBackend.FLASH_ATTENTION),
+                                  ("SDPA cuDNN", SDPBackend.CUDNN_ATTENTION)):
+                def call(backend=backend):
+                    with sdpa_kernel(backend):
+                        F.scaled_dot_product_attention(q, k, v, is_causal=case.causal)
+                peers.append((peer, call))
+            for impl, call in peers:
+                try:
+                    ms = median_ms(call, reps=20, warmup=5)
+                except RuntimeError as err:  # a backend this torch/GPU lacks
+                    print(f"{label:40s} {impl:16s} unavailable: {str(err)[:80]}")
+                    continue
+                rows.append({"case": label, "impl": impl, "ms": ms, "tflops": flop / ms / 1e9})
+                print(f"{label:40s} {impl:16s} {ms:8.3f} ms {flop / ms / 1e9:7.1f} TFLOP/s", flush=True)
+
+
 def run(build_dir: str, results: str) -> int:
     rows, checks = [], []
-    run_gemms(build_dir, rows, checks)
+    if os.environ.get("WGMMA_PARTS", "gemm,attention").find("gemm") >= 0:
+        run_gemms(build_dir, rows, checks)
+    if os.environ.get("WGMMA_PARTS", "gemm,attention").find("attention") >= 0:
+        run_attention(build_dir, rows, checks)
     card = card_name()
     os.makedirs(results, exist_ok=True)
     base = os.path.join(results, f"{card}-wgmma")
     with open(base + ".json", "w") as f:
         json.dump({"card": card, "rows": rows, "checks": checks,
-                   "cases": [asdict(c) for c in GEMMS]}, f, indent=1)
+                   "cases": [asdict(c) for c in GEMMS + ATTNS]}, f, indent=1)
     with open(base + ".md", "w") as f:
         f.write(f"# wgmma kernels on {card}\n\n| case | impl | ms | TFLOP/s |\n|---|---|---|---|\n")
         for r in rows:

@@ -93,6 +93,9 @@ ATTNS = [
     Attn("causal bf16 gqa4", causal=True, dtype="bfloat16", group=4, timed=False),
     Attn("causal bn64", causal=True, block_n=64, timed=False),
     Attn("dense d64 1wg", head_dim=64, warpgroups=1, timed=False),
+    # one warpgroup, 80 KB of shared memory: two CTAs per SM, whose softmax and GEMMs overlap
+    Attn("dense 1wg n64", block_n=64, warpgroups=1),
+    Attn("causal 1wg n64", causal=True, block_n=64, warpgroups=1),
 ]
 # (batch, LQ, LK) checked against float64: odd lengths, one row, one key, LQ < LK (causal
 # bottom-right); and the timed (batch, N) shapes

@@ -66,7 +66,7 @@ def attention_smem_bytes(head_dim: int, block_n: int, warpgroups: int) -> int:
 
 def attention_source(heads: int, head_dim: int = 128, dtype: str = "float16", *,
                      causal: bool = False, group: int = 1, scale: float | None = None,
-                     block_n: int = 128, warpgroups: int = 2, pv_split: bool = False,
+                     block_n: int = 128, warpgroups: int = 2, pv_split: bool = False, overlap: bool = False,
                      name: str = "wgmma_attention") -> str:
     """TVMScript of O = softmax(Q K^T * scale [+ causal mask]) V for q [B, heads, LQ, d], k and
     v [B, heads / group, LK, d] (B, LQ, LK symbolic); ValueError for what it cannot run."""
@@ -89,7 +89,7 @@ def attention_source(heads: int, head_dim: int = 128, dtype: str = "float16", *,
     scale = head_dim ** -0.5 if scale is None else float(scale)
     return render("wgmma_attention.j2", name=name, dtype=dtype, mma_dtype=MMA_DTYPE[dtype],
                   heads=heads, group=group, head_dim=head_dim, block_n=block_n,
-                  warpgroups=warpgroups, causal=causal, pv_split=pv_split,
+                  warpgroups=warpgroups, causal=causal, pv_split=pv_split, overlap=overlap,
                   fold=_f32(scale * LOG2E), neg=_f32(NEG))
 
 

@@ -64,6 +64,7 @@ class Attn:
     dtype: str = "float16"
     group: int = 1
     pv_split: bool = False
+    overlap: bool = False
     block_n: int = 128
     warpgroups: int = 2
     heads: int = 32
@@ -76,26 +77,29 @@ class Attn:
         return attention_source(self.heads, self.head_dim, self.dtype, causal=self.causal,
                                 group=self.group, block_n=self.block_n,
                                 warpgroups=self.warpgroups, pv_split=self.pv_split,
-                                name=self.file)
+                                overlap=self.overlap, name=self.file)
 
     @property
     def file(self) -> str:
         return "a_%s_%s_h%d_g%d_d%d_n%d_w%d%s" % (
             "causal" if self.causal else "dense", self.dtype, self.heads, self.group,
-            self.head_dim, self.block_n, self.warpgroups, "_split" if self.pv_split else "")
+            self.head_dim, self.block_n, self.warpgroups,
+            "_split" if self.pv_split else "") + ("_overlap" if self.overlap else "")
 
 
 ATTNS = [
     Attn("dense"),
     Attn("causal", causal=True),
-    Attn("dense pv_split", pv_split=True),
-    Attn("causal pv_split", causal=True, pv_split=True),
-    Attn("causal bf16 gqa4", causal=True, dtype="bfloat16", group=4, timed=False),
+    Attn("dense pv_split", pv_split=True, timed=False),
+    Attn("causal pv_split", causal=True, pv_split=True, timed=False),
+    Attn("dense overlap", overlap=True),
+    Attn("causal overlap", causal=True, overlap=True),
+    Attn("causal bf16 gqa4 overlap", causal=True, dtype="bfloat16", group=4, overlap=True, timed=False),
     Attn("causal bn64", causal=True, block_n=64, timed=False),
-    Attn("dense d64 1wg", head_dim=64, warpgroups=1, timed=False),
+    Attn("dense d64 1wg overlap", head_dim=64, warpgroups=1, overlap=True, timed=False),
     # one warpgroup, 80 KB of shared memory: two CTAs per SM, whose softmax and GEMMs overlap
-    Attn("dense 1wg n64", block_n=64, warpgroups=1),
-    Attn("causal 1wg n64", causal=True, block_n=64, warpgroups=1),
+    Attn("dense 1wg n64 overlap", block_n=64, warpgroups=1, overlap=True),
+    Attn("causal 1wg n64 overlap", causal=True, block_n=64, warpgroups=1, overlap=True),
 ]
 # (batch, LQ, LK) checked against float64: odd lengths, one row, one key, LQ < LK (causal
 # bottom-right); and the timed (batch, N) shapes

@@ -53,13 +53,14 @@ def _ptxas_report(source: str, tmp_path) -> str:
 
 
 @needs_nvcc
-@pytest.mark.parametrize("kind", ["gemm", "attention"])
+@pytest.mark.parametrize("kind", ["gemm", "attention", "attention overlap"])
 def test_builds_async_without_stack(kind, tmp_path):
     from attngen.export import cuda_source_of
     from attngen.hopper import build
 
     source = (gemm_source(128, 256, 128) if kind == "gemm"
-              else attention_source(8, 64, causal=True, warpgroups=1, block_n=64))
+              else attention_source(8, 64, causal=True, warpgroups=1, block_n=64,
+                                    overlap=kind.endswith("overlap")))
     cuda = cuda_source_of(build(source))
     assert "wgmma.mma_async.sync.aligned" in cuda and "wgmma.wait_group" in cuda
     report = _ptxas_report(cuda, tmp_path)
@@ -100,7 +101,8 @@ def test_gemm_on_gpu(case):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", ["dense", "causal", "causal bf16 gqa4", "causal bn64", "dense d64 1wg"])
+@pytest.mark.parametrize("case", ["dense", "causal", "dense overlap", "causal bf16 gqa4 overlap", "causal bn64",
+                                  "dense d64 1wg overlap"])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 127, 127), (2, 200, 333), (1, 255, 256)])
 def test_attention_on_gpu(case, shape):
     import torch

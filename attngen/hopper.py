@@ -57,35 +57,38 @@ def build(source: str):
 
 
 LOG2E = 1.4426950408889634
-NEG = -2.0 ** 100  # the masked logit (exact in fp32): finite, so a fully masked tile gives exp2(NEG) = 0, not NaN
+# the masked logit: exact in fp32 and finite, so a fully masked tile gives exp2(NEG) = 0, not NaN
+NEG = -2.0 ** 100
 
 
 def attention_smem_bytes(head_dim: int, block_n: int, warpgroups: int) -> int:
     return (64 * warpgroups + 4 * block_n) * head_dim * 2  # Q, two K and two V tiles
 
 
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(f"wgmma_attention: {message}")
+
+
 def attention_source(heads: int, head_dim: int = 128, dtype: str = "float16", *,
                      causal: bool = False, group: int = 1, scale: float | None = None,
-                     block_n: int = 128, warpgroups: int = 2, pv_split: bool = False, overlap: bool = False,
-                     name: str = "wgmma_attention") -> str:
+                     block_n: int = 128, warpgroups: int = 2, pv_split: bool = False,
+                     overlap: bool = False, name: str = "wgmma_attention") -> str:
     """TVMScript of O = softmax(Q K^T * scale [+ causal mask]) V for q [B, heads, LQ, d], k and
-    v [B, heads / group, LK, d] (B, LQ, LK symbolic); ValueError for what it cannot run."""
-    if dtype not in MMA_DTYPE:
-        raise ValueError(f"wgmma_attention: dtype must be one of {sorted(MMA_DTYPE)}, got {dtype!r}")
-    if head_dim not in (64, 128, 192, 256):
-        raise ValueError(f"wgmma_attention: head_dim must be 64, 128, 192 or 256, got {head_dim}")
-    if block_n % 16 or not 16 <= block_n <= 256:
-        raise ValueError(f"wgmma_attention: block_n must be a multiple of 16 in [16, 256], got {block_n}")
-    if warpgroups not in (1, 2, 3):
-        raise ValueError(f"wgmma_attention: warpgroups must be 1, 2 or 3, got {warpgroups}")
-    if heads <= 0 or group <= 0 or heads % group:
-        raise ValueError(f"wgmma_attention: heads ({heads}) must be a positive multiple of group ({group})")
-    if attention_smem_bytes(head_dim, block_n, warpgroups) > SM90_SMEM_BYTES:
-        raise ValueError(f"wgmma_attention: {attention_smem_bytes(head_dim, block_n, warpgroups)} B "
-                         f"of shared memory exceed {SM90_SMEM_BYTES}")
+    v [B, heads / group, LK, d] (B, LQ, LK symbolic); ValueError for what it cannot run.
+    head_dim 64 and 128 only: wider heads need more accumulator registers than a thread has."""
+    _require(dtype in MMA_DTYPE, f"dtype must be one of {sorted(MMA_DTYPE)}, got {dtype!r}")
+    _require(head_dim in (64, 128), f"head_dim must be 64 or 128, got {head_dim}")
+    _require(block_n % 16 == 0 and 16 <= block_n <= 256,
+             f"block_n must be a multiple of 16 in [16, 256], got {block_n}")
+    _require(warpgroups in (1, 2, 3), f"warpgroups must be 1, 2 or 3, got {warpgroups}")
+    _require(heads > 0 and group > 0 and heads % group == 0,
+             f"heads ({heads}) must be a positive multiple of group ({group})")
+    smem = attention_smem_bytes(head_dim, block_n, warpgroups)
+    _require(smem <= SM90_SMEM_BYTES, f"{smem} B of shared memory exceed {SM90_SMEM_BYTES}")
     nt = 128 * warpgroups
-    if (64 * warpgroups * head_dim // 8) % nt or (block_n * head_dim // 8) % nt:
-        raise ValueError("wgmma_attention: a tile's 16-byte chunks must split evenly over the threads")
+    _require((64 * warpgroups * head_dim // 8) % nt == 0 and (block_n * head_dim // 8) % nt == 0,
+             "a tile's 16-byte chunks must split evenly over the threads")
     scale = head_dim ** -0.5 if scale is None else float(scale)
     return render("wgmma_attention.j2", name=name, dtype=dtype, mma_dtype=MMA_DTYPE[dtype],
                   heads=heads, group=group, head_dim=head_dim, block_n=block_n,

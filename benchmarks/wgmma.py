@@ -94,7 +94,8 @@ ATTNS = [
     Attn("causal pv_split", causal=True, pv_split=True, timed=False),
     Attn("dense overlap", overlap=True),
     Attn("causal overlap", causal=True, overlap=True),
-    Attn("causal bf16 gqa4 overlap", causal=True, dtype="bfloat16", group=4, overlap=True, timed=False),
+    Attn("causal bf16 gqa4 overlap", causal=True, dtype="bfloat16", group=4, overlap=True,
+         timed=False),
     Attn("causal bn64", causal=True, block_n=64, timed=False),
     Attn("dense d64 1wg overlap", head_dim=64, warpgroups=1, overlap=True, timed=False),
     # one warpgroup, 80 KB of shared memory: two CTAs per SM, whose softmax and GEMMs overlap
@@ -141,8 +142,11 @@ def _errors(x, ref) -> dict:
     return {k: v for k, v in errors(x, ref).items() if k in ("rel_rmse", "max_rel")}
 
 
+def _report(case: str, impl: str, ms: float, flop: float) -> None:
+    print(f"{case:40s} {impl:16s} {ms:8.3f} ms {flop / ms / 1e9:7.1f} TFLOP/s", flush=True)
+
+
 def run_gemms(build_dir: str, rows: list, checks: list) -> None:
-    import numpy as np
     import torch
 
     from attngen.tolerance import passes
@@ -173,7 +177,7 @@ def run_gemms(build_dir: str, rows: list, checks: list) -> None:
                            ("torch.matmul", lambda: torch.matmul(a, bt))):
             ms = median_ms(call, reps=20, warmup=5)
             rows.append({"case": case.name, "impl": impl, "ms": ms, "tflops": flop / ms / 1e9})
-            print(f"{case.name:40s} {impl:16s} {ms:8.3f} ms {flop / ms / 1e9:7.1f} TFLOP/s", flush=True)
+            _report(case.name, impl, ms, flop)
 
 
 def attention_reference(q, k, v, causal: bool):
@@ -233,7 +237,8 @@ def run_attention(build_dir: str, rows: list, checks: list) -> None:
             err = _errors(o.float().cpu().numpy(), ref.float().cpu().numpy())
             ok = passes(err, case.dtype)
             checks.append({"case": label + " vs SDPA flash", "ok": ok, **err})
-            print(f"{label:40s} {'OK ' if ok else 'BAD'} vs SDPA rel_rmse={err['rel_rmse']:.2e}", flush=True)
+            print(f"{label:40s} {'OK ' if ok else 'BAD'} vs SDPA rel_rmse={err['rel_rmse']:.2e}",
+                  flush=True)
             visible = (n * (n + 1) / 2) if case.causal else n * n
             flop = 4.0 * b * case.heads * visible * case.head_dim
             peers = [("attngen wgmma", lambda: fn(q, k, v, o))]
@@ -250,14 +255,15 @@ def run_attention(build_dir: str, rows: list, checks: list) -> None:
                     print(f"{label:40s} {impl:16s} unavailable: {str(err)[:80]}")
                     continue
                 rows.append({"case": label, "impl": impl, "ms": ms, "tflops": flop / ms / 1e9})
-                print(f"{label:40s} {impl:16s} {ms:8.3f} ms {flop / ms / 1e9:7.1f} TFLOP/s", flush=True)
+                _report(label, impl, ms, flop)
 
 
 def run(build_dir: str, results: str) -> int:
     rows, checks = [], []
-    if os.environ.get("WGMMA_PARTS", "gemm,attention").find("gemm") >= 0:
+    parts = os.environ.get("WGMMA_PARTS", "gemm,attention").split(",")  # a subset: faster
+    if "gemm" in parts:
         run_gemms(build_dir, rows, checks)
-    if os.environ.get("WGMMA_PARTS", "gemm,attention").find("attention") >= 0:
+    if "attention" in parts:
         run_attention(build_dir, rows, checks)
     card = card_name()
     os.makedirs(results, exist_ok=True)

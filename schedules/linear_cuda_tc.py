@@ -1,4 +1,5 @@
-"""Knobs of the tensor-core chunkwise linear-attention kernel (``templates/linear_chunk_tc.j2``).
+"""Knobs of the tensor-core chunkwise linear-attention kernels (``templates/linear_chunk_tc.j2``,
+and ``templates/linear_chunk_gla_tc.j2`` for gate "vector").
 
 The template already is the schedule (explicit thread bindings, register fragments, PTX
 builtins); what remains is the value block:

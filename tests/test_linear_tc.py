@@ -90,9 +90,10 @@ def test_bad_knobs_raise_value_error(config, message):
     (L(head_dim=128, head_dim_v=96, gate="vector"), "head_dim_v 96"),
     (L(head_dim=128, gate="vector", chunk_size=32), "chunk_size 32"),
     (L(head_dim=128, gate="vector", dtype="float32"), "dtype float32"),
+    (L(head_dim=128, gate="vector", dtype="bfloat16"), "shared memory"),  # on sm_80
 ])
 def test_gla_specs_out_of_scope_keep_the_simt_kernel(spec, reason):
-    t = get(TARGET)
+    t = get("cuda-sm80" if reason == "shared memory" else TARGET)
     assert reason in tensorcore.unsupported_reason(spec, t)
     assert tensorcore.GLA_KERNEL not in [c.func for c in lower(spec, t).calls]
 

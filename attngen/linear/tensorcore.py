@@ -56,16 +56,21 @@ def unsupported_reason(spec: LinearAttention, target) -> Optional[str]:
     if spec.head_dim_v % 16 or spec.head_dim_v > 256:
         return f"head_dim_v {spec.head_dim_v} (a multiple of 16 up to 256)"
     if spec.gate == "vector":
-        return _gla_reason(spec)
+        return _gla_reason(spec, target)
     return None
 
 
 # -- gate "vector" (GLA): templates/linear_chunk_gla_tc.j2
-def _gla_reason(spec: LinearAttention) -> Optional[str]:
+def _gla_reason(spec: LinearAttention, target) -> Optional[str]:
     if spec.head_dim != 128:
         return f"gate 'vector' with head_dim {spec.head_dim} (the GLA kernel scans one key channel per thread: 128)"
     if spec.head_dim_v % 64:
         return f"gate 'vector' with head_dim_v {spec.head_dim_v} (a multiple of 64: 64 value columns per warp)"
+    sched = load_schedule(SCHEDULE)
+    need = sched.gla_smem_bytes(spec, {"value_block": 64})  # the smaller of its two blocks
+    limit = sched.SMEM_LIMIT.get(target.arch, 99 * 1024)
+    if need > limit:
+        return f"gate 'vector' needs {need} B of shared memory, {target.arch} has {limit} B"
     return None
 
 

@@ -9,14 +9,15 @@ Three steps, because the GPU hosts have only TVM's runtime:
 
 ``check`` runs tests/test_linear_tc.py's checks (float64 recurrence, NaN-poisoned outputs,
 lengths 1..4096, gates near 0 and 1, final state) on every spec of that file, from the modules
-``build`` exported.
+``build`` exported (``$LINEAR_CHECKS``, a regular expression, picks a subset by name).
 
 ``run`` writes ``RESULTS/<card>-linear.json`` ({"card", "rows": [{"case", "impl", "ms", "gflop",
 "gbytes"}], "checks", "variants"}) and a markdown table beside it; ``$LINEAR_CASES`` (a regular
 expression) picks a subset.  The variants: retention (RetNet's fixed decay), simple_gla
 (Mamba2/SSD scalar decay), linear_attn (no decay, no normaliser), gla (vector decay),
 delta_rule, gated_delta_rule.  attngen runs its default kernel for each spec: the tensor-core
-chunkwise kernel for the first three, the SIMT chunkwise kernel for the others.  Both sides take
+chunkwise kernels for the first four (gla: templates/linear_chunk_gla_tc.j2), the SIMT chunkwise
+kernel for the others.  Both sides take
 an initial state and write the final state; each side gets its own layout ([B, H, T, D] for
 attngen, [B, T, H, D] for fla, copied once outside the timing).  Work and bytes per case
 (``gflop``: the chunkwise algorithm's multiply-adds x 2 with the intra-chunk products counted
@@ -52,6 +53,11 @@ VARIANTS = {
 LENGTHS = (4096, 16384)
 # attngen tile variants timed beside the default (schedules/linear_cuda_tc.py knobs)
 TC_VARIANTS = ({"value_block": 32},)
+GLA_TC_VARIANTS = ({"value_block": 64},)  # gate "vector": 4 warps per CTA instead of 8
+
+
+def tc_variants(spec) -> tuple:
+    return GLA_TC_VARIANTS if spec.gate == "vector" else TC_VARIANTS
 
 
 @dataclass(frozen=True)
@@ -101,10 +107,14 @@ def work(case: Case) -> tuple:
 
 
 def check_specs() -> dict:
+    """tests/test_linear_tc.py's specs, those whose name matches ``$LINEAR_CHECKS`` (a regex)."""
+    import re
+
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import test_linear_tc as t
 
-    return dict(t.SPECS)
+    pattern = re.compile(os.environ.get("LINEAR_CHECKS", ""))
+    return {n: s for n, s in t.SPECS.items() if pattern.search(n)}
 
 
 def build(out_dir: str) -> None:
@@ -119,7 +129,7 @@ def build(out_dir: str) -> None:
         print("built check", name, flush=True)
     for variant in dict.fromkeys(c.variant for c in selected()):
         spec = spec_of(variant)
-        configs = [None] + (list(TC_VARIANTS) if tensorcore.supported(spec, target) else [])
+        configs = [None] + (list(tc_variants(spec)) if tensorcore.supported(spec, target) else [])
         for cfg in configs:
             export_kernel(lower(spec, target, cfg), target, out_dir, _file(variant, cfg))
             print("built", _file(variant, cfg), flush=True)
@@ -252,7 +262,7 @@ def run(build_dir: str, results_dir: str) -> None:
                 rows.append({"case": case.name, "impl": impl, "ms": round(ms, 4),
                              "gflop": round(gflop, 2), "gbytes": round(gbytes, 3)})
                 print(f"  {impl:8s} {ms:9.3f} ms  {gflop / ms:7.1f} TFLOP/s  {gbytes / ms:6.2f} TB/s", flush=True)
-            for cfg in (TC_VARIANTS if tc else ()):
+            for cfg in (tc_variants(spec) if tc else ()):
                 vfn, vout = launcher(_file(case.variant, cfg))
                 vfn()
                 torch.cuda.synchronize()

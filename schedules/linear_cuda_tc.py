@@ -1,4 +1,5 @@
-"""Knobs of the tensor-core chunkwise linear-attention kernel (``templates/linear_chunk_tc.j2``).
+"""Knobs of the tensor-core chunkwise linear-attention kernels (``templates/linear_chunk_tc.j2``,
+and ``templates/linear_chunk_gla_tc.j2`` for gate "vector").
 
 The template already is the schedule (explicit thread bindings, register fragments, PTX
 builtins); what remains is the value block:
@@ -6,6 +7,10 @@ builtins); what remains is the value block:
     value_block   value columns per CTA (16, 32, 64 or 128; divides head_dim_v).  A CTA of 4
                   warps scans one (batch, head, value block): smaller blocks give more CTAs
                   (B * H * head_dim_v / value_block) but recompute Q K^T once per block.
+
+Gate "vector" (GLA, ``templates/linear_chunk_gla_tc.j2``): value_block is 64 or 128, the columns of
+a CTA of value_block / 16 warps (64 columns per warp); 128 (8 warps) shares the gate scan, the
+decayed keys and the diagonal tiles between two value halves and makes one wave of B * H CTAs.
 
 Limits checked by ``validate``: the double-buffered Q/K/V tiles and the 16-bit state fit the
 target's dynamic shared memory; the state accumulator (head_dim / 64 * value_block / 2 fp32 per
@@ -24,7 +29,12 @@ SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_9
 FRAGMENT_REGS = 200
 
 
+GLA_CANDIDATES = [64, 128]
+
+
 def default(spec, target) -> dict:
+    if spec.gate == "vector":
+        return {"value_block": 128 if spec.head_dim_v % 128 == 0 else 64}
     # 64 columns: B * H * head_dim_v / 64 CTAs (256 for B = 8, H = 16, head_dim_v = 128), two
     # per SM by registers and shared memory
     for bv in (64, 32, 16):
@@ -45,13 +55,27 @@ def smem_bytes(spec, config) -> int:
     return 2 * (tiles + spec.head_dim * (bv + PAD)) + 2 * 4 * CHUNK
 
 
+def gla_smem_bytes(spec, config) -> int:
+    """Q, K, V double-buffered, the 16-bit S, the decayed keys (16-bit), B (fp32, rows padded by
+    4), a (fp32) and the diagonal tiles (fp32, one per warp)."""
+    from attngen.linear.tensorcore import CHUNK, PAD
+
+    bv, d = config["value_block"], spec.head_dim
+    halves = 2 * (2 * CHUNK * (2 * (d + PAD) + bv + PAD) + d * (bv + PAD) + CHUNK * (d + PAD))
+    return halves + 4 * (CHUNK * (d + 4) + CHUNK * d + bv // 64 * 4 * 16 * 16)
+
+
 def fragment_regs(spec, config) -> int:
     bv = config["value_block"]
+    if spec.gate == "vector":
+        bv = 64  # per warp
     return spec.head_dim // 4 + 32 + 16 + bv // 2 + spec.head_dim // 64 * bv // 2 + 8
 
 
 def _problems(spec, target, config) -> list:
     bv = config.get("value_block")
+    if spec.gate == "vector":
+        return _gla_problems(spec, target, config)
     if bv not in CANDIDATES["value_block"]:
         return [f"value_block must be one of {CANDIDATES['value_block']}, got {bv!r}"]
     out = []
@@ -63,6 +87,19 @@ def _problems(spec, target, config) -> list:
     if fragment_regs(spec, config) > FRAGMENT_REGS:
         out.append(f"fragments need {fragment_regs(spec, config)} registers per thread, over "
                    f"{FRAGMENT_REGS}: lower value_block")
+    return out
+
+
+def _gla_problems(spec, target, config) -> list:
+    bv = config.get("value_block")
+    if bv not in GLA_CANDIDATES:
+        return [f"value_block must be one of {GLA_CANDIDATES} for gate 'vector', got {bv!r}"]
+    out = []
+    if spec.head_dim_v % bv:
+        out.append(f"value_block {bv} does not divide head_dim_v {spec.head_dim_v}")
+    limit = SMEM_LIMIT.get(target.arch, 99 * 1024)
+    if gla_smem_bytes(spec, config) > limit:
+        out.append(f"tiles need {gla_smem_bytes(spec, config)} B of shared memory, over {limit} B")
     return out
 
 

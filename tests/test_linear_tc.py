@@ -1,10 +1,11 @@
-"""The tensor-core chunkwise linear-attention kernel (templates/linear_chunk_tc.j2).
+"""The tensor-core chunkwise linear-attention kernels (templates/linear_chunk_tc.j2; GLA's vector
+gate: templates/linear_chunk_gla_tc.j2).
 
 Without a GPU: which specs take it, its knob checks, and nvcc + ptxas on its CUDA source (no
 spills).  On a GPU (marked ``gpu``): every spec of ``SPECS`` against the float64 recurrence at
 lengths around the chunk (1, 63, 64, 65), 1000 and 4096, with the family's mixed gates and with
-every gate near 1 (no decay) or near 0 (the state is wiped each token: exp underflows); the
-final state is checked too.  Where only TVM's runtime is installed, fill the build cache first
+every gate near 1 (no decay) or near 0 (the state is wiped each token: exp underflows), and for
+the vector gate also half the key channels near 0 and half near 1; the final state is checked too.  Where only TVM's runtime is installed, fill the build cache first
 (``prebuild``, or tests/prebuild_gpu.py).
 """
 import re
@@ -32,10 +33,17 @@ SPECS = {
     "retnet_bf16_d64": L(num_heads=6, head_dim=64, gate="fixed", dtype="bfloat16"),
     "linear_bf16_dv256": L(num_heads=2, head_dim=64, head_dim_v=256, dtype="bfloat16"),
     "mamba2_dv48": L(num_heads=2, head_dim=128, head_dim_v=48, gate="scalar"),
+    # gate "vector" (GLA, templates/linear_chunk_gla_tc.j2): 8 warps (value_block 128) and 4 (64)
+    "gla": GALLERY["gla"].spec,
+    "gla_bf16": L(num_heads=4, head_dim=128, gate="vector", dtype="bfloat16"),
+    "gla_dv64": L(num_heads=2, head_dim=128, head_dim_v=64, gate="vector"),
+    "gla_bf16_dv256": L(num_heads=2, head_dim=128, head_dim_v=256, gate="vector", dtype="bfloat16"),
 }
 LENGTHS = (1, 63, 64, 65, 1000, 4096)
 # log gates of the two regimes: gate ~ 1 - 1e-7 (nothing decays), gate ~ e^-40 (underflow)
 GATE_REGIMES = {"near_one": (-1e-6, -1e-9), "near_zero": (-60.0, -20.0)}
+# vector gates only: the first half of the key channels near 0, the second near 1
+SPLIT = "split_channels"
 
 
 def prebuild(target: str = TARGET) -> None:
@@ -51,16 +59,16 @@ def test_supported_specs_take_the_tensor_core_kernel():
     t = get(TARGET)
     for name, spec in SPECS.items():
         assert tensorcore.supported(spec, t), (name, tensorcore.unsupported_reason(spec, t))
-        assert [c.func for c in lower(spec, t).calls] == [tensorcore.KERNEL], name
+        assert [c.func for c in lower(spec, t).calls] == [tensorcore.kernel_name(spec)], name
 
 
 def test_other_specs_keep_the_simt_kernels():
     t = get(TARGET)
-    for spec in (GALLERY["gla"].spec, GALLERY["deltanet"].spec, GALLERY["linear_transformer"].spec,
+    for spec in (GALLERY["deltanet"].spec, GALLERY["linear_transformer"].spec,
                  GALLERY["retnet_recurrent"].spec, L(head_dim=128, chunk_size=32),
                  L(head_dim=128, dtype="float32")):
         assert not tensorcore.supported(spec, t)
-        assert tensorcore.KERNEL not in [c.func for c in lower(spec, t).calls]
+        assert not {tensorcore.KERNEL, tensorcore.GLA_KERNEL} & {c.func for c in lower(spec, t).calls}
     assert not tensorcore.supported(GALLERY["mamba2"].spec, get("cpu"))
     # a config in the SIMT schedule's knobs asks for the SIMT kernel
     low = lower(GALLERY["mamba2"].spec, t, {"block_v": 32, "block_q": 32, "block_k": 32, "threads": 128})
@@ -77,10 +85,37 @@ def test_bad_knobs_raise_value_error(config, message):
         lower(GALLERY["mamba2"].spec, TARGET, config)
 
 
+@pytest.mark.parametrize("spec, reason", [
+    (L(head_dim=64, gate="vector"), "head_dim 64"),
+    (L(head_dim=128, head_dim_v=96, gate="vector"), "head_dim_v 96"),
+    (L(head_dim=128, gate="vector", chunk_size=32), "chunk_size 32"),
+    (L(head_dim=128, gate="vector", dtype="float32"), "dtype float32"),
+    (L(head_dim=128, gate="vector", dtype="bfloat16"), "shared memory"),  # on sm_80
+])
+def test_gla_specs_out_of_scope_keep_the_simt_kernel(spec, reason):
+    t = get("cuda-sm80" if reason == "shared memory" else TARGET)
+    assert reason in tensorcore.unsupported_reason(spec, t)
+    assert tensorcore.GLA_KERNEL not in [c.func for c in lower(spec, t).calls]
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"value_block": 32}, "for gate 'vector'"),
+    ({"value_block": 256}, "for gate 'vector'"),
+])
+def test_gla_bad_knobs_raise_value_error(config, message):
+    with pytest.raises(ValueError, match=message):
+        lower(GALLERY["gla"].spec, TARGET, config)
+
+
+def test_gla_value_block_must_divide_head_dim_v():
+    with pytest.raises(ValueError, match="does not divide head_dim_v 192"):
+        lower(L(num_heads=2, head_dim=128, head_dim_v=192, gate="vector"), TARGET, {"value_block": 128})
+
+
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 def test_cuda_source_compiles_without_spills(tmp_path):
-    """One spec per gate, bf16: nvcc accepts the source, ptxas keeps every fragment in registers."""
-    for gate in (None, "scalar"):
+    """One spec per gate kind, bf16: nvcc accepts the source, ptxas keeps every fragment in registers."""
+    for gate in (None, "scalar", "vector"):
         path = tmp_path / "kernel.cu"
         path.write_text(cuda_source(L(num_heads=16, head_dim=128, gate=gate, dtype="bfloat16"), TARGET))
         done = subprocess.run([NVCC, "-cubin", "-arch=sm_90a", "-Xptxas", "-v", "-o",
@@ -102,8 +137,13 @@ def check_gate_regime(kernel, length: int, regime: str, rng) -> dict:
     spec, fam = kernel.spec, kernel.family
     sizes = {"batch": 2, "heads": spec.num_heads, "q_len": length, "kv_len": length}
     inputs = fam.sample(spec, sizes, rng)
-    lo, hi = GATE_REGIMES[regime]
-    inputs["g"] = rng.uniform(lo, hi, inputs["g"].shape).astype(np.float32)
+    if regime == SPLIT:
+        g = rng.uniform(*GATE_REGIMES["near_one"], inputs["g"].shape)
+        half = g.shape[-1] // 2
+        g[..., :half] = rng.uniform(*GATE_REGIMES["near_zero"], g[..., :half].shape)
+        inputs["g"] = g.astype(np.float32)
+    else:
+        inputs["g"] = rng.uniform(*GATE_REGIMES[regime], inputs["g"].shape).astype(np.float32)
     ref = fam.reference(spec, inputs)
     feed = {}
     for arg in kernel.args:
@@ -123,8 +163,8 @@ def check_spec(kernel, rng) -> list:
     for length in LENGTHS:
         r = check_length(kernel, length, batch=2 if length <= 1000 else 1, rng=rng)
         results.append((f"length {length}", r.passed, r.errors))
-    if kernel.spec.gate == "scalar":
-        for regime in GATE_REGIMES:
+    if kernel.spec.gate in ("scalar", "vector"):
+        for regime in list(GATE_REGIMES) + ([SPLIT] if kernel.spec.gate == "vector" else []):
             for length in (65, 1000):
                 errs = check_gate_regime(kernel, length, regime, rng)
                 results.append((f"{regime} length {length}", all(ok for _, ok in errs.values()),
@@ -136,7 +176,7 @@ def check_spec(kernel, rng) -> list:
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_spec_on_gpu(name):
     kernel = build(SPECS[name], TARGET)
-    assert [c.func for c in kernel.calls] == [tensorcore.KERNEL]
+    assert [c.func for c in kernel.calls] == [tensorcore.kernel_name(SPECS[name])]
     rng = np.random.default_rng(np.random.SeedSequence())
     failed = [(what, errors) for what, ok, errors in check_spec(kernel, rng) if not ok]
     assert not failed, (f"seed {rng.bit_generator.seed_seq.entropy}", failed)

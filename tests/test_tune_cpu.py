@@ -44,7 +44,8 @@ def test_space_default_first_and_every_candidate_valid():
             assert cands[0] == space.default_config(spec, target)
             assert len({json.dumps(c, sort_keys=True) for c in cands}) == len(cands)
             assert all(space.is_valid(spec, target, c) for c in cands)
-            assert len(space.candidates(spec, target, 3)) == 3
+            # a limit truncates (GLA's tensor-core kernel on CUDA has only 2 candidates)
+            assert len(space.candidates(spec, target, 3)) == min(3, len(cands))
 
 
 def test_fixed_knobs_keep_their_default_and_unknown_ones_are_refused():

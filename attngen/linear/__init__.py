@@ -39,7 +39,8 @@ form calls ``linear_parallel_cumulate_gates`` (scalar/vector gates), ``linear_pa
 ``default(spec, target)`` and ``validate(spec, target, config)``.  On CUDA, chunkwise specs with
 a scalar decay (or none), identity features and the additive update take the tensor-core kernel
 ``linear_chunk_tc`` instead (``attngen.linear.tensorcore``, ``templates/linear_chunk_tc.j2``,
-knobs in ``schedules/linear_cuda_tc.py``).
+knobs in ``schedules/linear_cuda_tc.py``); with GLA's vector decay (head_dim 128) the kernel
+``linear_chunk_gla_tc`` (``templates/linear_chunk_gla_tc.j2``, same module and knobs).
 """
 from __future__ import annotations
 

@@ -1,12 +1,14 @@
 """The tensor-core chunkwise kernel: a linear-attention spec with a scalar decay (none, RetNet's
-fixed one, or Mamba2/SSD's data-dependent one) lowered to ``templates/linear_chunk_tc.j2``.
+fixed one, or Mamba2/SSD's data-dependent one) lowered to ``templates/linear_chunk_tc.j2``, and
+with GLA's per-key-channel decay (gate "vector") to its sibling ``templates/linear_chunk_gla_tc.j2``.
 
 The template is written at warp level (mma.sync.m16n8k16 fragments, ldmatrix, cp.async), so
 this module only checks the scope and fills in sizes; ``schedules/linear_cuda_tc.py`` picks the
 value block.  Scope (``unsupported_reason``): the chunkwise form on sm_80 or later, float16 or
 bfloat16, identity features, additive update, no normaliser, gate None / "fixed" / "scalar",
 chunk_size 64, head_dim 64 or 128 (16-row m-tiles of the state split evenly over 4 warps) and
-head_dim_v a multiple of 16.  Every other linear spec keeps the SIMT kernels of
+head_dim_v a multiple of 16; gate "vector" (GLA) needs head_dim 128 (one scan thread per key
+channel) and head_dim_v a multiple of 64 (64 value columns per warp).  Every other linear spec keeps the SIMT kernels of
 ``schedules/linear_cuda.py``.  The calling convention is the family's (``attngen.linear``).
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..spec import LinearAttention
 
 SCHEDULE = "linear_cuda_tc"
 KERNEL = "linear_chunk_tc"
+GLA_KERNEL = "linear_chunk_gla_tc"  # gate "vector"
 MMA_DTYPE = {"float16": "fp16", "bfloat16": "bf16"}
 CHUNK = 64  # 4 warps of 16 query rows
 PAD = 8  # elements of padding per shared-memory row: 16 B, one bank group
@@ -44,15 +47,35 @@ def unsupported_reason(spec: LinearAttention, target) -> Optional[str]:
         return f"the {spec.update} update"
     if spec.normalize:
         return "normalize"
-    if spec.gate not in (None, "fixed", "scalar"):
-        return f"gate {spec.gate!r} (a per-channel decay)"
+    if spec.gate not in (None, "fixed", "scalar", "vector"):
+        return f"gate {spec.gate!r}"
     if spec.chunk_size != CHUNK:
         return f"chunk_size {spec.chunk_size} (the kernel's chunk is {CHUNK})"
     if spec.head_dim not in (64, 128):
         return f"head_dim {spec.head_dim} (64 or 128)"
     if spec.head_dim_v % 16 or spec.head_dim_v > 256:
         return f"head_dim_v {spec.head_dim_v} (a multiple of 16 up to 256)"
+    if spec.gate == "vector":
+        return _gla_reason(spec, target)
     return None
+
+
+# -- gate "vector" (GLA): templates/linear_chunk_gla_tc.j2
+def _gla_reason(spec: LinearAttention, target) -> Optional[str]:
+    if spec.head_dim != 128:
+        return f"gate 'vector' with head_dim {spec.head_dim} (the GLA kernel scans one key channel per thread: 128)"
+    if spec.head_dim_v % 64:
+        return f"gate 'vector' with head_dim_v {spec.head_dim_v} (a multiple of 64: 64 value columns per warp)"
+    sched = load_schedule(SCHEDULE)
+    need = sched.gla_smem_bytes(spec, {"value_block": 64})  # the smaller of its two blocks
+    limit = sched.SMEM_LIMIT.get(target.arch, 99 * 1024)
+    if need > limit:
+        return f"gate 'vector' needs {need} B of shared memory, {target.arch} has {limit} B"
+    return None
+
+
+def kernel_name(spec: LinearAttention) -> str:
+    return GLA_KERNEL if spec.gate == "vector" else KERNEL
 
 
 def supported(spec: LinearAttention, target) -> bool:
@@ -69,9 +92,13 @@ def lower(spec: LinearAttention, target, config: Optional[Mapping] = None) -> Lo
     cfg = {**sched.default(spec, target), **dict(config or {})}
     sched.validate(spec, target, cfg)
     args = signature.args(spec)
-    text = render("linear_chunk_tc.j2", name=KERNEL, **context(spec, cfg))
-    mod = sched.schedule(tvm.IRModule({KERNEL: parse(text)}), spec, target, cfg)
-    return Lowered(mod, args, (Call(KERNEL, tuple(a.name for a in args)),))
+    name = kernel_name(spec)
+    if spec.gate == "vector":
+        text = render("linear_chunk_gla_tc.j2", name=name, **gla_context(spec, cfg))
+    else:
+        text = render("linear_chunk_tc.j2", name=name, **context(spec, cfg))
+    mod = sched.schedule(tvm.IRModule({name: parse(text)}), spec, target, cfg)
+    return Lowered(mod, args, (Call(name, tuple(a.name for a in args)),))
 
 
 def context(spec: LinearAttention, cfg) -> dict:
@@ -80,3 +107,10 @@ def context(spec: LinearAttention, cfg) -> dict:
                 D=spec.head_dim, DV=spec.head_dim_v, BV=bv, NV=spec.head_dim_v // bv, C=CHUNK,
                 gate=spec.gate, scale=repr(float(spec.scale)), log2e=repr(1.0 / math.log(2.0)),
                 pad=PAD)
+
+
+def gla_context(spec: LinearAttention, cfg) -> dict:
+    vb = cfg["value_block"]  # columns per CTA: VH = vb / 64 groups of 4 warps
+    return dict(dtype=spec.dtype, mma_dtype=MMA_DTYPE[spec.dtype], H=spec.num_heads,
+                D=spec.head_dim, DV=spec.head_dim_v, VB=vb, VH=vb // 64, NV=spec.head_dim_v // vb,
+                C=CHUNK, scale=repr(float(spec.scale)), log2e=repr(1.0 / math.log(2.0)), pad=PAD)

@@ -49,6 +49,15 @@ VARIANTS = {
     "decode+plain": ("decode", {"butterfly": 0}),
     "spec_decode+plain": ("spec_decode", {"butterfly": 0}),                     # 8 rows of 16 lanes
     "window_paged32_bf16+plain": ("window_paged32_bf16", {"butterfly": 0}),
+    # the cp.async ring in shared memory: stage indices wrap (3 stages), a split shorter than
+    # the ring, paged K/V addresses, 8 rows, d64 and bf16, with and without the L2 prefetch
+    "decode+ring3": ("decode", {"ring_stages": 3, "keys_per_thread": 2}),
+    "paged_decode+ring4+prefetch": ("paged_decode", {"ring_stages": 4, "keys_per_thread": 2,
+                                                     "l2_prefetch": 256}),
+    "spec_decode+ring2": ("spec_decode", {"ring_stages": 2}),
+    "window_paged32_bf16+ring6+1key": ("window_paged32_bf16", {"ring_stages": 6, "keys_per_thread": 1}),
+    "mha_bf16+ring3+prefetch": ("mha_bf16", {"ring_stages": 3, "l2_prefetch": 128}),
+    "sinks_window_d64+ring3": ("sinks_window_d64", {"ring_stages": 3}),
 }
 CASES = {**{name: (name, {}) for name in SPECS}, **VARIANTS}
 LENGTHS = (1, 63, 64, 65, 4097, 32768)
@@ -96,10 +105,20 @@ def test_generic_simt_knobs_select_the_generic_kernel():
     ({"max_split": True}, "max_split"),
     ({"stages": 3}, "stages"),
     ({"butterfly": 2}, "butterfly"),
+    ({"ring_stages": 1}, "ring_stages"),
+    ({"ring_stages": 3, "stages": 2}, "stages = 1"),
+    ({"l2_prefetch": 32}, "l2_prefetch"),
 ])
 def test_invalid_decode_configs_are_rejected(config, message):
     with pytest.raises(ValueError, match=message):
         lower(SPECS["spec_decode"], SM90, config)
+
+
+def test_a_ring_over_the_arch_shared_memory_is_rejected():
+    # 6 stages x 8 keys x K and V x 256 threads x 16 B = 384 KiB, over the 227 KiB of sm_90a
+    with pytest.raises(ValueError, match="shared memory"):
+        lower(SPECS["decode"], SM90, {"ring_stages": 6, "keys_per_thread": 8})
+    lower(SPECS["decode"], SM90, {"ring_stages": 6, "keys_per_thread": 2})  # 96 KiB fits
 
 
 def test_split_count_follows_the_batch():
@@ -118,13 +137,21 @@ def test_split_count_follows_the_batch():
 @needs_nvcc
 @pytest.mark.parametrize("name, config", [("decode", {}), ("paged_decode", {}), ("spec_decode", {}),
                                           ("sinks_window_d64", {}), ("paged_decode", {"stages": 2}),
-                                          ("spec_decode", {"butterfly": 0})])
+                                          ("spec_decode", {"butterfly": 0}),
+                                          ("paged_decode", {"ring_stages": 4, "keys_per_thread": 2,
+                                                            "l2_prefetch": 256})])
 def test_decode_kernels_compile_without_spills(name, config, tmp_path):
     low = lower(SPECS[name], SM90, config)
     source = next(m for m in compile_lowered(low, SM90).mod.imports if m.kind == "cuda").inspect_source()
-    # 16-byte K/V loads straight into registers, dot products reduced by warp shuffles
-    assert re.search(r"\*\(uint4\*\)\(kr_ptr \+ \d+\) = \*\(uint4\*\)\(K_ptr", source)
-    assert "__shfl_xor_sync" in source
+    if config.get("ring_stages"):
+        # 16-byte cp.async into the ring, read back as one 16-byte vector per key
+        assert "cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" in source
+        assert "cp.async.wait_group 2;" in source
+        assert re.search(r"\*\(uint4\*\)\(kr_ptr \+ \d+\) = \*\(uint4\*\)\(RING_ptr", source)
+    else:
+        # 16-byte K/V loads straight into registers
+        assert re.search(r"\*\(uint4\*\)\(kr_ptr \+ \d+\) = \*\(uint4\*\)\(K_ptr", source)
+    assert "__shfl_xor_sync" in source  # dot products reduced by warp shuffles
     path = tmp_path / "kernel.cu"
     path.write_text(source)
     out = subprocess.run([NVCC, "-cubin", "-O3", "-arch=sm_90a", "--resource-usage", "-o",

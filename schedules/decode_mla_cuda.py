@@ -32,7 +32,7 @@ KNOBS = {
 }
 
 # values the tuner tries where powers of two around the default do not apply (a default of 0)
-CANDIDATES = {"l2_prefetch": (0, 256)}
+CANDIDATES = {"l2_prefetch": (0, 128, 256)}
 PAD = 8  # elements per shared-memory row: 16 B, so ldmatrix's 8 row addresses hit distinct banks
 SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024,
               "sm_90a": 227 * 1024}
@@ -65,9 +65,11 @@ def default(spec, target) -> dict:
     # measured on an H100 (benchmarks/NOTES-decode.md, B64 L8192): 4 warps x 4 stages of 32
     # keys (three steps, 112 KB, in flight) 0.84-0.86 of HBM read bandwidth; 8 warps x 3
     # stages of 64 keys 0.82-0.84; two CTAs per SM (4 warps x 2 or 3 stages, twice the splits)
-    # 0.83-0.84; fewer stages where the arch has less shared memory
+    # 0.83-0.84; fewer stages where the arch has less shared memory.  Session 3 (H100, same
+    # process): cp.async with .L2::128B 2628 GB/s against 2586 without (B64 L8192), 2396
+    # against 2354 (B8 L32768); .L2::256B the same at B64, 1% lower at B8
     for warps, stages in ((4, 4), (4, 3), (8, 3), (8, 2), (4, 2)):
-        cfg = {"warps": warps, "stages": stages, "l2_prefetch": 0, "max_split": 64, "ctas_per_sm": 1}
+        cfg = {"warps": warps, "stages": stages, "l2_prefetch": 128, "max_split": 64, "ctas_per_sm": 1}
         if not _problems(spec, target, cfg):
             return cfg
     return {"warps": 4, "stages": 2, "l2_prefetch": 0, "max_split": 64, "ctas_per_sm": 1}  # validate() says why not

@@ -49,6 +49,9 @@ VARIANTS = {
     "decode+plain": ("decode", {"butterfly": 0}),
     "spec_decode+plain": ("spec_decode", {"butterfly": 0}),                     # 8 rows of 16 lanes
     "window_paged32_bf16+plain": ("window_paged32_bf16", {"butterfly": 0}),
+    # the register path (v4), the default before the ring
+    "decode+registers": ("decode", {"ring_stages": 0}),
+    "spec_decode+registers": ("spec_decode", {"ring_stages": 0}),
     # the cp.async ring in shared memory: stage indices wrap (3 stages), a split shorter than
     # the ring, paged K/V addresses, 8 rows, d64 and bf16, with and without the L2 prefetch
     "decode+ring3": ("decode", {"ring_stages": 3, "keys_per_thread": 2}),
@@ -106,7 +109,6 @@ def test_generic_simt_knobs_select_the_generic_kernel():
     ({"stages": 3}, "stages"),
     ({"butterfly": 2}, "butterfly"),
     ({"ring_stages": 1}, "ring_stages"),
-    ({"ring_stages": 3, "stages": 2}, "stages = 1"),
     ({"l2_prefetch": 32}, "l2_prefetch"),
 ])
 def test_invalid_decode_configs_are_rejected(config, message):
@@ -137,16 +139,20 @@ def test_split_count_follows_the_batch():
 @needs_nvcc
 @pytest.mark.parametrize("name, config", [("decode", {}), ("paged_decode", {}), ("spec_decode", {}),
                                           ("sinks_window_d64", {}), ("paged_decode", {"stages": 2}),
-                                          ("spec_decode", {"butterfly": 0}),
+                                          ("spec_decode", {"butterfly": 0}), ("decode", {"ring_stages": 0}),
                                           ("paged_decode", {"ring_stages": 4, "keys_per_thread": 2,
                                                             "l2_prefetch": 256})])
 def test_decode_kernels_compile_without_spills(name, config, tmp_path):
     low = lower(SPECS[name], SM90, config)
     source = next(m for m in compile_lowered(low, SM90).mod.imports if m.kind == "cuda").inspect_source()
-    if config.get("ring_stages"):
-        # 16-byte cp.async into the ring, read back as one 16-byte vector per key
-        assert "cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" in source
-        assert "cp.async.wait_group 2;" in source
+    sched = load_schedule("decode_cuda")
+    cfg = {**sched.default(SPECS[name], SM90), **config}
+    if sched.ring_stages(cfg):
+        # 16-byte cp.async into the ring (with the L2 prefetch asked for), read back as one
+        # 16-byte vector per key; ring_stages - 2 groups left pending at each step
+        prefetch = f".L2::{cfg['l2_prefetch']}B" if cfg["l2_prefetch"] else ""
+        assert f"cp.async.cg.shared.global{prefetch} [%0], [%1], 16;" in source
+        assert f"cp.async.wait_group {sched.ring_stages(cfg) - 2};" in source
         assert re.search(r"\*\(uint4\*\)\(kr_ptr \+ \d+\) = \*\(uint4\*\)\(RING_ptr", source)
     else:
         # 16-byte K/V loads straight into registers

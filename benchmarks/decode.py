@@ -63,9 +63,9 @@ CASES = [
     Case("paged16 B8 Hq32 Hkv8 L32768", 8, 32768, page_size=16),
     Case("paged16 B64 Hq32 Hkv32 L4096", 64, 4096, kv_heads=32, page_size=16),
 ]
-# knob settings tried besides the default (the 2-stage cp.async ring): the register path (v4),
+# knob settings tried besides the default (the 4-stage cp.async ring): the register path (v4),
 # deeper rings (stages x keys per thread: the bytes in flight per CTA) and the L2 prefetch
-SWEEP = [{"ring_stages": 0}, {"ring_stages": 3, "keys_per_thread": 2}, {"ring_stages": 4, "keys_per_thread": 2},
+SWEEP = [{"ring_stages": 0}, {"ring_stages": 2, "keys_per_thread": 4}, {"ring_stages": 3, "keys_per_thread": 2},
          {"ring_stages": 4, "keys_per_thread": 2, "l2_prefetch": 256}]
 
 

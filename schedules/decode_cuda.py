@@ -96,18 +96,22 @@ def default(spec, target) -> dict:
     # memory); a register double buffer (stages=2) costs occupancy and loses up to 30% at
     # GQA 4; 4 keys per thread beat 2 and 8.  On an H200 the GQA-4 shapes were issue-bound
     # (3.1-3.2 TB/s on both cards); the transposing butterfly took them to 3.7-3.8 TB/s.
-    # v5 (session 3, H100): loads by cp.async into a 2-stage shared-memory ring, one step in
-    # flight through the arithmetic at no register cost: 0.94-1.00 of read bandwidth on the
-    # three shapes where the register path measured 0.73-0.98 in the same process.
+    # v5 (session 3, same process as cuDNN on an H100 and an H200): K/V by cp.async through a
+    # shared-memory ring of 4 steps of 2 keys per thread (three steps, 48 KB per CTA, in flight
+    # through the arithmetic at no register cost): 0.94-1.04 of read bandwidth on the three
+    # shapes, paged 16 within 3%; the register path measured 0.61-1.05 in the same runs, and
+    # a 2 x 4-key ring put paged 16 11% under contiguous on the H200.  Where the ring cannot
+    # launch or fit (4-warp CTAs of many rows, arches without cp.async) the register path.
     cfg = {"warps": 8, "keys_per_thread": 4 if rows <= 4 else 2, "rows": rows, "stages": 1,
-           "butterfly": 1, "ring_stages": 2 if has_cp_async(target) else 0, "l2_prefetch": 0,
-           "max_split": 32, "ctas_per_sm": 8}
+           "butterfly": 1, "ring_stages": 0, "l2_prefetch": 0, "max_split": 32, "ctas_per_sm": 8}
     while cfg["warps"] > 1 and merge_smem_bytes(spec, cfg) > STATIC_SMEM_BYTES:
         cfg["warps"] //= 2  # many rows: fewer groups to merge
-    limit = SMEM_LIMIT.get(getattr(target, "arch", ""), 99 * 1024)
-    if ring_smem_bytes(spec, cfg) + merge_smem_bytes(spec, cfg) > limit:
-        cfg["ring_stages"] = 0
-    return cfg
+    ring = {**cfg, "ring_stages": 4, "keys_per_thread": 2}
+    try:
+        validate(spec, target, ring)
+        return ring
+    except ValueError:
+        return cfg
 
 
 def validate(spec, target, config) -> None:
@@ -132,6 +136,13 @@ def validate(spec, target, config) -> None:
             out.append("ring_stages must be 0 (off) or 2..6 (one stage would leave nothing in flight)")
         elif ring and not has_cp_async(target):
             out.append(f"ring_stages needs cp.async (sm_80 or newer), not {target.arch}")
+        elif ring < STATIC_SMEM_BYTES < ring + smem:
+            # measured (H100, H200): a 16-24 KiB ring next to a 33 KiB static merge fails to
+            # launch (CUDA_ERROR_INVALID_VALUE; the runtime raises a kernel's dynamic limit only
+            # for a large dynamic part), and so did such a ring padded to 48 KiB + 16 B
+            out.append(f"a {ring} B ring next to the {smem} B static merge passes 48 KiB with "
+                       f"a dynamic part under 48 KiB, which fails to launch: more ring_stages or "
+                       f"keys_per_thread, or ring_stages = 0")
         elif ring + smem > limit:
             out.append(f"the ring ({ring} B) and the merge ({smem} B) need more shared memory than "
                        f"the {limit} B of {target.arch}: fewer ring_stages, keys_per_thread or warps")
@@ -168,14 +179,8 @@ def has_cp_async(target) -> bool:
 
 
 def ring_smem_bytes(spec, config) -> int:
-    """The cp.async ring's allocation: per stage, every thread's keys_per_thread K and V
-    vectors; at least 48 KiB where the ring and the (static) merge together pass 48 KiB, since
-    the runtime raises a kernel's dynamic shared-memory limit only for a dynamic part that
-    large (a 16 KiB ring next to a 33 KiB merge failed to launch: CUDA_ERROR_INVALID_VALUE)."""
-    ring = ring_stages(config) * config["keys_per_thread"] * 2 * config["warps"] * 32 * VECTOR_BYTES
-    if ring and ring < STATIC_SMEM_BYTES < ring + merge_smem_bytes(spec, config):
-        ring = STATIC_SMEM_BYTES + VECTOR_BYTES  # past 48 KiB, whichever way the runtime compares
-    return ring
+    """The cp.async ring: per stage, every thread's keys_per_thread K and V vectors."""
+    return ring_stages(config) * config["keys_per_thread"] * 2 * config["warps"] * 32 * VECTOR_BYTES
 
 
 def schedule(mod, spec, target, config):

@@ -29,7 +29,7 @@ def cases():
 
     out = [(f"decode:{n}", plain.SPECS[s], c) for n, (s, c) in sorted(plain.CASES.items())
            if n in ("decode", "paged_decode", "spec_decode", "sinks_window_d64", "decode+plain",
-                    "gqa8_q8_paged64+stages2", "paged_decode+ring4+prefetch", "spec_decode+ring2", "decode+registers")]
+                    "gqa8_q8_paged64+stages2", "paged_decode+ring4+prefetch", "decode+ring2", "decode+registers")]
     out += [(f"mla:{n}", mla.SPECS[s], c) for n, (s, c) in sorted(mla.CASES.items())
             if n in ("mla_decode", "mla_paged16", "mla_q2_causal_paged32", "mla_decode+warps4+stages4",
                      "mla_paged64_bf16+warps4+stages3+2ctas", "mla_paged16+stages5+prefetch256")]

@@ -52,15 +52,14 @@ VARIANTS = {
     # the register path (v4), the default before the ring
     "decode+registers": ("decode", {"ring_stages": 0}),
     "spec_decode+registers": ("spec_decode", {"ring_stages": 0}),
-    # the cp.async ring in shared memory: stage indices wrap (3 stages), a split shorter than
-    # the ring, paged K/V addresses, 8 rows, d64 and bf16, with and without the L2 prefetch
+    # the cp.async ring in shared memory (the default at <= 4 rows): stage indices wrap (3
+    # stages), 2 stages of 4 keys, a split shorter than the ring, paged K/V addresses, bf16,
+    # with and without the L2 prefetch
     "decode+ring3": ("decode", {"ring_stages": 3, "keys_per_thread": 2}),
+    "decode+ring2": ("decode", {"ring_stages": 2, "keys_per_thread": 4}),
     "paged_decode+ring4+prefetch": ("paged_decode", {"ring_stages": 4, "keys_per_thread": 2,
                                                      "l2_prefetch": 256}),
-    "spec_decode+ring2": ("spec_decode", {"ring_stages": 2}),
-    "window_paged32_bf16+ring6+1key": ("window_paged32_bf16", {"ring_stages": 6, "keys_per_thread": 1}),
     "mha_bf16+ring3+prefetch": ("mha_bf16", {"ring_stages": 3, "l2_prefetch": 128}),
-    "sinks_window_d64+ring3": ("sinks_window_d64", {"ring_stages": 3}),
 }
 CASES = {**{name: (name, {}) for name in SPECS}, **VARIANTS}
 LENGTHS = (1, 63, 64, 65, 4097, 32768)
@@ -114,6 +113,15 @@ def test_generic_simt_knobs_select_the_generic_kernel():
 def test_invalid_decode_configs_are_rejected(config, message):
     with pytest.raises(ValueError, match=message):
         lower(SPECS["spec_decode"], SM90, config)
+
+
+def test_a_small_ring_next_to_a_large_merge_is_rejected():
+    # 8 rows: 4 warps, a 33 KiB static merge; 2 stages x 2 keys = 16 KiB of ring failed to
+    # launch on the GPU (static + dynamic over 48 KiB, dynamic under it)
+    with pytest.raises(ValueError, match="fails to launch"):
+        lower(SPECS["spec_decode"], SM90, {"ring_stages": 2})
+    assert load_schedule("decode_cuda").default(SPECS["spec_decode"], SM90)["ring_stages"] == 0
+    assert load_schedule("decode_cuda").default(SPECS["decode"], SM90)["ring_stages"] == 4
 
 
 def test_a_ring_over_the_arch_shared_memory_is_rejected():

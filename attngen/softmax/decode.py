@@ -144,7 +144,6 @@ def decode_context(spec: Attention, target, cfg, args, n_split: str) -> dict:
         packed=packed, rows=rows, row_tiles=-(-packed // rows), warps=cfg["warps"],
         lanes=lanes, vec=vec, kpw=kpw, groups=groups, keys_per_thread=cfg["keys_per_thread"],
         chunk=groups * cfg["keys_per_thread"], stages=cfg["stages"], ring_stages=sched.ring_stages(cfg),
-        ring_elems=sched.ring_smem_bytes(spec, cfg) // (sched.VECTOR_BYTES // vec),
         l2_prefetch=cfg["l2_prefetch"],
         shuffle_offsets=offsets, butterfly=butterfly, butterfly_steps=steps, own_row=own_row,
         row_lane=row_lane,

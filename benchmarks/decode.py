@@ -7,6 +7,8 @@ Two steps, because the GPU hosts have only TVM's runtime:
     python benchmarks/decode.py build DIR          # here: lower + compile every variant to DIR
     python benchmarks/decode.py run DIR [RESULTS [CASE...]]  # on the GPU (source .gpu/env.sh
                                                               # first); CASE: cases named exactly
+    options of run: --tag T (results in <card>-decode-T.*), --no-flex (FlexAttention left out:
+    its compile costs ~20 s of device time per shape, and no floor is stated against it)
 
 ``run`` writes ``RESULTS/<card>-decode.json`` ({"card", "hbm", "rows": [{"case", "impl",
 "ms", "gbps", ...}], "checks"}) and a markdown table beside it.  ``gbps`` is the bytes of K
@@ -61,8 +63,10 @@ CASES = [
     Case("paged16 B8 Hq32 Hkv8 L32768", 8, 32768, page_size=16),
     Case("paged16 B64 Hq32 Hkv32 L4096", 64, 4096, kv_heads=32, page_size=16),
 ]
-# knob settings tried besides the default
-SWEEP = [{"butterfly": 1}, {"butterfly": 1, "warps": 4}]
+# knob settings tried besides the default (the 4-stage cp.async ring): the register path (v4),
+# deeper rings (stages x keys per thread: the bytes in flight per CTA) and the L2 prefetch
+SWEEP = [{"ring_stages": 0}, {"ring_stages": 2, "keys_per_thread": 4}, {"ring_stages": 3, "keys_per_thread": 2},
+         {"ring_stages": 4, "keys_per_thread": 2, "l2_prefetch": 256}]
 
 
 @dataclass(frozen=True)
@@ -88,8 +92,7 @@ MLA_CASES = [
     MLACase("paged64 MLA B64 H16 L8192", 64, 8192, page_size=64),
     MLACase("paged16 MLA B64 H16 L8192", 64, 8192, page_size=16),
 ]
-MLA_SWEEP = [{"warps": 4, "stages": 4}, {"warps": 4, "stages": 3, "ctas_per_sm": 2},
-             {"warps": 4, "stages": 2, "ctas_per_sm": 2}]
+MLA_SWEEP = [{"l2_prefetch": 0}, {"l2_prefetch": 256}]
 # H2O: the decode step plus its accumulated weights (one more read of K), against decode alone
 H2O_CASES = [Case("H2O B32 Hq32 Hkv8 L8192", 32, 8192)]
 
@@ -178,7 +181,7 @@ def _load(build_dir, spec, cfg):
     return load_kernel(spec, get("cuda-sm90a"), build_dir, _file(spec, cfg))
 
 
-def run(build_dir: str, results_dir: str, only=()) -> None:
+def run(build_dir: str, results_dir: str, only=(), tag: str = "", with_flex: bool = True) -> None:
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -267,14 +270,15 @@ def run(build_dir: str, results_dir: str, only=()) -> None:
                         break
                     except RuntimeError as exc:
                         print(f"  {name} ({note}): {str(exc)[:100]}", flush=True)
-            impls["flex"] = (lambda: flex(q, k, v, enable_gqa=Hk != H), {"note": "torch.compile"})
+            if with_flex:
+                impls["flex"] = (lambda: flex(q, k, v, enable_gqa=Hk != H), {"note": "torch.compile"})
 
         _time(rows, case, impls, hbm)
         del q, k, v, k_in, v_in, impls
         torch.cuda.empty_cache()
 
     os.makedirs(results_dir, exist_ok=True)
-    base = os.path.join(results_dir, f"{card}-decode" + ("-subset" if only else ""))
+    base = os.path.join(results_dir, f"{card}-decode" + (f"-{tag}" if tag else "-subset" if only else ""))
     with open(base + ".json", "w") as f:
         json.dump({"card": card, "hbm": hbm, "rows": rows, "checks": checks}, f, indent=1)
     with open(base + ".md", "w") as f:
@@ -429,5 +433,13 @@ if __name__ == "__main__":
     if sys.argv[1] == "build":
         build(sys.argv[2])
     else:
-        run(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else os.path.join(ROOT, "benchmarks", "results"),
-            sys.argv[4:])
+        argv, tag, flex_on = list(sys.argv[2:]), "", True
+        if "--tag" in argv:
+            i = argv.index("--tag")
+            tag = argv[i + 1]
+            del argv[i:i + 2]
+        if "--no-flex" in argv:
+            argv.remove("--no-flex")
+            flex_on = False
+        run(argv[0], argv[1] if len(argv) > 1 else os.path.join(ROOT, "benchmarks", "results"),
+            argv[2:], tag, flex_on)

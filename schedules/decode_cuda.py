@@ -32,9 +32,16 @@ Knobs:
                      mask run once per row instead of once per lane of the row; P and the
                      rescale return by one shuffle per row and key.  Ignored where the row
                      count is not a power of two in [2, lanes].
+    ring_stages      0: K/V loads go straight into registers (``stages`` buffers); 2..6: they
+                     go by cp.async into a shared-memory ring of that many steps, ring_stages - 1
+                     in flight through the arithmetic at no register cost (each thread reads back
+                     only its own copies, so no barrier); ignored (registers) where stages = 2
+    l2_prefetch      0, 64, 128 or 256: the ring's cp.async copies carry an L2 prefetch of that
+                     many bytes (ignored without the ring)
     max_split        most KV splits (1..256), the size of the partial-result scratch
     ctas_per_sm      CTAs per SM the split heuristic aims at (1..64)
-Validity: the cross-group merge fits the static shared-memory limit (48 KiB).
+Validity: the cross-group merge fits the static shared-memory limit (48 KiB), and with the
+ring both fit the arch's shared memory per CTA.
 """
 from __future__ import annotations
 
@@ -46,11 +53,17 @@ KNOBS = {
     "rows": "packed query rows (query heads x queries of one KV head) per CTA (1..16)",
     "stages": "K/V register buffers: 1, or 2 to load step t + 1 while step t is used",
     "butterfly": "1: reduce the rows' dot products by a transposing butterfly (rows a power of two)",
+    "ring_stages": "0: loads into registers; 2..6: cp.async ring in shared memory, that many steps",
+    "l2_prefetch": "bytes of the ring's cp.async L2 prefetch qualifier (0, 64, 128, 256)",
     "max_split": "most KV splits; the split count is chosen at run time (1..256)",
     "ctas_per_sm": "CTAs per SM the run-time split count aims at (1..64)",
 }
 
+# values the tuner tries where powers of two around the default do not apply (a default of 0)
+CANDIDATES = {"ring_stages": (0, 2, 3, 4), "l2_prefetch": (0, 128, 256)}
 STATIC_SMEM_BYTES = 48 * 1024
+SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024,
+              "sm_90a": 227 * 1024}
 VECTOR_BYTES = 16  # one 128-bit load per lane
 _BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 
@@ -83,27 +96,56 @@ def default(spec, target) -> dict:
     # memory); a register double buffer (stages=2) costs occupancy and loses up to 30% at
     # GQA 4; 4 keys per thread beat 2 and 8.  On an H200 the GQA-4 shapes were issue-bound
     # (3.1-3.2 TB/s on both cards); the transposing butterfly took them to 3.7-3.8 TB/s.
+    # v5 (session 3, same process as cuDNN on an H100 and an H200): K/V by cp.async through a
+    # shared-memory ring of 4 steps of 2 keys per thread (three steps, 48 KB per CTA, in flight
+    # through the arithmetic at no register cost): 0.94-1.04 of read bandwidth on the three
+    # shapes, paged 16 within 3%; the register path measured 0.61-1.05 in the same runs, and
+    # a 2 x 4-key ring put paged 16 11% under contiguous on the H200.  Where the ring cannot
+    # launch or fit (4-warp CTAs of many rows, arches without cp.async) the register path.
     cfg = {"warps": 8, "keys_per_thread": 4 if rows <= 4 else 2, "rows": rows, "stages": 1,
-           "butterfly": 1, "max_split": 32, "ctas_per_sm": 8}
+           "butterfly": 1, "ring_stages": 0, "l2_prefetch": 0, "max_split": 32, "ctas_per_sm": 8}
     while cfg["warps"] > 1 and merge_smem_bytes(spec, cfg) > STATIC_SMEM_BYTES:
         cfg["warps"] //= 2  # many rows: fewer groups to merge
-    return cfg
+    ring = {**cfg, "ring_stages": 4, "keys_per_thread": 2}
+    try:
+        validate(spec, target, ring)
+        return ring
+    except ValueError:
+        return cfg
 
 
 def validate(spec, target, config) -> None:
     knobs.check_known(config, KNOBS, "decode_cuda")
     out = []
     for name, lo, hi in (("warps", 1, 8), ("keys_per_thread", 1, 8), ("rows", 1, 16), ("stages", 1, 2),
-                         ("butterfly", 0, 1),
+                         ("butterfly", 0, 1), ("ring_stages", 0, 6),
                          ("max_split", 1, 256), ("ctas_per_sm", 1, 64)):
         v = config.get(name)
         if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
             out.append(f"{name} must be an int in [{lo}, {hi}], got {v!r}")
+    if config.get("l2_prefetch") not in (0, 64, 128, 256):
+        out.append(f"l2_prefetch must be one of [0, 64, 128, 256], got {config.get('l2_prefetch')!r}")
     if not out:
         smem = merge_smem_bytes(spec, config)
         if smem > STATIC_SMEM_BYTES:
             out.append(f"the cross-group merge needs {smem} B of shared memory, over the static "
                        f"limit {STATIC_SMEM_BYTES} B: lower rows or warps")
+        ring = ring_smem_bytes(spec, config)
+        limit = SMEM_LIMIT.get(target.arch, 99 * 1024)
+        if config["ring_stages"] == 1:
+            out.append("ring_stages must be 0 (off) or 2..6 (one stage would leave nothing in flight)")
+        elif ring and not has_cp_async(target):
+            out.append(f"ring_stages needs cp.async (sm_80 or newer), not {target.arch}")
+        elif ring < STATIC_SMEM_BYTES < ring + smem:
+            # measured (H100, H200): a 16-24 KiB ring next to a 33 KiB static merge fails to
+            # launch (CUDA_ERROR_INVALID_VALUE; the runtime raises a kernel's dynamic limit only
+            # for a large dynamic part), and so did such a ring padded to 48 KiB + 16 B
+            out.append(f"a {ring} B ring next to the {smem} B static merge passes 48 KiB with "
+                       f"a dynamic part under 48 KiB, which fails to launch: more ring_stages or "
+                       f"keys_per_thread, or ring_stages = 0")
+        elif ring + smem > limit:
+            out.append(f"the ring ({ring} B) and the merge ({smem} B) need more shared memory than "
+                       f"the {limit} B of {target.arch}: fewer ring_stages, keys_per_thread or warps")
     if out:
         raise ValueError(f"decode_cuda config {config}: " + "; ".join(out))
 
@@ -124,6 +166,21 @@ def groups(spec, config) -> int:
 def merge_smem_bytes(spec, config) -> int:
     """Each group's running max, sum and accumulator rows, merged through shared memory."""
     return groups(spec, config) * config["rows"] * (spec.head_dim_v + 2) * 4
+
+
+def ring_stages(config) -> int:
+    """The ring's stage count in effect: 0 where the register double buffer (stages = 2) is on."""
+    return config["ring_stages"] if config["stages"] == 1 else 0
+
+
+def has_cp_async(target) -> bool:
+    arch = getattr(target, "arch", "") or ""
+    return arch.startswith("sm_") and int("".join(ch for ch in arch[3:] if ch.isdigit()) or 0) >= 80
+
+
+def ring_smem_bytes(spec, config) -> int:
+    """The cp.async ring: per stage, every thread's keys_per_thread K and V vectors."""
+    return ring_stages(config) * config["keys_per_thread"] * 2 * config["warps"] * 32 * VECTOR_BYTES
 
 
 def schedule(mod, spec, target, config):

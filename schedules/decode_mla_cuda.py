@@ -11,6 +11,8 @@ Knobs:
                  of them, its P V a Dv / warps channel slice of every row)
     stages       shared-memory buffers of one step (2..6): stages - 1 steps are in flight
                  while one is used; the bytes in flight per SM are what hides HBM latency
+    l2_prefetch  0, 64, 128 or 256: the cp.async copies carry an L2 prefetch of that many bytes
+                 (``.L2::256B``: L2 fetches the whole line of consecutive rows at once)
     max_split    most KV splits (1..256), the size of the partial-result scratch
     ctas_per_sm  CTAs per SM the run-time split count aims at (1..8); the count is rounded
                  down, so the grid never spills a small tail into another wave
@@ -24,10 +26,13 @@ from attngen import knobs
 KNOBS = {
     "warps": "warps per CTA (4 or 8); a step is 8 * warps keys",
     "stages": "shared-memory buffers of one step (2..6): stages - 1 steps in flight",
+    "l2_prefetch": "bytes of the cp.async L2 prefetch qualifier (0, 64, 128, 256)",
     "max_split": "most KV splits; the split count is chosen at run time (1..256)",
     "ctas_per_sm": "CTAs per SM the run-time split count aims at, rounded down (1..8)",
 }
 
+# values the tuner tries where powers of two around the default do not apply (a default of 0)
+CANDIDATES = {"l2_prefetch": (0, 128, 256)}
 PAD = 8  # elements per shared-memory row: 16 B, so ldmatrix's 8 row addresses hit distinct banks
 SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024,
               "sm_90a": 227 * 1024}
@@ -60,12 +65,14 @@ def default(spec, target) -> dict:
     # measured on an H100 (benchmarks/NOTES-decode.md, B64 L8192): 4 warps x 4 stages of 32
     # keys (three steps, 112 KB, in flight) 0.84-0.86 of HBM read bandwidth; 8 warps x 3
     # stages of 64 keys 0.82-0.84; two CTAs per SM (4 warps x 2 or 3 stages, twice the splits)
-    # 0.83-0.84; fewer stages where the arch has less shared memory
+    # 0.83-0.84; fewer stages where the arch has less shared memory.  Session 3 (H100, same
+    # process): cp.async with .L2::128B 2628 GB/s against 2586 without (B64 L8192), 2396
+    # against 2354 (B8 L32768); .L2::256B the same at B64, 1% lower at B8
     for warps, stages in ((4, 4), (4, 3), (8, 3), (8, 2), (4, 2)):
-        cfg = {"warps": warps, "stages": stages, "max_split": 64, "ctas_per_sm": 1}
+        cfg = {"warps": warps, "stages": stages, "l2_prefetch": 128, "max_split": 64, "ctas_per_sm": 1}
         if not _problems(spec, target, cfg):
             return cfg
-    return {"warps": 4, "stages": 2, "max_split": 64, "ctas_per_sm": 1}  # validate() says why not
+    return {"warps": 4, "stages": 2, "l2_prefetch": 0, "max_split": 64, "ctas_per_sm": 1}  # validate() says why not
 
 
 def validate(spec, target, config) -> None:
@@ -74,7 +81,8 @@ def validate(spec, target, config) -> None:
 
 def _problems(spec, target, config) -> list:
     out = []
-    for name, allowed in (("warps", (4, 8)), ("stages", range(2, 7)), ("max_split", range(1, 257)),
+    for name, allowed in (("warps", (4, 8)), ("stages", range(2, 7)), ("l2_prefetch", (0, 64, 128, 256)),
+                          ("max_split", range(1, 257)),
                           ("ctas_per_sm", range(1, 9))):
         v = config.get(name)
         if not (isinstance(v, int) and not isinstance(v, bool) and v in allowed):

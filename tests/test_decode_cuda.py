@@ -49,6 +49,17 @@ VARIANTS = {
     "decode+plain": ("decode", {"butterfly": 0}),
     "spec_decode+plain": ("spec_decode", {"butterfly": 0}),                     # 8 rows of 16 lanes
     "window_paged32_bf16+plain": ("window_paged32_bf16", {"butterfly": 0}),
+    # the register path (v4), the default before the ring
+    "decode+registers": ("decode", {"ring_stages": 0}),
+    "spec_decode+registers": ("spec_decode", {"ring_stages": 0}),
+    # the cp.async ring in shared memory (the default at <= 4 rows): stage indices wrap (3
+    # stages), 2 stages of 4 keys, a split shorter than the ring, paged K/V addresses, bf16,
+    # with and without the L2 prefetch
+    "decode+ring3": ("decode", {"ring_stages": 3, "keys_per_thread": 2}),
+    "decode+ring2": ("decode", {"ring_stages": 2, "keys_per_thread": 4}),
+    "paged_decode+ring4+prefetch": ("paged_decode", {"ring_stages": 4, "keys_per_thread": 2,
+                                                     "l2_prefetch": 256}),
+    "mha_bf16+ring3+prefetch": ("mha_bf16", {"ring_stages": 3, "l2_prefetch": 128}),
 }
 CASES = {**{name: (name, {}) for name in SPECS}, **VARIANTS}
 LENGTHS = (1, 63, 64, 65, 4097, 32768)
@@ -96,10 +107,28 @@ def test_generic_simt_knobs_select_the_generic_kernel():
     ({"max_split": True}, "max_split"),
     ({"stages": 3}, "stages"),
     ({"butterfly": 2}, "butterfly"),
+    ({"ring_stages": 1}, "ring_stages"),
+    ({"l2_prefetch": 32}, "l2_prefetch"),
 ])
 def test_invalid_decode_configs_are_rejected(config, message):
     with pytest.raises(ValueError, match=message):
         lower(SPECS["spec_decode"], SM90, config)
+
+
+def test_a_small_ring_next_to_a_large_merge_is_rejected():
+    # 8 rows: 4 warps, a 33 KiB static merge; 2 stages x 2 keys = 16 KiB of ring failed to
+    # launch on the GPU (static + dynamic over 48 KiB, dynamic under it)
+    with pytest.raises(ValueError, match="fails to launch"):
+        lower(SPECS["spec_decode"], SM90, {"ring_stages": 2})
+    assert load_schedule("decode_cuda").default(SPECS["spec_decode"], SM90)["ring_stages"] == 0
+    assert load_schedule("decode_cuda").default(SPECS["decode"], SM90)["ring_stages"] == 4
+
+
+def test_a_ring_over_the_arch_shared_memory_is_rejected():
+    # 6 stages x 8 keys x K and V x 256 threads x 16 B = 384 KiB, over the 227 KiB of sm_90a
+    with pytest.raises(ValueError, match="shared memory"):
+        lower(SPECS["decode"], SM90, {"ring_stages": 6, "keys_per_thread": 8})
+    lower(SPECS["decode"], SM90, {"ring_stages": 6, "keys_per_thread": 2})  # 96 KiB fits
 
 
 def test_split_count_follows_the_batch():
@@ -118,13 +147,25 @@ def test_split_count_follows_the_batch():
 @needs_nvcc
 @pytest.mark.parametrize("name, config", [("decode", {}), ("paged_decode", {}), ("spec_decode", {}),
                                           ("sinks_window_d64", {}), ("paged_decode", {"stages": 2}),
-                                          ("spec_decode", {"butterfly": 0})])
+                                          ("spec_decode", {"butterfly": 0}), ("decode", {"ring_stages": 0}),
+                                          ("paged_decode", {"ring_stages": 4, "keys_per_thread": 2,
+                                                            "l2_prefetch": 256})])
 def test_decode_kernels_compile_without_spills(name, config, tmp_path):
     low = lower(SPECS[name], SM90, config)
     source = next(m for m in compile_lowered(low, SM90).mod.imports if m.kind == "cuda").inspect_source()
-    # 16-byte K/V loads straight into registers, dot products reduced by warp shuffles
-    assert re.search(r"\*\(uint4\*\)\(kr_ptr \+ \d+\) = \*\(uint4\*\)\(K_ptr", source)
-    assert "__shfl_xor_sync" in source
+    sched = load_schedule("decode_cuda")
+    cfg = {**sched.default(SPECS[name], SM90), **config}
+    if sched.ring_stages(cfg):
+        # 16-byte cp.async into the ring (with the L2 prefetch asked for), read back as one
+        # 16-byte vector per key; ring_stages - 2 groups left pending at each step
+        prefetch = f".L2::{cfg['l2_prefetch']}B" if cfg["l2_prefetch"] else ""
+        assert f"cp.async.cg.shared.global{prefetch} [%0], [%1], 16;" in source
+        assert f"cp.async.wait_group {sched.ring_stages(cfg) - 2};" in source
+        assert re.search(r"\*\(uint4\*\)\(kr_ptr \+ \d+\) = \*\(uint4\*\)\(RING_ptr", source)
+    else:
+        # 16-byte K/V loads straight into registers
+        assert re.search(r"\*\(uint4\*\)\(kr_ptr \+ \d+\) = \*\(uint4\*\)\(K_ptr", source)
+    assert "__shfl_xor_sync" in source  # dot products reduced by warp shuffles
     path = tmp_path / "kernel.cu"
     path.write_text(source)
     out = subprocess.run([NVCC, "-cubin", "-O3", "-arch=sm_90a", "--resource-usage", "-o",

@@ -47,6 +47,9 @@ VARIANTS = {
     "mla_paged16+stages2": ("mla_paged16", {"stages": 2}),
     # two CTAs per SM (2 x 114 KB of shared memory): twice the splits
     "mla_paged64_bf16+warps4+stages3+2ctas": ("mla_paged64_bf16", {"warps": 4, "stages": 3, "ctas_per_sm": 2}),
+    # cp.async with an L2 prefetch of whole 256-byte lines
+    "mla_decode+prefetch256": ("mla_decode", {"l2_prefetch": 256}),
+    "mla_paged16+stages5+prefetch256": ("mla_paged16", {"stages": 5, "l2_prefetch": 256}),
 }
 CASES = {**{name: (name, {}) for name in SPECS}, **VARIANTS}
 LENGTHS = (1, 63, 64, 65, 4097, 32768)
@@ -81,7 +84,7 @@ def test_other_latent_specs_keep_the_generic_kernel(spec, why):
 @pytest.mark.parametrize("config, message", [
     ({"warps": 2}, "warps"), ({"stages": 7}, "stages"), ({"max_split": 0}, "max_split"),
     ({"ctas_per_sm": True}, "ctas_per_sm"), ({"warps": 8, "stages": 4}, "shared memory"),
-    ({"block_q": 32}, "unknown knob"),
+    ({"block_q": 32}, "unknown knob"), ({"l2_prefetch": 512}, "l2_prefetch"),
 ])
 def test_invalid_mla_configs_are_rejected(config, message):
     if "block_q" in config:  # a generic-SIMT knob selects that kernel instead
@@ -105,11 +108,13 @@ def test_split_count_fills_one_wave_without_a_tail():
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 @pytest.mark.parametrize("name, config", [("mla_decode", {}), ("mla_paged16", {}),
                                           ("mla_q2_causal_paged32", {}),
-                                          ("mla_decode", {"warps": 4, "stages": 4})])
+                                          ("mla_decode", {"warps": 4, "stages": 4}),
+                                          ("mla_paged16", {"stages": 5, "l2_prefetch": 256})])
 def test_mla_kernel_compiles_to_tensor_cores_without_spills(name, config, tmp_path):
     low = lower(SPECS[name], SM90, config)
     source = next(m for m in compile_lowered(low, SM90).mod.imports if m.kind == "cuda").inspect_source()
     assert "mma.sync.aligned.m16n8k16" in source and "ldmatrix" in source and "cp.async" in source
+    assert ("cp.async.cg.shared.global.L2::256B" in source) == bool(config.get("l2_prefetch"))
     path = tmp_path / "kernel.cu"
     path.write_text(source)
     out = subprocess.run([NVCC, "-cubin", "-O3", "-arch=sm_90a", "--resource-usage", "-o",

@@ -109,8 +109,10 @@ def candidates(spec, target, limit: int | None = None, fixed=()) -> list:
 
 def _distance(config: dict, base: dict):
     changed = [k for k in base if config[k] != base[k]]
+    # log2 steps for positive int knobs; one step for any other change (a 0 = "off" default)
     steps = sum(abs(math.log2(config[k] / base[k])) if isinstance(base[k], int)
-                and not isinstance(base[k], bool) else 1 for k in changed)
+                and not isinstance(base[k], bool) and base[k] > 0 and config[k] > 0 else 1
+                for k in changed)
     return (len(changed), steps, sorted(config.items(), key=str))
 
 

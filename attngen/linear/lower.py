@@ -34,7 +34,7 @@ def schedule_module(target, spec: Optional[LinearAttention] = None):
     from . import tensorcore
 
     if spec is not None and tensorcore.supported(spec, target):
-        return load_schedule(tensorcore.SCHEDULE)
+        return load_schedule(tensorcore.schedule_name(spec))
     return load_schedule("linear_cpu" if target.kind == "llvm" else "linear_cuda")
 
 
@@ -72,7 +72,7 @@ def lower(spec: LinearAttention, target, config: Optional[Mapping] = None) -> Lo
     from . import tensorcore
 
     # a supported spec takes the tensor-core kernel unless the config names SIMT knobs
-    tc_knobs = load_schedule(tensorcore.SCHEDULE).KNOBS
+    tc_knobs = load_schedule(tensorcore.schedule_name(spec)).KNOBS
     if tensorcore.supported(spec, target) and set(config or {}) <= set(tc_knobs):
         return tensorcore.lower(spec, target, config)
     sched = schedule_module(target)

@@ -51,7 +51,7 @@ def scan_smem_bytes(spec, config) -> int:
 def wy_smem_bytes(spec) -> int:
     from attngen.linear.tensorcore import CHUNK, PAD
 
-    tiles = CHUNK * (spec.head_dim + spec.head_dim_v + 2 * PAD) * 2  # K, V
+    tiles = CHUNK * (spec.head_dim + spec.head_dim_v + 2 * PAD) * 2  # K and V, one buffer
     return tiles + 2 * CHUNK * (CHUNK + 4) * 4 + 2 * 4 * CHUNK  # L, T in fp32; b, beta
 
 

@@ -14,7 +14,7 @@ lengths 1..4096, gates near 0 and 1, final state) on every spec of that file, fr
 
 ``run`` writes ``RESULTS/<card>-linear.json`` (``$LINEAR_RESULTS_NAME`` replaces ``linear``) ({"card", "rows": [{"case", "impl", "ms", "gflop",
 "gbytes"}], "checks", "variants"}) and a markdown table beside it; ``$LINEAR_CASES`` (a regular
-expression) picks a subset.  The variants: retention (RetNet's fixed decay), simple_gla
+expression) picks a subset, ``$LINEAR_VARIANTS=0`` times the default configs only.  The variants: retention (RetNet's fixed decay), simple_gla
 (Mamba2/SSD scalar decay), linear_attn (no decay, no normaliser), gla (vector decay),
 delta_rule, gated_delta_rule.  attngen runs its default kernel for each spec: the tensor-core
 chunkwise kernel for the first three, the two tensor-core delta-rule kernels (WY + scan) for the
@@ -267,7 +267,7 @@ def run(build_dir: str, results_dir: str) -> None:
                 rows.append({"case": case.name, "impl": impl, "ms": round(ms, 4),
                              "gflop": round(gflop, 2), "gbytes": round(gbytes, 3)})
                 print(f"  {impl:8s} {ms:9.3f} ms  {gflop / ms:7.1f} TFLOP/s  {gbytes / ms:6.2f} TB/s", flush=True)
-            for cfg in (tc_variants(spec) if tc else ()):
+            for cfg in (tc_variants(spec) if tc and os.environ.get("LINEAR_VARIANTS") != "0" else ()):
                 vfn, vout = launcher(_file(case.variant, cfg))
                 vfn()
                 torch.cuda.synchronize()

@@ -5,7 +5,7 @@ Without a GPU: which specs take them (and which keep the SIMT kernel), the knob 
 nvcc + ptxas on their CUDA source (no spills).  On a GPU (marked ``gpu``): every spec of
 ``SPECS`` against the float64 recurrence at lengths 1, 63, 64, 65, 1000 and 4096, with gates
 near 1 and near 0 (gated specs) and with beta in (1, 2) (the delta rule's negative
-eigenvalues), final states included; outputs NaN-poisoned.  Where only
+eigenvalues; see ``check_spec``), final states included; outputs NaN-poisoned.  Where only
 TVM's runtime is installed, fill the build cache first (``prebuild``, or tests/prebuild_gpu.py).
 """
 import re
@@ -52,6 +52,8 @@ def test_delta_specs_take_the_two_tensor_core_kernels():
     t = get(TARGET)
     for name, spec in SPECS.items():
         assert tensorcore.supported(spec, t), (name, tensorcore.unsupported_reason(spec, t))
+    for name in ("deltanet", "gated_deltanet_d64_dv48"):  # one per gate (lowering takes seconds)
+        spec = SPECS[name]
         low = lower(spec, t)
         assert [c.func for c in low.calls] == CALLS, name
         scratch = {a.name: a for a in low.args if a.role == "scratch"}
@@ -81,12 +83,13 @@ def test_bad_knobs_raise_value_error(config, message):
         lower(GALLERY["gated_deltanet"].spec, TARGET, config)
 
 
-def test_knobs_reach_the_scan():
-    spec = SPECS["gated_deltanet_bf16"]
-    one = cuda_source(spec, TARGET, {"value_block": 32, "stages": 1})
-    two = cuda_source(spec, TARGET, {"value_block": 32, "stages": 2})
-    assert one != two
-    assert "linear_delta_wy_tc_kernel" in one and "linear_delta_tc_kernel" in one
+@pytest.mark.parametrize("config, tiles", [({"value_block": 32, "stages": 2}, "(2, 64, 136)"),
+                                           ({"value_block": 16, "stages": 1}, "(1, 64, 136)")])
+def test_knobs_reach_the_scan(config, tiles):
+    """stages copies of the Q tile (D = 128 + 8 padding), value_block columns per CTA."""
+    scan = lower(SPECS["gated_deltanet_bf16"], TARGET, config).mod[delta_tc.SCAN_KERNEL].script()
+    assert f"Qs = T.alloc_buffer({tiles}" in scan
+    assert f'T.launch_thread("blockIdx.x", {128 // config["value_block"]})' in scan
 
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
@@ -122,9 +125,12 @@ def check_beta_high(kernel, length: int, rng) -> tuple:
 
 
 def check_spec(kernel, rng) -> list:
-    """test_linear_tc's checks (lengths, gate regimes) plus beta in (1, 2) at 65 and 1000."""
+    """test_linear_tc's checks (lengths, gate regimes) plus beta in (1, 2) at 65, and at 1000
+    in float16 only: in bfloat16, 16-bit W, U, V' and S (fla rounds the same four) give
+    7.0e-3 .. 7.7e-3 there in a float64 emulation of that rounding, too close to the 8e-3 bound
+    to separate a bug from rounding (at 65: 3.9e-3; with sigmoid beta at 4096: 4.4e-3)."""
     results = additive.check_spec(kernel, rng)
-    for length in (65, 1000):
+    for length in (65, 1000) if kernel.spec.dtype == "float16" else (65,):
         ok, errors = check_beta_high(kernel, length, rng)
         results.append((f"beta in {BETA_HIGH} length {length}", ok, errors))
     return results

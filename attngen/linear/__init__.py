@@ -39,7 +39,9 @@ form calls ``linear_parallel_cumulate_gates`` (scalar/vector gates), ``linear_pa
 ``default(spec, target)`` and ``validate(spec, target, config)``.  On CUDA, chunkwise specs with
 a scalar decay (or none), identity features and the additive update take the tensor-core kernel
 ``linear_chunk_tc`` instead (``attngen.linear.tensorcore``, ``templates/linear_chunk_tc.j2``,
-knobs in ``schedules/linear_cuda_tc.py``).
+knobs in ``schedules/linear_cuda_tc.py``); chunkwise delta-rule specs (gate None or "scalar")
+take ``linear_delta_wy_tc`` then ``linear_delta_tc`` (``attngen.linear.delta_tc``), which pass
+W and U through the scratch buffers ``w`` and ``u`` [batch, H, q_len, D / Dv] in spec.dtype.
 """
 from __future__ import annotations
 

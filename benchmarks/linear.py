@@ -7,17 +7,18 @@ Three steps, because the GPU hosts have only TVM's runtime:
     python benchmarks/linear.py check DIR          # on the GPU (source .gpu/env.sh first)
     python benchmarks/linear.py run DIR [RESULTS]  # on the GPU
 
-``check`` runs tests/test_linear_tc.py's checks (float64 recurrence, NaN-poisoned outputs,
+``check`` runs tests/test_linear_tc.py's and tests/test_linear_delta_tc.py's checks (``$LINEAR_CHECKS``, a
+regular expression, picks specs by name) (float64 recurrence, NaN-poisoned outputs,
 lengths 1..4096, gates near 0 and 1, final state) on every spec of that file, from the modules
 ``build`` exported (``$LINEAR_CHECKS``, a regular expression, picks a subset by name).
 
-``run`` writes ``RESULTS/<card>-linear.json`` ({"card", "rows": [{"case", "impl", "ms", "gflop",
+``run`` writes ``RESULTS/<card>-linear.json`` (``$LINEAR_RESULTS_NAME`` replaces ``linear``) ({"card", "rows": [{"case", "impl", "ms", "gflop",
 "gbytes"}], "checks", "variants"}) and a markdown table beside it; ``$LINEAR_CASES`` (a regular
-expression) picks a subset.  The variants: retention (RetNet's fixed decay), simple_gla
+expression) picks a subset, ``$LINEAR_VARIANTS=0`` times the default configs only.  The variants: retention (RetNet's fixed decay), simple_gla
 (Mamba2/SSD scalar decay), linear_attn (no decay, no normaliser), gla (vector decay),
 delta_rule, gated_delta_rule.  attngen runs its default kernel for each spec: the tensor-core
-chunkwise kernels for the first four (gla: templates/linear_chunk_gla_tc.j2), the SIMT chunkwise
-kernel for the others.  Both sides take
+chunkwise kernels for the first four (gla: templates/linear_chunk_gla_tc.j2), the two
+tensor-core delta-rule kernels (WY + scan) for the last two.  Both sides take
 an initial state and write the final state; each side gets its own layout ([B, H, T, D] for
 attngen, [B, T, H, D] for fla, copied once outside the timing).  Work and bytes per case
 (``gflop``: the chunkwise algorithm's multiply-adds x 2 with the intra-chunk products counted
@@ -51,13 +52,13 @@ VARIANTS = {
     "gated_delta_rule": dict(update="delta", gate="scalar"),
 }
 LENGTHS = (4096, 16384)
-# attngen tile variants timed beside the default (schedules/linear_cuda_tc.py knobs)
+# attngen tile variants timed beside the default (schedules/linear_cuda_tc.py knobs; the delta
+# rule's: schedules/linear_delta_cuda_tc.py)
 TC_VARIANTS = ({"value_block": 32},)
 GLA_TC_VARIANTS = ({"value_block": 64},)  # gate "vector": 4 warps per CTA instead of 8
-
-
-def tc_variants(spec) -> tuple:
-    return GLA_TC_VARIANTS if spec.gate == "vector" else TC_VARIANTS
+DELTA_VARIANTS = ({"stages": 2}, {"value_block": 32}, {"value_block": 32, "stages": 2})
+# results file stem: RESULTS/<card>-<name>.{json,md}
+RESULTS_NAME = os.environ.get("LINEAR_RESULTS_NAME", "linear")
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,13 @@ def spec_of(variant: str):
 
 
 def _file(variant: str, cfg=None) -> str:
-    return variant + ("" if not cfg else "__bv%d" % cfg["value_block"])
+    return variant + "".join(f"__{k}{v}" for k, v in sorted((cfg or {}).items()))
+
+
+def tc_variants(spec) -> tuple:
+    if spec.update == "delta":
+        return DELTA_VARIANTS
+    return GLA_TC_VARIANTS if spec.gate == "vector" else TC_VARIANTS
 
 
 def work(case: Case) -> tuple:
@@ -107,14 +114,17 @@ def work(case: Case) -> tuple:
 
 
 def check_specs() -> dict:
-    """tests/test_linear_tc.py's specs, those whose name matches ``$LINEAR_CHECKS`` (a regex)."""
+    """{name: (spec, check_spec)} of tests/test_linear_tc.py and tests/test_linear_delta_tc.py,
+    the names picked by the regular expression $LINEAR_CHECKS (default: all)."""
     import re
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import test_linear_delta_tc as d
     import test_linear_tc as t
 
     pattern = re.compile(os.environ.get("LINEAR_CHECKS", ""))
-    return {n: s for n, s in t.SPECS.items() if pattern.search(n)}
+    return {name: (spec, m.check_spec) for m in (t, d) for name, spec in m.SPECS.items()
+            if pattern.search(name)}
 
 
 def build(out_dir: str) -> None:
@@ -124,7 +134,7 @@ def build(out_dir: str) -> None:
 
     target = get("cuda-sm90a")
     os.makedirs(out_dir, exist_ok=True)
-    for name, spec in check_specs().items():
+    for name, (spec, _) in check_specs().items():
         export_kernel(lower(spec, target), target, out_dir, "check_" + name)
         print("built check", name, flush=True)
     for variant in dict.fromkeys(c.variant for c in selected()):
@@ -138,17 +148,15 @@ def build(out_dir: str) -> None:
 def check(build_dir: str) -> bool:
     import numpy as np
 
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    import test_linear_tc as t
     from attngen.runtime import ensure_cuda_runtime
     from attngen.targets import get
 
     ensure_cuda_runtime()
     target, ok = get("cuda-sm90a"), True
-    for name, spec in check_specs().items():
+    for name, (spec, check_spec) in check_specs().items():
         kernel = load_kernel(spec, target, build_dir, "check_" + name)
         worst = {}
-        for what, passed, errors in t.check_spec(kernel, np.random.default_rng(0)):
+        for what, passed, errors in check_spec(kernel, np.random.default_rng(0)):
             ok &= passed
             for out, e in errors.items():
                 worst[out] = max(worst.get(out, 0.0), e["rel_rmse"])
@@ -229,7 +237,7 @@ def run(build_dir: str, results_dir: str) -> None:
         f = {n: (t if n == "initial_state" else t.transpose(1, 2).contiguous()) for n, t in x.items()}
         gflop, gbytes = work(case)
 
-        def launcher(file):
+        def launcher(file, x=x):  # x bound now: the loop deletes it after the case
             kernel = load_kernel(spec, target, build_dir, file)
             out = {a.name: torch.full(a.concrete_shape({"batch": B, "q_len": case.n}), float("nan"),
                                       device=dev, dtype=getattr(torch, a.dtype))
@@ -262,7 +270,7 @@ def run(build_dir: str, results_dir: str) -> None:
                 rows.append({"case": case.name, "impl": impl, "ms": round(ms, 4),
                              "gflop": round(gflop, 2), "gbytes": round(gbytes, 3)})
                 print(f"  {impl:8s} {ms:9.3f} ms  {gflop / ms:7.1f} TFLOP/s  {gbytes / ms:6.2f} TB/s", flush=True)
-            for cfg in (tc_variants(spec) if tc else ()):
+            for cfg in (tc_variants(spec) if tc and os.environ.get("LINEAR_VARIANTS") != "0" else ()):
                 vfn, vout = launcher(_file(case.variant, cfg))
                 vfn()
                 torch.cuda.synchronize()
@@ -277,7 +285,7 @@ def run(build_dir: str, results_dir: str) -> None:
 
 
 def _base(results_dir, card):
-    return os.path.join(results_dir, f"{card}-linear")
+    return os.path.join(results_dir, f"{card}-{RESULTS_NAME}")
 
 
 def load_results(results_dir, card):

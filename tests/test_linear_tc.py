@@ -64,7 +64,7 @@ def test_supported_specs_take_the_tensor_core_kernel():
 
 def test_other_specs_keep_the_simt_kernels():
     t = get(TARGET)
-    for spec in (GALLERY["deltanet"].spec, GALLERY["linear_transformer"].spec,
+    for spec in (GALLERY["linear_transformer"].spec,
                  GALLERY["retnet_recurrent"].spec, L(head_dim=128, chunk_size=32),
                  L(head_dim=128, dtype="float32")):
         assert not tensorcore.supported(spec, t)

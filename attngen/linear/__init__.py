@@ -40,7 +40,12 @@ form calls ``linear_parallel_cumulate_gates`` (scalar/vector gates), ``linear_pa
 a scalar decay (or none), identity features and the additive update take the tensor-core kernel
 ``linear_chunk_tc`` instead (``attngen.linear.tensorcore``, ``templates/linear_chunk_tc.j2``,
 knobs in ``schedules/linear_cuda_tc.py``); with GLA's vector decay (head_dim 128) the kernel
-``linear_chunk_gla_tc`` (``templates/linear_chunk_gla_tc.j2``, same module and knobs).
+``linear_chunk_gla_tc`` (``templates/linear_chunk_gla_tc.j2``, same module and knobs);
+chunkwise delta-rule specs (gate None or "scalar") take ``linear_delta_wy_tc`` then
+``linear_delta_tc`` (``attngen.linear.delta_tc``), which pass W and U through the scratch
+buffers ``w`` and ``u`` [batch, H, q_len, D / Dv] in spec.dtype.  The recurrent form (all but
+Performer) takes the fused kernel ``linear_recurrent_fused`` (``attngen.linear.fused``, knobs in
+``schedules/linear_cuda_fused.py``), whose state may be updated in place (``AttentionOp.step``).
 """
 from __future__ import annotations
 

@@ -39,6 +39,11 @@ def unsupported_reason(spec: LinearAttention, target) -> Optional[str]:
     return None
 
 
+def schedule_name(spec: LinearAttention) -> str:
+    """The schedule module whose knobs the fused kernel takes."""
+    return SCHEDULE
+
+
 def supported(spec: LinearAttention, target) -> bool:
     return unsupported_reason(spec, target) is None
 

@@ -44,7 +44,7 @@ def schedule_module(target, spec: Optional[LinearAttention] = None):
     (``attngen.linear.tensorcore``, ``attngen.linear.fused``), else the SIMT (CUDA) or CPU one."""
     module = _warp_level(spec, target) if spec is not None else None
     if module is not None:
-        return load_schedule(module.SCHEDULE)
+        return load_schedule(module.schedule_name(spec))
     return load_schedule("linear_cpu" if target.kind == "llvm" else "linear_cuda")
 
 
@@ -81,7 +81,7 @@ def lower(spec: LinearAttention, target, config: Optional[Mapping] = None) -> Lo
 
     # a supported spec takes the warp-level kernel unless the config names SIMT knobs
     module = _warp_level(spec, target)
-    if module is not None and set(config or {}) <= set(load_schedule(module.SCHEDULE).KNOBS):
+    if module is not None and set(config or {}) <= set(load_schedule(module.schedule_name(spec)).KNOBS):
         return module.lower(spec, target, config)
     sched = schedule_module(target)
     config = {**sched.default(spec, target), **dict(config or {})}

@@ -5,7 +5,7 @@ with GLA's per-key-channel decay (gate "vector") to its sibling ``templates/line
 The template is written at warp level (mma.sync.m16n8k16 fragments, ldmatrix, cp.async), so
 this module only checks the scope and fills in sizes; ``schedules/linear_cuda_tc.py`` picks the
 value block.  Scope (``unsupported_reason``): the chunkwise form on sm_80 or later, float16 or
-bfloat16, identity features, additive update, no normaliser, gate None / "fixed" / "scalar",
+bfloat16, identity features, additive update (the delta rule: ``delta_tc``), no normaliser, gate None / "fixed" / "scalar",
 chunk_size 64, head_dim 64 or 128 (16-row m-tiles of the state split evenly over 4 warps) and
 head_dim_v a multiple of 16; gate "vector" (GLA) needs head_dim 128 (one scan thread per key
 channel) and head_dim_v a multiple of 64 (64 value columns per warp).  Every other linear spec keeps the SIMT kernels of
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Optional
 
-from . import signature
+from . import delta_tc, signature
 from ..family import Call, Lowered
 from ..render import parse, render
 from ..resources import load_schedule
@@ -43,8 +43,10 @@ def unsupported_reason(spec: LinearAttention, target) -> Optional[str]:
         return f"dtype {spec.dtype} (tensor cores take float16 or bfloat16)"
     if spec.feature_map != "identity":
         return f"feature_map {spec.feature_map!r}"
-    if spec.update != "additive":
+    if spec.update not in ("additive", "delta"):
         return f"the {spec.update} update"
+    if spec.update == "delta" and spec.gate not in delta_tc.GATES:
+        return f"gate {spec.gate!r} with the delta rule (None or 'scalar')"
     if spec.normalize:
         return "normalize"
     if spec.gate not in (None, "fixed", "scalar", "vector"):
@@ -82,12 +84,19 @@ def supported(spec: LinearAttention, target) -> bool:
     return unsupported_reason(spec, target) is None
 
 
+def schedule_name(spec: LinearAttention) -> str:
+    """The schedule module whose knobs the spec's tensor-core kernel(s) take."""
+    return delta_tc.SCHEDULE if spec.update == "delta" else SCHEDULE
+
+
 def lower(spec: LinearAttention, target, config: Optional[Mapping] = None) -> Lowered:
     import tvm
 
     reason = unsupported_reason(spec, target)
     if reason is not None:
         raise NotImplementedError(f"tensor-core linear attention: {reason}")
+    if spec.update == "delta":
+        return delta_tc.lower(spec, target, config)
     sched = load_schedule(SCHEDULE)
     cfg = {**sched.default(spec, target), **dict(config or {})}
     sched.validate(spec, target, cfg)

@@ -1,15 +1,18 @@
-"""The tensor-core chunkwise kernel: a linear-attention spec with a scalar decay (none, RetNet's
-fixed one, or Mamba2/SSD's data-dependent one) lowered to ``templates/linear_chunk_tc.j2``, and
-with GLA's per-key-channel decay (gate "vector") to its sibling ``templates/linear_chunk_gla_tc.j2``.
+"""The tensor-core chunkwise kernels: a linear-attention spec with a scalar decay (none, RetNet's
+fixed one, or Mamba2/SSD's data-dependent one) lowered to ``templates/linear_chunk_tc.j2``, with
+GLA's per-key-channel decay (gate "vector") to its sibling ``templates/linear_chunk_gla_tc.j2``,
+and the delta rule to the two kernels of ``attngen.linear.delta_tc``.
 
-The template is written at warp level (mma.sync.m16n8k16 fragments, ldmatrix, cp.async), so
-this module only checks the scope and fills in sizes; ``schedules/linear_cuda_tc.py`` picks the
-value block.  Scope (``unsupported_reason``): the chunkwise form on sm_80 or later, float16 or
-bfloat16, identity features, additive update (the delta rule: ``delta_tc``), no normaliser, gate None / "fixed" / "scalar",
-chunk_size 64, head_dim 64 or 128 (16-row m-tiles of the state split evenly over 4 warps) and
-head_dim_v a multiple of 16; gate "vector" (GLA) needs head_dim 128 (one scan thread per key
-channel) and head_dim_v a multiple of 64 (64 value columns per warp).  Every other linear spec keeps the SIMT kernels of
-``schedules/linear_cuda.py``.  The calling convention is the family's (``attngen.linear``).
+The templates are written at warp level (mma.sync.m16n8k16 fragments, ldmatrix, cp.async), so
+this module only checks the scope and fills in sizes; ``schedules/linear_cuda_tc.py`` (and
+``schedules/linear_delta_cuda_tc.py``) pick the value block.  Scope (``unsupported_reason``): the
+chunkwise form on sm_80 or later, float16 or bfloat16, identity features, no normaliser, the
+additive update with gate None / "fixed" / "scalar" / "vector" or the delta rule with gate None /
+"scalar", chunk_size 64, head_dim 64 or 128 (16-row m-tiles of the state split evenly over 4
+warps) and head_dim_v a multiple of 16; gate "vector" (GLA) needs head_dim 128 (one scan thread
+per key channel) and head_dim_v a multiple of 64 (64 value columns per warp).  Every other
+linear spec keeps the SIMT kernels of ``schedules/linear_cuda.py`` (or, in the recurrent form,
+takes ``attngen.linear.fused``).  The calling convention is the family's (``attngen.linear``).
 """
 from __future__ import annotations
 
@@ -65,9 +68,11 @@ def unsupported_reason(spec: LinearAttention, target) -> Optional[str]:
 # -- gate "vector" (GLA): templates/linear_chunk_gla_tc.j2
 def _gla_reason(spec: LinearAttention, target) -> Optional[str]:
     if spec.head_dim != 128:
-        return f"gate 'vector' with head_dim {spec.head_dim} (the GLA kernel scans one key channel per thread: 128)"
+        return (f"gate 'vector' with head_dim {spec.head_dim} (the GLA kernel scans one key "
+                f"channel per thread: 128)")
     if spec.head_dim_v % 64:
-        return f"gate 'vector' with head_dim_v {spec.head_dim_v} (a multiple of 64: 64 value columns per warp)"
+        return (f"gate 'vector' with head_dim_v {spec.head_dim_v} (a multiple of 64: 64 value "
+                f"columns per warp)")
     sched = load_schedule(SCHEDULE)
     need = sched.gla_smem_bytes(spec, {"value_block": 64})  # the smaller of its two blocks
     limit = sched.SMEM_LIMIT.get(target.arch, 99 * 1024)

@@ -347,7 +347,10 @@ class LinearAttention(_Spec):
     ``"fixed"`` one decay per head (RetNet, γ_h = 1 − 2^(−5−h)); ``"scalar"`` a data-dependent
     log gate per token (Mamba2/SSD); ``"vector"`` a log gate per token and key channel (GLA).
     ``update="delta"`` is the delta rule with β per token (DeltaNet; with a gate, Gated
-    DeltaNet).  ``normalize`` divides by ``q_t z_t`` with ``z_t`` the running key sum (Katharopoulos
+    DeltaNet).  ``bonus`` is RWKV-6's ``u`` (``time_first``): a per-head, per-channel weight
+    of the current token, which the query reads beside the state before this token's decay and
+    update, ``o_t = q_t S_{t-1} + (q_t ⊙ u ⊙ k_t)·1 v_t`` (passed at run time as ``bonus [heads,
+    feature_dim]``).  ``normalize`` divides by ``q_t z_t`` with ``z_t`` the running key sum (Katharopoulos
     et al.).  ``form`` picks the algorithm; every form takes an initial state and returns the
     final one.
     """
@@ -360,6 +363,7 @@ class LinearAttention(_Spec):
     gate: Optional[str] = None
     update: str = "additive"
     normalize: bool = False
+    bonus: bool = False
     form: str = "chunkwise"
     chunk_size: int = 64
     scale: Optional[float] = None
@@ -402,6 +406,13 @@ class LinearAttention(_Spec):
                                   f"got feature_map={self.feature_map!r}")
         if self.form not in FORMS:
             _fail(L, "form", f"must be one of {FORMS}, got {self.form!r}")
+        if not isinstance(self.bonus, bool):
+            _fail(L, "bonus", f"must be True or False, got {self.bonus!r}")
+        if self.bonus and (self.update == "delta" or self.normalize):
+            _fail(L, "bonus", "RWKV-6's bonus goes with the additive update and no normaliser")
+        if self.bonus and self.form != "recurrent":
+            _fail(L, "bonus", f"is built for form='recurrent' (decoding, short sequences); the "
+                              f"{self.form} kernels do not take it yet")
         if not (_posint(self.chunk_size) and self.chunk_size & (self.chunk_size - 1) == 0
                 and self.chunk_size <= 256):
             _fail(L, "chunk_size", f"must be a power of two in [1, 256], got {self.chunk_size!r}")

@@ -38,13 +38,16 @@ def rows(spec, lanes: int) -> int:
 
 def lane_registers(spec, lanes: int, columns: int) -> int:
     """State (fp32), phi(k) (fp32), q and k of two tokens (16-bit), the vector gate of two
-    tokens and its decays, z for the normaliser, the per-column sums."""
+    tokens and its decays, z for the normaliser, u and phi(q) for the bonus, the per-column
+    sums."""
     r = rows(spec, lanes)
     regs = r * columns + r + 2 * r + 4 * columns  # st, kf, qh + kh (two tokens of halves), sums
     if spec.gate == "vector":
         regs += 3 * r
     if spec.normalize:
         regs += r
+    if spec.bonus:
+        regs += 2 * r  # u and phi(q) of the lane's rows
     return regs + 24
 
 

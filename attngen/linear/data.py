@@ -31,6 +31,8 @@ def sample(spec: LinearAttention, sizes, rng: np.random.Generator) -> dict:
         out["g"] = log_gates(rng, _concrete(sig.gate_shape(spec), B, L))
     if spec.update == "delta":
         out["beta"] = (1.0 / (1.0 + np.exp(-rng.standard_normal((B, H, L))))).astype(np.float32)
+    if spec.bonus:  # RWKV-6's u: learned, of order one, either sign
+        out["bonus"] = rng.standard_normal((H, spec.feature_dim)).astype(np.float32)
     if spec.feature_map == "performer":
         omega = ref.performer_omega(spec.num_features, D, seed=int(rng.integers(2 ** 31)))
         out["omega"] = np.ascontiguousarray(omega.T, dtype=np.float32)
@@ -63,7 +65,8 @@ def reference(spec: LinearAttention, inputs) -> dict:
     if spec.normalize:
         state = (state, inputs["z0"])
     o, final = ref.recurrent(q, k, inputs["v"], g=g, update=spec.update, beta=inputs.get("beta"),
-                             normalize=spec.normalize, scale=spec.scale, initial_state=state)
+                             normalize=spec.normalize, bonus=inputs.get("bonus"), scale=spec.scale,
+                             initial_state=state)
     if spec.normalize:
         return {"o": o, "final_state": final[0], "z_final": final[1]}
     return {"o": o, "final_state": final}

@@ -27,6 +27,8 @@ def inputs(spec: LinearAttention) -> tuple:
         out.append(Arg("g", gate_shape(spec), "float32"))
     if spec.update == "delta":
         out.append(Arg("beta", tokens(spec), "float32"))
+    if spec.bonus:
+        out.append(Arg("bonus", (spec.num_heads, spec.feature_dim), "float32"))
     if spec.feature_map == "performer":
         out.append(Arg("omega", (spec.head_dim, spec.num_features), "float32"))
     out.append(Arg("initial_state", state_shape(spec), "float32"))

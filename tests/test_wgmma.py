@@ -209,3 +209,39 @@ def test_prefill_wgmma_builds_async_without_stack(name, cfg, tmp_path):
     assert "C7514" not in report and "serialized" not in report, report
     no_stack = r"\b0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads"
     assert len(re.findall(no_stack, report)) == report.count("Function properties"), report
+
+
+def test_prefill_wgmma_default_when_switched_on(monkeypatch):
+    """What flipping WGMMA_DEFAULT does: wgmma for the specs it serves on sm_90a, mma_sync for
+    the rest (wider or unequal heads, packed layouts, other archs)."""
+    from attngen.gallery import GALLERY
+    from attngen.targets import get as get_target
+
+    sched, sm90, Attention, masks = _prefill()
+    monkeypatch.setattr(sched, "WGMMA_DEFAULT", True)
+    pick = lambda spec, target=sm90: sched.default(spec, target)["mma"]  # noqa: E731
+    assert pick(GALLERY["causal"].spec) == "wgmma" and pick(GALLERY["document"].spec) == "wgmma"
+    assert sched.default(GALLERY["document"].spec, sm90)["tile_map"] is True
+    assert pick(GALLERY["mla_prefill"].spec) == "mma_sync"
+    assert pick(Attention(num_heads=4, head_dim=128, layout="thd")) == "mma_sync"
+    assert pick(GALLERY["causal"].spec, get_target("cuda-sm80")) == "mma_sync"
+    for name in ("causal", "softcap", "sinks", "document"):
+        spec = GALLERY[name].spec
+        sched.validate(spec, sm90, sched.default(spec, sm90))
+
+
+def test_prefill_wgmma_full_tiles_per_warpgroup():
+    """A causal or windowed tile skips the mask per warpgroup: the bounds of its own 64 rows."""
+    from attngen.gallery import GALLERY
+    from attngen.softmax import signature as sig, tensorcore
+
+    sched, sm90, _, _ = _prefill()
+    spec = GALLERY["sliding_window"].spec  # window 256, causal
+    cfg = sched.wgmma_default(spec, sm90)
+    ctx = tensorcore.wgmma_context(spec, cfg, tensorcore.context(spec, cfg, sig.program_args(spec)))
+    assert (ctx["wg_full_lo"], ctx["wg_full_hi"]) == ("(wq_last + kvl - lq - 255)", "(wq0 + kvl - lq)")
+    assert ctx["warpgroups"] == 2 and ctx["mma_dtype"] == "f16" and ctx["block_m"] == 128
+    doc = GALLERY["document"].spec
+    dcfg = sched.wgmma_default(doc, sm90)
+    dctx = tensorcore.wgmma_context(doc, dcfg, tensorcore.context(doc, dcfg, sig.program_args(doc)))
+    assert dctx["wg_full_lo"] is None and dctx["tile_map"]

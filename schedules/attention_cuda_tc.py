@@ -6,7 +6,7 @@ builtins.  What remains to choose is the instruction and the tile shape:
 
     mma              "mma_sync" (attention_tc.j2: warp-level mma.sync.m16n8k16, sm_80+) or
                      "wgmma" (attention_wgmma.j2: warpgroup MMA, sm_90a only; head_dim =
-                     head_dim_v in {64, 128}, not packed).  With wgmma a warpgroup is 4 warps
+                     head_dim_v in {64, 128}).  With wgmma a warpgroup is 4 warps
                      of one m-tile each: warps 4 or 8 (one or two warpgroups), m_tiles 1,
                      q_in_registers False (wgmma reads Q from shared memory).
                      The default is "mma_sync": wgmma is opt-in (see WGMMA_DEFAULT)
@@ -111,8 +111,6 @@ def wgmma_unsupported_reason(spec, target):
     if spec.head_dim != spec.head_dim_v or spec.head_dim not in (64, 128):
         return (f"wgmma needs head_dim = head_dim_v in (64, 128), got {spec.head_dim}/"
                 f"{spec.head_dim_v} (wider heads spill the accumulators)")
-    if spec.layout == "thd":
-        return "wgmma has no packed (thd) layout yet"
     return None
 
 

@@ -6,7 +6,7 @@ Variants (tests/test_prefill_tc.py's specs): the band loop with full and partial
 (causal, sliding window, GQA, d256), the per-tile map's three kernels (document ids, a mask
 per head, prefix-LM), token-major q/k/v, packed sequences with their tile pre-pass (one
 sequence empty), sinks and a softcap; and the wgmma kernel (``mma = "wgmma"``, both schedules)
-on a band, a map, a score mod, sinks and token-major inputs.  Shapes: lengths 1, 65 and 1000 (tile - 63, one tile +
+on a band, a map, a score mod, sinks, token-major inputs and packed sequences.  Shapes: lengths 1, 65 and 1000 (tile - 63, one tile +
 1, several tiles with a tail), batches of 3 (4 packed sequences).  Each run is also checked
 against its float64 reference (exit 1 on a wrong result: an out-of-bounds read that lands on
 valid memory cannot pass for clean).  The kernels must be in the build cache
@@ -35,7 +35,8 @@ def cases():
     out += [(n + " wgmma", GALLERY[n].spec, 3, t.WGMMA)
             for n in ("causal", "sliding_window", "document", "sinks", "softcap")]
     out += [("d64_bshd_document wgmma", t.EXTRA["d64_bshd_document"], 3, t.WGMMA),
-            ("causal wgmma plain", GALLERY["causal"].spec, 3, t.WGMMA_PLAIN)]
+            ("causal wgmma plain", GALLERY["causal"].spec, 3, t.WGMMA_PLAIN),
+            ("d64_thd_causal_sinks wgmma", t.PACKED["d64_thd_causal_sinks"], 4, t.WGMMA)]
     return out
 
 

@@ -273,7 +273,7 @@ PLAIN_WGMMA = ["causal", "document"]
 
 def _wgmma_builds():
     out = [(GALLERY[n].spec, WGMMA) for n in GALLERY_WGMMA]
-    out += [(s, WGMMA) for s in EXTRA_WGMMA.values()]
+    out += [(s, WGMMA) for s in EXTRA_WGMMA.values()] + [(s, WGMMA) for s in PACKED.values()]
     return out + [(GALLERY[n].spec, WGMMA_PLAIN) for n in PLAIN_WGMMA]
 
 
@@ -305,3 +305,9 @@ def test_wgmma_long_on_gpu(name):
 @pytest.mark.parametrize("name", PLAIN_WGMMA)
 def test_wgmma_plain_schedule_on_gpu(name):
     _check(GALLERY[name].spec, (1, 65, 1000), WGMMA_PLAIN)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(PACKED))
+def test_wgmma_packed_on_gpu(name):
+    _check(PACKED[name], (1, 63, 64, 65, 1000, 4096), WGMMA, batch=4)

@@ -160,7 +160,8 @@ def test_prefill_dispatch_follows_the_mma_knob():
 @pytest.mark.parametrize("spec_kw, cfg, words", [
     (dict(head_dim=192, head_dim_v=128), {}, "head_dim = head_dim_v in"),
     (dict(head_dim=256), {}, "head_dim = head_dim_v in"),
-    (dict(head_dim=128, layout="thd"), {}, "packed"),
+    (dict(head_dim=128, layout="thd"), {"tile_map": True}, "packed"),
+    (dict(head_dim=128, layout="thd"), {}, None),  # packed sequences: valid
     (dict(head_dim=128), {"m_tiles": 2}, "m_tiles must be 1"),
     (dict(head_dim=128), {"warps": 2}, "warps must be 4 or 8"),
     (dict(head_dim=128), {"q_in_registers": True}, "q_in_registers must be False"),
@@ -192,7 +193,7 @@ def test_prefill_wgmma_needs_sm90a():
 @pytest.mark.parametrize("name, cfg", [
     ("causal", {"overlap": False}),   # band + full tiles, the plain schedule
     ("softcap", {}),                  # score mod (tanh.approx), GQA
-    ("sinks", {}),                    # d64, sinks
+    ("thd causal sinks d64", {}),     # packed sequences, sinks, d64
     ("bshd document d64", {}),        # tile map, token-major layout
 ])
 def test_prefill_wgmma_builds_async_without_stack(name, cfg, tmp_path):
@@ -200,8 +201,10 @@ def test_prefill_wgmma_builds_async_without_stack(name, cfg, tmp_path):
     from attngen.gallery import GALLERY
 
     sched, sm90, Attention, masks = _prefill()
-    spec = (GALLERY[name].spec if name in GALLERY else
-            Attention(num_heads=4, head_dim=64, mask=masks.document(), layout="bshd"))
+    extra = {"bshd document d64": Attention(num_heads=4, head_dim=64, mask=masks.document(), layout="bshd"),
+             "thd causal sinks d64": Attention(num_heads=4, num_kv_heads=2, head_dim=64,
+                                               mask=masks.causal(), sinks=True, layout="thd")}
+    spec = GALLERY[name].spec if name in GALLERY else extra[name]
     ex = compile_lowered(lower(spec, sm90, {"mma": "wgmma", **cfg}), sm90)
     cuda = next(m for m in ex.mod.imports if m.kind == "cuda").inspect_source()
     assert "wgmma.mma_async.sync.aligned" in cuda and "mma.sync.aligned.m16n8k16" not in cuda
@@ -223,7 +226,8 @@ def test_prefill_wgmma_default_when_switched_on(monkeypatch):
     assert pick(GALLERY["causal"].spec) == "wgmma" and pick(GALLERY["document"].spec) == "wgmma"
     assert sched.default(GALLERY["document"].spec, sm90)["tile_map"] is True
     assert pick(GALLERY["mla_prefill"].spec) == "mma_sync"
-    assert pick(Attention(num_heads=4, head_dim=128, layout="thd")) == "mma_sync"
+    assert pick(Attention(num_heads=4, head_dim=128, head_dim_v=64)) == "mma_sync"
+    assert pick(Attention(num_heads=4, head_dim=64, layout="thd", mask=masks.causal())) == "wgmma"
     assert pick(GALLERY["causal"].spec, get_target("cuda-sm80")) == "mma_sync"
     for name in ("causal", "softcap", "sinks", "document"):
         spec = GALLERY[name].spec

@@ -9,7 +9,8 @@ builtins.  What remains to choose is the instruction and the tile shape:
                      head_dim_v in {64, 128}).  With wgmma a warpgroup is 4 warps
                      of one m-tile each: warps 4 or 8 (one or two warpgroups), m_tiles 1,
                      q_in_registers False (wgmma reads Q from shared memory).
-                     The default is "mma_sync": wgmma is opt-in (see WGMMA_DEFAULT)
+                     The default is "mma_sync": wgmma is opt-in (see WGMMA_DEFAULT).  A
+                     config without `mma` is an mma_sync config (it predates the knob)
     overlap          wgmma only: S(j) and PV(j - 1) in flight together, the softmax of S(j)
                      under PV(j - 1) (FlashAttention-3's intra-warpgroup pipelining)
 

@@ -232,6 +232,13 @@ def test_prefill_wgmma_default_when_switched_on(monkeypatch):
     for name in ("causal", "softcap", "sinks", "document"):
         spec = GALLERY[name].spec
         sched.validate(spec, sm90, sched.default(spec, sm90))
+    # through lower(): no config takes the default; a config without `mma` (a tuned record
+    # written before the knob) stays mma.sync's
+    from attngen.builder import lower
+
+    spec = GALLERY["causal"].spec
+    assert "T.ptx.wgmma(" in lower(spec, sm90).mod.script()
+    assert "ptx_legacy.mma" in lower(spec, sm90, {"block_n": 32, "m_tiles": 2}).mod.script()
 
 
 def test_prefill_wgmma_full_tiles_per_warpgroup():

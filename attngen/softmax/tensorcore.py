@@ -64,8 +64,10 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
         raise NotImplementedError(f"tensor-core attention: {reason}")
     sched = load_schedule(SCHEDULE)
     config = dict(config or {})
-    # a config naming its mma merges over that kernel's defaults
-    cfg = {**sched.default(spec, target, config.get("mma")), **config}
+    # a config merges over the defaults of the kernel it names; one that names knobs but no
+    # `mma` predates that knob (tuned records, scripts): mma.sync's, as validate() reads it
+    mma = config.get("mma", "mma_sync" if config else None)
+    cfg = {**sched.default(spec, target, mma), **config}
     sched.validate(spec, target, cfg)
     block_m = 16 * cfg["m_tiles"] * cfg["warps"]
     args = sig.program_args(spec)

@@ -2,7 +2,10 @@
 
 ``templates/wgmma_gemm.j2`` is the proving ground (C = A B^T from shared memory, swizzled
 operands, matrix descriptors); ``templates/wgmma_attention.j2`` the attention forward built on
-the same facts.  benchmarks/NOTES-hopper.md records what was verified on which card.
+the same facts (standalone: dense/causal, no LSE).  attngen's own prefill kernel on wgmma is
+``templates/attention_wgmma.j2``, rendered from a spec by ``attngen/softmax/tensorcore.py``
+(the ``mma`` knob of ``schedules/attention_cuda_tc.py``).  benchmarks/NOTES-hopper.md records
+what was verified on which card.
 """
 from __future__ import annotations
 

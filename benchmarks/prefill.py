@@ -71,15 +71,33 @@ CASES = [
 
 
 # variants timed beside the default: knobs of schedules/attention_cuda_tc.py over its defaults
+# (each names its mma: a config merges over that kernel's defaults)
+TC = {"mma": "mma_sync"}
 VARIANTS = {
-    "dense d128 N4096": [dict(warps=4, m_tiles=2, block_n=32, q_in_registers=False),
-                         dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
-    "causal d128 N4096": [dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
-    "dense d64 N4096": [dict(warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
+    "dense d128 N4096": [dict(TC, warps=4, m_tiles=2, block_n=32, q_in_registers=False),
+                         dict(TC, warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
+    "causal d128 N4096": [dict(TC, warps=4, m_tiles=1, block_n=64, q_in_registers=True),
+                          # one warpgroup, 64-key tiles: two CTAs per SM (NOTES-hopper.md)
+                          dict(mma="wgmma", warps=4, block_n=64)],
+    "dense d64 N4096": [dict(TC, warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
     # the per-tile map against the band alone (the previous kernel for these masks)
-    "document 8x2048 N16384": [dict(tile_map=False), dict(m_tiles=1, block_n=64, q_in_registers=True)],
-    "global 64 + local 1024 causal N16384": [dict(tile_map=False), dict(m_tiles=2, block_n=32)],
+    "document 8x2048 N16384": [dict(TC, tile_map=False), dict(TC, m_tiles=1, block_n=64, q_in_registers=True)],
+    "global 64 + local 1024 causal N16384": [dict(TC, tile_map=False), dict(TC, m_tiles=2, block_n=32)],
 }
+
+
+def variants(case: "Case") -> list:
+    """The configs timed beside the default: VARIANTS, then the other tensor-core instruction
+    (wgmma or mma.sync, whichever the default is not) where both serve the spec."""
+    from attngen.resources import load_schedule
+    from attngen.targets import get
+
+    sched, target, spec = load_schedule("attention_cuda_tc"), get("cuda-sm90a"), spec_of(case)
+    other = "mma_sync" if sched.default(spec, target)["mma"] == "wgmma" else "wgmma"
+    extra = []
+    if other == "mma_sync" or sched.wgmma_unsupported_reason(spec, target) is None:
+        extra = [{"mma": other}]
+    return VARIANTS.get(case.name, []) + extra
 
 
 def selected() -> list:
@@ -91,7 +109,8 @@ def selected() -> list:
 
 
 def _variant_file(case: "Case", cfg) -> str:
-    return _file(case) + "__" + "_".join(f"{k}{int(v)}" for k, v in sorted(cfg.items()))
+    return _file(case) + "__" + "_".join(f"{k}{v if isinstance(v, str) else int(v)}"
+                                         for k, v in sorted(cfg.items()))
 
 
 def spec_of(case: Case):
@@ -168,9 +187,10 @@ def build(out_dir: str) -> None:
             export_kernel(lower(spec, target), target, out_dir, "check_" + name)
             print("built check", name, flush=True)
     for case in selected():
-        for file, cfg in [(_file(case), None)] + [(_variant_file(case, c), c) for c in VARIANTS.get(case.name, [])]:
+        for file, cfg in [(_file(case), None)] + [(_variant_file(case, c), c) for c in variants(case)]:
             low = lower(spec_of(case), target, cfg)
-            if "ptx_legacy.mma" not in low.mod.script():
+            script = low.mod.script()
+            if "ptx_legacy.mma" not in script and "T.ptx.wgmma(" not in script:
                 raise RuntimeError(f"{case.name}: expected the tensor-core kernel")
             export_kernel(low, target, out_dir, file)
             print("built", file, flush=True)
@@ -308,7 +328,7 @@ def run(build_dir: str, results_dir: str) -> None:
             rows.append({"case": case.name, "impl": impl, "ms": round(ms, 4),
                          "tflops": round(flops / ms / 1e9, 1)})
             print(f"  {impl:11s} {ms:8.3f} ms {flops / ms / 1e9:7.1f} TFLOP/s", flush=True)
-        for cfg in VARIANTS.get(case.name, []):
+        for cfg in variants(case):
             vfn = load(spec, _variant_file(case, cfg), feed)
             o.fill_(float("nan"))
             vfn()
@@ -326,13 +346,14 @@ def run(build_dir: str, results_dir: str) -> None:
 
 
 def _base(results_dir, card):
-    return os.path.join(results_dir, f"{card}-prefill")
+    # $PREFILL_TAG names a separate results file (e.g. "-wgmma": <card>-prefill-wgmma.json)
+    return os.path.join(results_dir, f"{card}-prefill{os.environ.get('PREFILL_TAG', '')}")
 
 
 def load_results(results_dir, card):
     with open(_base(results_dir, card) + ".json") as f:
         res = json.load(f)
-    return card, res["rows"], res["checks"]
+    return card, res["rows"], res["checks"], res.get("variants", [])
 
 
 def save(results_dir, card, rows, checks, variants) -> None:
@@ -343,10 +364,10 @@ def save(results_dir, card, rows, checks, variants) -> None:
     with open(base + ".json", "w") as f:
         json.dump({"card": card, "rows": rows, "checks": checks, "variants": variants}, f, indent=1)
     with open(base + ".md", "w") as f:
-        f.write(markdown(card, rows, checks))
+        f.write(markdown(card, rows, checks, variants))
 
 
-def markdown(card: str, rows, checks) -> str:
+def markdown(card: str, rows, checks, variants=()) -> str:
     impls = ["attngen", "sdpa_flash", "sdpa_cudnn", "flex"]
     by = {(r["case"], r["impl"]): r for r in rows}
     err = {c["case"]: c["rel_err_vs_flex"] for c in checks}
@@ -361,6 +382,15 @@ def markdown(card: str, rows, checks) -> str:
         a, fl, fx = (by.get((case, i)) for i in ("attngen", "sdpa_flash", "flex"))
         ratio = lambda x: "" if x is None or a is None else f"{x['ms'] / a['ms']:.2f}x"
         lines.append(f"| {case} | " + " | ".join(cells) + f" | {ratio(fl)} | {ratio(fx)} | {err.get(case, float('nan')):.1e} |")
+    if variants:
+        lines += ["", "Variants (knobs over the default's, same process):", "",
+                  "| case | config | TFLOP/s (ms) | default / variant | flex / variant | rel err vs flex |",
+                  "|---|---|---|---|---|---|"]
+        for v in variants:
+            a, fx = by.get((v["case"], "attngen")), by.get((v["case"], "flex"))
+            ratio = lambda x: "" if x is None else f"{x['ms'] / v['ms']:.2f}x"
+            lines.append(f"| {v['case']} | {v['config']} | {v['tflops']} ({v['ms']:.3f}) | "
+                         f"{ratio(a)} | {ratio(fx)} | {v['rel_err_vs_flex']:.1e} |")
     return "\n".join(lines) + "\n"
 
 

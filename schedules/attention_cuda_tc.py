@@ -1,7 +1,18 @@
-"""Knobs of the tensor-core softmax-attention kernel (``templates/attention_tc.j2``).
+"""Knobs of the tensor-core softmax-attention kernel (``templates/attention_tc.j2``, or
+``templates/attention_wgmma.j2`` on Hopper).
 
 The template already is the schedule: explicit thread bindings, register fragments and PTX
-builtins.  What remains to choose is the tile shape:
+builtins.  What remains to choose is the instruction and the tile shape:
+
+    mma              "mma_sync" (attention_tc.j2: warp-level mma.sync.m16n8k16, sm_80+) or
+                     "wgmma" (attention_wgmma.j2: warpgroup MMA, sm_90a only; head_dim =
+                     head_dim_v in {64, 128}).  With wgmma a warpgroup is 4 warps
+                     of one m-tile each: warps 4 or 8 (one or two warpgroups), m_tiles 1,
+                     q_in_registers False (wgmma reads Q from shared memory).
+                     The default is "mma_sync": wgmma is opt-in (see WGMMA_DEFAULT).  A
+                     config without `mma` is an mma_sync config (it predates the knob)
+    overlap          wgmma only: S(j) and PV(j - 1) in flight together, the softmax of S(j)
+                     under PV(j - 1) (FlashAttention-3's intra-warpgroup pipelining)
 
     warps            warps per CTA
     m_tiles          16-row m-tiles per warp (1 or 2): a CTA covers 16 * m_tiles * warps rows,
@@ -21,6 +32,8 @@ from __future__ import annotations
 from attngen import knobs
 
 KNOBS = {
+    "mma": 'tensor-core instruction: "mma_sync" or "wgmma" (sm_90a)',
+    "overlap": "wgmma: issue S(j) and PV(j - 1) together, softmax under PV (bool)",
     "warps": "warps per CTA (1, 2, 4 or 8)",
     "m_tiles": "16-row m-tiles per warp (1 or 2)",
     "block_n": "keys per shared-memory K/V tile (16, 32, 64 or 128)",
@@ -51,7 +64,31 @@ def fragment_budget(spec, target) -> int:
     return FRAGMENT_REGS if plain and hopper else FRAGMENT_REGS_BUSY
 
 
-def default(spec, target) -> dict:
+# wgmma is attngen's default on sm_90a (for the specs it serves) only once its GPU tests passed
+# on a Hopper card in the run that measured it (benchmarks/NOTES-hopper.md); until then opt-in
+WGMMA_DEFAULT = False
+# wgmma's fragments (S, P twice with overlap, O) per thread: the 2-warpgroup n128 d128 overlap
+# kernel (192) builds without stack on sm_90a; more would spill
+WGMMA_REGS = 192
+
+
+def default(spec, target, mma=None) -> dict:
+    """The config a spec gets: ``mma`` picks the kernel (None: wgmma where it is the default
+    and serves the spec, else mma_sync)."""
+    if mma is None:
+        mma = "wgmma" if WGMMA_DEFAULT and wgmma_unsupported_reason(spec, target) is None else "mma_sync"
+    return wgmma_default(spec, target) if mma == "wgmma" else mma_sync_default(spec, target)
+
+
+def wgmma_default(spec, target) -> dict:
+    # measured on an H100 (benchmarks/NOTES-hopper.md): two warpgroups, 128-key tiles, overlap
+    from attngen.softmax import tile_map
+
+    return {"mma": "wgmma", "warps": 8, "m_tiles": 1, "block_n": 128, "q_in_registers": False,
+            "tile_map": tile_map.needed(spec), "overlap": True}
+
+
+def mma_sync_default(spec, target) -> dict:
     # measured on an H100 (benchmarks/NOTES-prefill.md): two m-tiles per warp and 64-key tiles
     # first, then Q re-read from shared memory before smaller tiles
     from attngen.softmax import tile_map
@@ -59,12 +96,23 @@ def default(spec, target) -> dict:
     use_map = tile_map.needed(spec)
     for m_tiles, block_n in ((2, 64), (2, 32), (1, 64), (1, 32), (1, 16)):
         for q_regs in (True, False):
-            cfg = {"warps": 4, "m_tiles": m_tiles, "block_n": block_n, "q_in_registers": q_regs,
-                   "tile_map": use_map}
+            cfg = {"mma": "mma_sync", "warps": 4, "m_tiles": m_tiles, "block_n": block_n,
+                   "q_in_registers": q_regs, "tile_map": use_map, "overlap": False}
             if not _problems(spec, target, cfg):
                 return cfg
     # validate() says why not
-    return {"warps": 4, "m_tiles": 1, "block_n": 16, "q_in_registers": False, "tile_map": use_map}
+    return {"mma": "mma_sync", "warps": 4, "m_tiles": 1, "block_n": 16, "q_in_registers": False,
+            "tile_map": use_map, "overlap": False}
+
+
+def wgmma_unsupported_reason(spec, target):
+    """Why the wgmma kernel cannot serve ``spec`` on ``target`` at all (None: it can)."""
+    if target.arch != "sm_90a":
+        return f"wgmma needs sm_90a, target is {target.arch}"
+    if spec.head_dim != spec.head_dim_v or spec.head_dim not in (64, 128):
+        return (f"wgmma needs head_dim = head_dim_v in (64, 128), got {spec.head_dim}/"
+                f"{spec.head_dim_v} (wider heads spill the accumulators)")
+    return None
 
 
 def validate(spec, target, config) -> None:
@@ -84,12 +132,22 @@ def fragment_regs(spec, config) -> int:
     return config["m_tiles"] * (spec.head_dim_v // 2 + bn // 2 + q + bn // 4) + 8
 
 
+def wgmma_regs(spec, config) -> int:
+    """32-bit registers of one thread's wgmma fragments: S and O in fp32 (half a row of each per
+    thread), P as 16-bit pairs (twice with overlap)."""
+    bn = config["block_n"]
+    return spec.head_dim // 2 + bn // 2 + bn // 4 * (2 if config.get("overlap") else 1)
+
+
 def _problems(spec, target, config) -> list:
     out = []
     w, bn = config["warps"], config["block_n"]
-    for flag in ("q_in_registers", "tile_map"):
-        if not isinstance(config.get(flag), bool):
+    mma = config.get("mma", "mma_sync")
+    for flag in ("q_in_registers", "tile_map", "overlap"):
+        if not isinstance(config.get(flag, False), bool):
             out.append(f"{flag} must be a bool, got {config.get(flag)!r}")
+    if mma not in ("mma_sync", "wgmma"):
+        out.append(f"mma must be 'mma_sync' or 'wgmma', got {mma!r}")
     if w not in (1, 2, 4, 8):
         out.append(f"warps must be 1, 2, 4 or 8, got {w!r}")
     if config.get("m_tiles") not in (1, 2):
@@ -103,6 +161,10 @@ def _problems(spec, target, config) -> list:
         out.append("tile_map needs one tile grid per batch: not with packed sequences (layout 'thd')")
     if out:
         return out
+    if mma == "wgmma":
+        return _wgmma_problems(spec, target, config)
+    if config.get("overlap"):
+        out.append("overlap needs mma='wgmma'")
     threads = 32 * w
     for what, width in (("K", spec.head_dim), ("V", spec.head_dim_v)):
         if (bn * width // 8) % threads:
@@ -115,6 +177,32 @@ def _problems(spec, target, config) -> list:
     if fragment_regs(spec, config) > budget:
         out.append(f"fragments need {fragment_regs(spec, config)} registers per thread, over "
                    f"{budget}: lower block_n or m_tiles")
+    return out
+
+
+def _wgmma_problems(spec, target, config) -> list:
+    reason = wgmma_unsupported_reason(spec, target)
+    if reason:
+        return [reason]
+    out = []
+    if config["warps"] not in (4, 8):
+        out.append(f"wgmma: warps must be 4 or 8 (one or two warpgroups), got {config['warps']}")
+    if config["m_tiles"] != 1:
+        out.append(f"wgmma: m_tiles must be 1 (a warp holds 16 rows of the m64 tile), got {config['m_tiles']}")
+    if config["q_in_registers"]:
+        out.append("wgmma: q_in_registers must be False (wgmma reads Q from shared memory)")
+    if out:
+        return out
+    threads = 32 * config["warps"]
+    if (config["block_n"] * spec.head_dim // 8) % threads:
+        out.append(f"wgmma: a K/V tile of {config['block_n']} x {spec.head_dim} is not a whole "
+                   f"number of 16-byte copies per thread ({threads} threads)")
+    smem = 2 * spec.head_dim * (16 * config["warps"] + 4 * config["block_n"])  # Q, 2 K, 2 V
+    if smem > SMEM_LIMIT["sm_90a"]:
+        out.append(f"wgmma: Q/K/V tiles need {smem} B of shared memory, over {SMEM_LIMIT['sm_90a']} B")
+    if wgmma_regs(spec, config) > WGMMA_REGS:
+        out.append(f"wgmma: fragments need {wgmma_regs(spec, config)} registers per thread, over "
+                   f"{WGMMA_REGS}: lower block_n or turn overlap off")
     return out
 
 

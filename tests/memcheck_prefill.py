@@ -5,7 +5,8 @@
 Variants (tests/test_prefill_tc.py's specs): the band loop with full and partial tiles
 (causal, sliding window, GQA, d256), the per-tile map's three kernels (document ids, a mask
 per head, prefix-LM), token-major q/k/v, packed sequences with their tile pre-pass (one
-sequence empty), sinks and a softcap.  Shapes: lengths 1, 65 and 1000 (tile - 63, one tile +
+sequence empty), sinks and a softcap; and the wgmma kernel (``mma = "wgmma"``, both schedules)
+on a band, a map, a score mod, sinks, token-major inputs and packed sequences.  Shapes: lengths 1, 65 and 1000 (tile - 63, one tile +
 1, several tiles with a tail), batches of 3 (4 packed sequences).  Each run is also checked
 against its float64 reference (exit 1 on a wrong result: an out-of-bounds read that lands on
 valid memory cannot pass for clean).  The kernels must be in the build cache
@@ -23,22 +24,27 @@ SHAPES = (1, 65, 1000)
 
 
 def cases():
-    """(label, spec, batch) of every kernel variant checked."""
+    """(label, spec, batch, config) of every kernel variant checked."""
     import test_prefill_tc as t
     from attngen.gallery import GALLERY
 
     gallery = ("causal", "sliding_window", "gqa", "document", "prefix_lm", "sinks", "softcap")
-    out = [(n, GALLERY[n].spec, 3) for n in gallery]
-    out += [(n, t.EXTRA[n], 3) for n in ("d256", "d64_head_map", "d64_bshd_document")]
-    out += [(n, t.PACKED[n], 4) for n in ("d64_thd_causal_sinks",)]
+    out = [(n, GALLERY[n].spec, 3, None) for n in gallery]
+    out += [(n, t.EXTRA[n], 3, None) for n in ("d256", "d64_head_map", "d64_bshd_document")]
+    out += [(n, t.PACKED[n], 4, None) for n in ("d64_thd_causal_sinks",)]
+    out += [(n + " wgmma", GALLERY[n].spec, 3, t.WGMMA)
+            for n in ("causal", "sliding_window", "document", "sinks", "softcap")]
+    out += [("d64_bshd_document wgmma", t.EXTRA["d64_bshd_document"], 3, t.WGMMA),
+            ("causal wgmma plain", GALLERY["causal"].spec, 3, t.WGMMA_PLAIN),
+            ("d64_thd_causal_sinks wgmma", t.PACKED["d64_thd_causal_sinks"], 4, t.WGMMA)]
     return out
 
 
 def prebuild(target: str = "cuda-sm90a") -> None:
     from attngen.builder import ensure_cached
 
-    for _, spec, _ in cases():
-        ensure_cached(spec, target)
+    for _, spec, _, config in cases():
+        ensure_cached(spec, target, config)
 
 
 def main() -> int:
@@ -49,8 +55,8 @@ def main() -> int:
 
     rng = np.random.default_rng(0)
     bad = 0
-    for label, spec, batch in cases():
-        kernel = build(spec, "cuda")
+    for label, spec, batch, config in cases():
+        kernel = build(spec, "cuda", config)
         for length in SHAPES:
             ok = check_length(kernel, length, batch=batch, rng=rng).passed
             torch.cuda.synchronize()

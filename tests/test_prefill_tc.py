@@ -59,7 +59,8 @@ PACKED = {
 
 
 def _is_tc(low) -> bool:
-    return "ptx_legacy.mma" in low.mod.script()
+    script = low.mod.script()
+    return "ptx_legacy.mma" in script or "T.ptx.wgmma(" in script
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -91,7 +92,7 @@ def test_reasons_name_the_field():
 def test_simt_knobs_select_the_simt_kernel():
     spec = GALLERY["causal"].spec
     assert not _is_tc(lower(spec, SM90, {"block_q": 64, "block_k": 32}))
-    assert _is_tc(lower(spec, SM90, {"warps": 4, "block_n": 32, "q_in_registers": True, "m_tiles": 1}))
+    assert _is_tc(lower(spec, SM90, {"mma": "mma_sync", "warps": 4, "block_n": 32, "q_in_registers": True, "m_tiles": 1}))
 
 
 # ----------------------------------------------------------------------------- tile bounds
@@ -158,8 +159,9 @@ def test_knobs_are_validated():
     sched = load_schedule("attention_cuda_tc")
     spec = Attention(num_heads=2, head_dim=256)
     assert sched.default(spec, SM90)["q_in_registers"] is False  # the 256-wide O takes them
-    assert sched.default(Attention(num_heads=2, head_dim=128), SM90) == {
-        "warps": 4, "m_tiles": 2, "block_n": 64, "q_in_registers": False, "tile_map": False}
+    assert sched.default(Attention(num_heads=2, head_dim=128), SM90, "mma_sync") == {
+        "mma": "mma_sync", "warps": 4, "m_tiles": 2, "block_n": 64, "q_in_registers": False,
+        "tile_map": False, "overlap": False}
     doc = GALLERY["document"].spec
     with pytest.raises(ValueError, match="block_n >= 32"):  # caught by the tuner's check on an H100
         sched.validate(doc, SM90, {**sched.default(doc, SM90), "block_n": 16})
@@ -184,7 +186,7 @@ def test_knobs_are_validated():
 def test_registers_without_stack_or_spills(name, arch, tmp_path):
     target = get_target("cuda-sm80" if arch == "sm_80" else "cuda-sm90a")
     spec = GALLERY[name].spec if name in GALLERY else EXTRA[name]
-    ex = compile_lowered(lower(spec, target), target)
+    ex = compile_lowered(lower(spec, target, {"mma": "mma_sync"}), target)
     source = next(m for m in ex.mod.imports if m.kind == "cuda").inspect_source()
     assert source.count("mma.sync.aligned.m16n8k16") > 0 and "cp.async.cg.shared.global" in source
     path = tmp_path / "kernel.cu"
@@ -207,6 +209,8 @@ def prebuild(target: str = "cuda-sm90a") -> None:
         ensure_cached(GALLERY[name].spec, target, config)
     for spec in PACKED.values():
         ensure_cached(spec, target)
+    for spec, config in _wgmma_builds():
+        ensure_cached(spec, target, config)
 
 
 def _check(spec, lengths, config=None, batch=None):
@@ -250,3 +254,60 @@ MAP_SWAPPED = {"causal": {"tile_map": True}, "sliding_window": {"tile_map": True
 @pytest.mark.parametrize("name", sorted(MAP_SWAPPED))
 def test_tile_map_swapped_on_gpu(name):
     _check(GALLERY[name].spec, (1, 65, 1000), MAP_SWAPPED[name])
+
+
+# ----------------------------------------------------------------------------- GPU, wgmma
+# the same checks through attention_wgmma.j2 (the `mma` knob), for every spec it serves
+
+
+WGMMA = {"mma": "wgmma"}
+WGMMA_PLAIN = {"mma": "wgmma", "overlap": False}  # the schedule without S/PV overlap
+GALLERY_WGMMA = [n for n in GALLERY_TC
+                 if load_schedule("attention_cuda_tc").wgmma_unsupported_reason(GALLERY[n].spec, SM90) is None]
+EXTRA_WGMMA = {**{n: s for n, s in EXTRA.items()
+                  if load_schedule("attention_cuda_tc").wgmma_unsupported_reason(s, SM90) is None},
+               "d128_empty_rows": Attention(num_heads=2, head_dim=128, mask=LATE_START)}
+LONG_WGMMA = ["causal", "gqa", "sliding_window", "document", "softcap"]
+PLAIN_WGMMA = ["causal", "document"]
+
+
+def _wgmma_builds():
+    out = [(GALLERY[n].spec, WGMMA) for n in GALLERY_WGMMA]
+    out += [(s, WGMMA) for s in EXTRA_WGMMA.values()] + [(s, WGMMA) for s in PACKED.values()]
+    return out + [(GALLERY[n].spec, WGMMA_PLAIN) for n in PLAIN_WGMMA]
+
+
+def test_wgmma_serves_the_interval_map_and_mod_specs():
+    assert {"full", "causal", "causal_bf16", "gqa", "mqa", "sliding_window", "document",
+            "softcap", "alibi", "sinks", "prefix_lm"} <= set(GALLERY_WGMMA)
+    assert "mla_prefill" not in GALLERY_WGMMA  # head_dim 192 / 128
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", GALLERY_WGMMA)
+def test_wgmma_gallery_spec_on_gpu(name):
+    _check(GALLERY[name].spec, (1, 63, 64, 65, 1000), WGMMA)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(EXTRA_WGMMA))
+def test_wgmma_extra_shapes_on_gpu(name):
+    _check(EXTRA_WGMMA[name], (1, 17, 64, 65, 130, 1000), WGMMA)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", LONG_WGMMA)
+def test_wgmma_long_on_gpu(name):
+    _check(GALLERY[name].spec, (4096,), WGMMA)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", PLAIN_WGMMA)
+def test_wgmma_plain_schedule_on_gpu(name):
+    _check(GALLERY[name].spec, (1, 65, 1000), WGMMA_PLAIN)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(PACKED))
+def test_wgmma_packed_on_gpu(name):
+    _check(PACKED[name], (1, 63, 64, 65, 1000, 4096), WGMMA, batch=4)

@@ -122,3 +122,137 @@ def test_attention_on_gpu(case, shape):
     fn(q, k, v, o)
     ref = attention_reference(q, k, v, a.causal)
     assert passes(errors(o.float().cpu().numpy(), np.asarray(ref)), a.dtype)
+
+
+# ------------------------------------------------- attngen's prefill path (attention_wgmma.j2)
+# The wgmma kernel behind attngen.compile / builder.lower: the `mma` knob of
+# schedules/attention_cuda_tc.py.  Its GPU checks are in tests/test_prefill_tc.py.
+
+
+def _prefill():
+    from attngen import Attention, masks
+    from attngen.resources import load_schedule
+    from attngen.targets import get as get_target
+
+    return load_schedule("attention_cuda_tc"), get_target("cuda-sm90a"), Attention, masks
+
+
+def test_prefill_dispatch_follows_the_mma_knob():
+    from attngen.builder import lower
+    from attngen.gallery import GALLERY
+    from attngen.targets import get as get_target
+
+    sched, sm90, _, _ = _prefill()
+    spec = GALLERY["causal"].spec
+    wg = lower(spec, sm90, {"mma": "wgmma"}).mod.script()
+    assert "T.ptx.wgmma(" in wg and "ptx_legacy.mma" not in wg
+    assert "ptx_legacy.mma" in lower(spec, sm90, {"mma": "mma_sync"}).mod.script()
+    # the default: wgmma on sm_90a only where it serves the spec and is switched on
+    want = "wgmma" if sched.WGMMA_DEFAULT else "mma_sync"
+    assert sched.default(spec, sm90)["mma"] == want
+    assert sched.default(GALLERY["mla_prefill"].spec, sm90)["mma"] == "mma_sync"  # d 192/128
+    assert sched.default(spec, get_target("cuda-sm80"))["mma"] == "mma_sync"
+    # a map mask keeps its map under wgmma
+    doc = lower(GALLERY["document"].spec, sm90, {"mma": "wgmma"})
+    assert [c.func for c in doc.calls] == ["tile_state", "tile_list", "attention"]
+
+
+@pytest.mark.parametrize("spec_kw, cfg, words", [
+    (dict(head_dim=192, head_dim_v=128), {}, "head_dim = head_dim_v in"),
+    (dict(head_dim=256), {}, "head_dim = head_dim_v in"),
+    (dict(head_dim=128, layout="thd"), {"tile_map": True}, "packed"),
+    (dict(head_dim=128, layout="thd"), {}, None),  # packed sequences: valid
+    (dict(head_dim=128), {"m_tiles": 2}, "m_tiles must be 1"),
+    (dict(head_dim=128), {"warps": 2}, "warps must be 4 or 8"),
+    (dict(head_dim=128), {"q_in_registers": True}, "q_in_registers must be False"),
+    (dict(head_dim=128), {"mma": "mma_sync", "overlap": True}, "overlap needs"),
+    (dict(head_dim=128), {"mma": "tcgen05"}, "mma must be"),
+    (dict(head_dim=128), {"block_n": 128, "warps": 4, "overlap": True}, None),  # valid
+])
+def test_prefill_wgmma_refusals_say_why(spec_kw, cfg, words):
+    sched, sm90, Attention, masks = _prefill()
+    spec = Attention(num_heads=4, mask=masks.causal(), **spec_kw)
+    config = {**sched.wgmma_default(spec, sm90), **cfg}
+    if words is None:
+        sched.validate(spec, sm90, config)
+        return
+    with pytest.raises(ValueError, match=words):
+        sched.validate(spec, sm90, config)
+
+
+def test_prefill_wgmma_needs_sm90a():
+    from attngen.targets import get as get_target
+
+    sched, _, Attention, masks = _prefill()
+    spec = Attention(num_heads=4, head_dim=128, mask=masks.causal())
+    with pytest.raises(ValueError, match="sm_90a"):
+        sched.validate(spec, get_target("cuda-sm80"), sched.wgmma_default(spec, get_target("cuda-sm80")))
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name, cfg", [
+    ("causal", {"overlap": False}),   # band + full tiles, the plain schedule
+    ("softcap", {}),                  # score mod (tanh.approx), GQA
+    ("thd causal sinks d64", {}),     # packed sequences, sinks, d64
+    ("bshd document d64", {}),        # tile map, token-major layout
+])
+def test_prefill_wgmma_builds_async_without_stack(name, cfg, tmp_path):
+    from attngen.builder import compile_lowered, lower
+    from attngen.gallery import GALLERY
+
+    sched, sm90, Attention, masks = _prefill()
+    extra = {"bshd document d64": Attention(num_heads=4, head_dim=64, mask=masks.document(), layout="bshd"),
+             "thd causal sinks d64": Attention(num_heads=4, num_kv_heads=2, head_dim=64,
+                                               mask=masks.causal(), sinks=True, layout="thd")}
+    spec = GALLERY[name].spec if name in GALLERY else extra[name]
+    ex = compile_lowered(lower(spec, sm90, {"mma": "wgmma", **cfg}), sm90)
+    cuda = next(m for m in ex.mod.imports if m.kind == "cuda").inspect_source()
+    assert "wgmma.mma_async.sync.aligned" in cuda and "mma.sync.aligned.m16n8k16" not in cuda
+    report = _ptxas_report(cuda, tmp_path)
+    assert "C7514" not in report and "serialized" not in report, report
+    no_stack = r"\b0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads"
+    assert len(re.findall(no_stack, report)) == report.count("Function properties"), report
+
+
+def test_prefill_wgmma_default_when_switched_on(monkeypatch):
+    """What flipping WGMMA_DEFAULT does: wgmma for the specs it serves on sm_90a, mma_sync for
+    the rest (wider or unequal heads, packed layouts, other archs)."""
+    from attngen.gallery import GALLERY
+    from attngen.targets import get as get_target
+
+    sched, sm90, Attention, masks = _prefill()
+    monkeypatch.setattr(sched, "WGMMA_DEFAULT", True)
+    pick = lambda spec, target=sm90: sched.default(spec, target)["mma"]  # noqa: E731
+    assert pick(GALLERY["causal"].spec) == "wgmma" and pick(GALLERY["document"].spec) == "wgmma"
+    assert sched.default(GALLERY["document"].spec, sm90)["tile_map"] is True
+    assert pick(GALLERY["mla_prefill"].spec) == "mma_sync"
+    assert pick(Attention(num_heads=4, head_dim=128, head_dim_v=64)) == "mma_sync"
+    assert pick(Attention(num_heads=4, head_dim=64, layout="thd", mask=masks.causal())) == "wgmma"
+    assert pick(GALLERY["causal"].spec, get_target("cuda-sm80")) == "mma_sync"
+    for name in ("causal", "softcap", "sinks", "document"):
+        spec = GALLERY[name].spec
+        sched.validate(spec, sm90, sched.default(spec, sm90))
+    # through lower(): no config takes the default; a config without `mma` (a tuned record
+    # written before the knob) stays mma.sync's
+    from attngen.builder import lower
+
+    spec = GALLERY["causal"].spec
+    assert "T.ptx.wgmma(" in lower(spec, sm90).mod.script()
+    assert "ptx_legacy.mma" in lower(spec, sm90, {"block_n": 32, "m_tiles": 2}).mod.script()
+
+
+def test_prefill_wgmma_full_tiles_per_warpgroup():
+    """A causal or windowed tile skips the mask per warpgroup: the bounds of its own 64 rows."""
+    from attngen.gallery import GALLERY
+    from attngen.softmax import signature as sig, tensorcore
+
+    sched, sm90, _, _ = _prefill()
+    spec = GALLERY["sliding_window"].spec  # window 256, causal
+    cfg = sched.wgmma_default(spec, sm90)
+    ctx = tensorcore.wgmma_context(spec, cfg, tensorcore.context(spec, cfg, sig.program_args(spec)))
+    assert (ctx["wg_full_lo"], ctx["wg_full_hi"]) == ("(wq_last + kvl - lq - 255)", "(wq0 + kvl - lq)")
+    assert ctx["warpgroups"] == 2 and ctx["mma_dtype"] == "f16" and ctx["block_m"] == 128
+    doc = GALLERY["document"].spec
+    dcfg = sched.wgmma_default(doc, sm90)
+    dctx = tensorcore.wgmma_context(doc, dcfg, tensorcore.context(doc, dcfg, sig.program_args(doc)))
+    assert dctx["wg_full_lo"] is None and dctx["tile_map"]

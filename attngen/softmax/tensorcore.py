@@ -63,7 +63,11 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
     if reason is not None:
         raise NotImplementedError(f"tensor-core attention: {reason}")
     sched = load_schedule(SCHEDULE)
-    cfg = {**sched.default(spec, target), **dict(config or {})}
+    config = dict(config or {})
+    # a config merges over the defaults of the kernel it names; one that names knobs but no
+    # `mma` predates that knob (tuned records, scripts): mma.sync's, as validate() reads it
+    mma = config.get("mma", "mma_sync" if config else None)
+    cfg = {**sched.default(spec, target, mma), **config}
     sched.validate(spec, target, cfg)
     block_m = 16 * cfg["m_tiles"] * cfg["warps"]
     args = sig.program_args(spec)
@@ -84,7 +88,11 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
                           **{k: ctx[k] for k in ("params", "size_vars", "block_m", "block_n",
                                                  "map_heads", "kv_lo", "kv_hi")})
             funcs[kernel] = parse(text)
-    funcs["attention"] = parse(render("attention_tc.j2", name="attention", **ctx))
+    if cfg["mma"] == "wgmma":
+        funcs["attention"] = parse(render("attention_wgmma.j2", name="attention",
+                                          **wgmma_context(spec, cfg, ctx)))
+    else:
+        funcs["attention"] = parse(render("attention_tc.j2", name="attention", **ctx))
     mod = sched.schedule(tvm.IRModule(funcs), spec, target, cfg)
     return Lowered(mod, args, tuple(Call(f, names) for f in funcs))
 
@@ -141,6 +149,23 @@ def context(spec: Attention, cfg, args) -> dict:
         fold=None if fold is None else repr(fold), tanh_args=tanh_args, **layout_access(spec),
         sink_to_m=repr(LOG2E / fold if fold else LOG2E),
         neg=repr(NEG), ln2=repr(LN2), log2e=repr(LOG2E))
+
+
+def wgmma_context(spec: Attention, cfg, ctx) -> dict:
+    """attention_wgmma.j2's context: attention_tc.j2's with one m-tile per warp (the same
+    fragment element -> row/key texts), wgmma's dtype names, and full-tile bounds per
+    warpgroup (its 64 rows wq0 .. wq_last: on a causal diagonal one warpgroup's tile may be
+    full while the other's is not)."""
+    from ..hopper import MMA_DTYPE as WGMMA_DTYPE
+
+    wg_lo = wg_hi = None
+    if ctx["full_lo"] is not None:
+        interval = kv_range.visible_keys(predicate.mask_expr(spec))
+        lo, hi = kv_range.render_range(interval, {"q_len": "lq", "kv_len": "kvl"},
+                                       first_row="wq_last", last_row="wq0")
+        wg_lo, wg_hi = lo or "0", hi or "kvl"
+    return {**ctx, "mma_dtype": WGMMA_DTYPE[spec.dtype], "warpgroups": cfg["warps"] // 4,
+            "overlap": cfg["overlap"], "wg_full_lo": wg_lo, "wg_full_hi": wg_hi}
 
 
 def layout_access(spec: Attention) -> dict:

@@ -39,6 +39,9 @@ SPECS = {
                          form="recurrent"),
     "relu_d64_dv48": L(num_heads=2, head_dim=64, head_dim_v=48, feature_map="relu", form="recurrent"),
     "gla_d256": L(num_heads=2, head_dim=256, gate="vector", form="recurrent"),
+    "rwkv6": GALLERY["rwkv6"].spec,
+    "rwkv6_bf16_d128": L(num_heads=2, head_dim=128, gate="vector", bonus=True, form="recurrent",
+                         dtype="bfloat16"),
 }
 LENGTHS = (1, 63, 64, 65, 1000)
 GATE_REGIMES = {"near_one": (-1e-6, -1e-9), "near_zero": (-60.0, -20.0)}
@@ -95,7 +98,7 @@ def test_columns_must_divide_head_dim_v():
 
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
-@pytest.mark.parametrize("name", ["gla", "gated_deltanet", "elu1_normalized"])
+@pytest.mark.parametrize("name", ["gla", "gated_deltanet", "elu1_normalized", "rwkv6_bf16_d128"])
 def test_cuda_source_keeps_the_state_in_registers(name, tmp_path):
     """No spills and no stack frame: a register array indexed at run time would live in local
     memory, which is what the template's two statically named token buffers avoid."""
@@ -155,6 +158,14 @@ def test_step_updates_the_state_in_place_on_the_cpu():
     assert all(tolerance.passes(e, spec.dtype) for e in errors.values()), errors
 
 
+def test_step_with_the_rwkv6_bonus_on_the_cpu():
+    import attngen
+
+    spec = L(num_heads=2, head_dim=16, gate="vector", bonus=True, form="recurrent", dtype="float32")
+    errors = check_steps(attngen.compile(spec, "cpu"), 4, np.random.default_rng(), "cpu")
+    assert all(tolerance.passes(e, spec.dtype) for e in errors.values()), errors
+
+
 def test_step_is_for_the_recurrent_form():
     import attngen
 
@@ -195,7 +206,7 @@ def test_spec_on_gpu(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["gla", "gated_deltanet", "elu1_normalized"])
+@pytest.mark.parametrize("name", ["gla", "gated_deltanet", "elu1_normalized", "rwkv6"])
 def test_decode_steps_in_place_on_gpu(name):
     import attngen
 

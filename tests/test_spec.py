@@ -120,6 +120,7 @@ LIN_CHANGES = {
     "chunk_size": [{"chunk_size": 32}, {"chunk_size": 128}],
     "scale": [{"scale": 0.5}],
     "dtype": [{"dtype": "bfloat16"}],
+    "bonus": [{"bonus": True, "gate": "vector", "form": "recurrent"}],
 }
 
 
@@ -290,6 +291,10 @@ INVALID = [
     (lambda: L(chunk_size=512), r"LinearAttention\.chunk_size"),
     (lambda: L(scale=0.0), r"LinearAttention\.scale"),
     (lambda: L(dtype="fp8"), r"LinearAttention\.dtype"),
+    (lambda: L(bonus=1, form="recurrent"), r"LinearAttention\.bonus"),
+    (lambda: L(bonus=True, update="delta", form="recurrent"), r"LinearAttention\.bonus"),
+    (lambda: L(bonus=True, feature_map="elu1", normalize=True, form="recurrent"), r"LinearAttention\.bonus"),
+    (lambda: L(bonus=True, gate="vector"), r"LinearAttention\.bonus.*recurrent"),
 ]
 
 

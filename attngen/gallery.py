@@ -98,6 +98,8 @@ def _entries():
               L(num_heads=16, head_dim=128, gate="vector", form="recurrent")),
         Entry("deltanet_recurrent", "linear", "DeltaNet in the recurrent form",
               L(num_heads=16, head_dim=128, update="delta", form="recurrent")),
+        Entry("mlstm", "linear", "xLSTM mLSTM: exponential input gate, forget gate, stabiliser, recurrent form",
+              L(num_heads=4, head_dim=128, gate="mlstm", form="recurrent")),
         Entry("rwkv6", "linear", "RWKV-6 (Finch): vector decay + bonus u, recurrent form",
               L(num_heads=16, head_dim=64, gate="vector", bonus=True, form="recurrent")),
         Entry("retnet_parallel", "linear", "RetNet in the parallel (quadratic, masked) form",

@@ -333,7 +333,7 @@ RESERVED_NAMES = ("q", "k", "v", "o", "lse", "kv_lens", "page_table", "sinks", "
 # ----------------------------------------------------------------------------- LinearAttention
 
 FEATURE_MAPS = ("identity", "elu1", "relu", "performer")
-GATES = (None, "fixed", "scalar", "vector")
+GATES = (None, "fixed", "scalar", "vector", "mlstm")
 UPDATES = ("additive", "delta")
 FORMS = ("recurrent", "chunkwise", "parallel")
 
@@ -350,7 +350,12 @@ class LinearAttention(_Spec):
     DeltaNet).  ``bonus`` is RWKV-6's ``u`` (``time_first``): a per-head, per-channel weight
     of the current token, which the query reads beside the state before this token's decay and
     update, ``o_t = q_t S_{t-1} + (q_t ⊙ u ⊙ k_t)·1 v_t`` (passed at run time as ``bonus [heads,
-    feature_dim]``).  ``normalize`` divides by ``q_t z_t`` with ``z_t`` the running key sum (Katharopoulos
+    feature_dim]``).  ``gate="mlstm"`` is xLSTM's mLSTM cell (methods.md 4.10): per head and
+    token an exponential input gate ``exp(i_pre)`` and a forget gate ``sigmoid(f_pre)``
+    (``i_pre``, ``f_pre [batch, heads, q_len]`` at run time), the stabiliser ``m`` and the
+    normaliser ``n`` carried with the state (``z0``/``z_final`` hold n, ``m0``/``m_final`` m),
+    ``o_t = q_t C_t / max(|q_t . n_t|, exp(-m_t))`` (no epsilon); its ``scale`` multiplies k
+    (xLSTM's ``k / sqrt(d)``).  ``normalize`` divides by ``q_t z_t`` with ``z_t`` the running key sum (Katharopoulos
     et al.).  ``form`` picks the algorithm; every form takes an initial state and returns the
     final one.
     """
@@ -408,6 +413,14 @@ class LinearAttention(_Spec):
             _fail(L, "form", f"must be one of {FORMS}, got {self.form!r}")
         if not isinstance(self.bonus, bool):
             _fail(L, "bonus", f"must be True or False, got {self.bonus!r}")
+        if self.gate == "mlstm":
+            for name, ok, why in (("feature_map", self.feature_map == "identity", "identity"),
+                                  ("update", self.update == "additive", "'additive'"),
+                                  ("normalize", not self.normalize, "False (the cell has its own)"),
+                                  ("form", self.form == "recurrent",
+                                   "'recurrent' (the chunkwise and parallel kernels do not take it yet)")):
+                if not ok:
+                    _fail(L, name, f"must be {why} with gate='mlstm', got {getattr(self, name)!r}")
         if self.bonus and (self.update == "delta" or self.normalize):
             _fail(L, "bonus", "RWKV-6's bonus goes with the additive update and no normaliser")
         if self.bonus and self.form != "recurrent":

@@ -66,9 +66,9 @@ class AttentionOp:
 
     def step(self, *args, **kwargs):
         """Linear attention in the recurrent form, the state updated in place: ``op.step(q, k,
-        v, ..., initial_state[, z0])`` runs the tokens given (one per sequence for a decode
+        v, ..., initial_state[, z0, m0])`` runs the tokens given (one per sequence for a decode
         step) from ``initial_state`` and leaves the final state in that same tensor (and the
-        normaliser's running key sum in ``z0``).  Returns ``o``.  Eager only (not a registered
+        normaliser's running key sum in ``z0``, mLSTM's stabiliser in ``m0``).  Returns ``o``.  Eager only (not a registered
         op: it mutates its input)."""
         if getattr(self.family, "name", None) != "linear" or self.spec.form != "recurrent":
             raise TypeError(f"step() is for LinearAttention(form='recurrent') specs, this op's spec "
@@ -78,9 +78,11 @@ class AttentionOp:
         # each thread reads the state elements it owns before it writes them (the fused CUDA
         # kernel; the block-level kernels copy the state into scratch first): alias-safe
         out = kernel.run(named, {"final_state": named["initial_state"]})
-        if self.spec.normalize:
-            # z is shared by a head's CTAs, one of which stores it: not alias-safe, so copy
-            named["z0"].copy_(out["z_final"])
+        # z (mLSTM: n) and m are shared by a head's CTAs, one of which stores them: not
+        # alias-safe, so they are copied back
+        for final, initial in (("z_final", "z0"), ("m_final", "m0")):
+            if final in out:
+                named[initial].copy_(out[final])
         return out["o"]
 
     def _transposed_views(self, named) -> bool:

@@ -44,7 +44,7 @@ def lane_registers(spec, lanes: int, columns: int) -> int:
     regs = r * columns + r + 2 * r + 4 * columns  # st, kf, qh + kh (two tokens of halves), sums
     if spec.gate == "vector":
         regs += 3 * r
-    if spec.normalize:
+    if spec.normalize or spec.gate == "mlstm":
         regs += r
     if spec.bonus:
         regs += 2 * r  # u and phi(q) of the lane's rows

@@ -40,6 +40,8 @@ SPECS = {
     "relu_d64_dv48": L(num_heads=2, head_dim=64, head_dim_v=48, feature_map="relu", form="recurrent"),
     "gla_d256": L(num_heads=2, head_dim=256, gate="vector", form="recurrent"),
     "rwkv6": GALLERY["rwkv6"].spec,
+    "mlstm": GALLERY["mlstm"].spec,
+    "mlstm_bf16_d64": L(num_heads=2, head_dim=64, gate="mlstm", form="recurrent", dtype="bfloat16"),
     "rwkv6_bf16_d128": L(num_heads=2, head_dim=128, gate="vector", bonus=True, form="recurrent",
                          dtype="bfloat16"),
 }
@@ -98,7 +100,7 @@ def test_columns_must_divide_head_dim_v():
 
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
-@pytest.mark.parametrize("name", ["gla", "gated_deltanet", "elu1_normalized", "rwkv6_bf16_d128"])
+@pytest.mark.parametrize("name", ["gla", "gated_deltanet", "elu1_normalized", "rwkv6_bf16_d128", "mlstm"])
 def test_cuda_source_keeps_the_state_in_registers(name, tmp_path):
     """No spills and no stack frame: a register array indexed at run time would live in local
     memory, which is what the template's two statically named token buffers avoid."""
@@ -124,7 +126,7 @@ def _torch_inputs(spec, inputs, device):
 
 def _token(inputs, t):
     """The per-token inputs of token ``t`` (a length-1 sequence), shared ones as they are."""
-    per_token = ("q", "k", "v", "g", "beta")
+    per_token = ("q", "k", "v", "g", "beta", "i_pre", "f_pre")
     return {n: (x[:, :, t:t + 1] if n in per_token else x) for n, x in inputs.items()}
 
 
@@ -136,7 +138,7 @@ def check_steps(op, n_tokens: int, rng, device) -> dict:
     spec = op.spec
     inputs = data.sample(spec, {"batch": 2, "heads": spec.num_heads, "q_len": n_tokens}, rng)
     ref = data.reference(spec, inputs)
-    state = _torch_inputs(spec, {n: inputs[n] for n in ("initial_state", "z0") if n in inputs}, device)
+    state = _torch_inputs(spec, {n: inputs[n] for n in ("initial_state", "z0", "m0") if n in inputs}, device)
     outs = []
     for t in range(n_tokens):
         feed = _torch_inputs(spec, _token(inputs, t), device)
@@ -145,8 +147,9 @@ def check_steps(op, n_tokens: int, rng, device) -> dict:
     errors = {"o": tolerance.errors(torch.cat(outs, dim=2).double().cpu().numpy(), ref["o"]),
               "final_state": tolerance.errors(state["initial_state"].double().cpu().numpy(),
                                               ref["final_state"])}
-    if spec.normalize:
-        errors["z_final"] = tolerance.errors(state["z0"].double().cpu().numpy(), ref["z_final"])
+    for final, initial in (("z_final", "z0"), ("m_final", "m0")):
+        if final in ref:
+            errors[final] = tolerance.errors(state[initial].double().cpu().numpy(), ref[final])
     return errors
 
 
@@ -163,6 +166,15 @@ def test_step_with_the_rwkv6_bonus_on_the_cpu():
 
     spec = L(num_heads=2, head_dim=16, gate="vector", bonus=True, form="recurrent", dtype="float32")
     errors = check_steps(attngen.compile(spec, "cpu"), 4, np.random.default_rng(), "cpu")
+    assert all(tolerance.passes(e, spec.dtype) for e in errors.values()), errors
+
+
+def test_step_carries_the_mlstm_stabiliser_on_the_cpu():
+    import attngen
+
+    spec = L(num_heads=2, head_dim=16, gate="mlstm", form="recurrent", dtype="float32")
+    errors = check_steps(attngen.compile(spec, "cpu"), 6, np.random.default_rng(), "cpu")
+    assert set(errors) == {"o", "final_state", "z_final", "m_final"}
     assert all(tolerance.passes(e, spec.dtype) for e in errors.values()), errors
 
 
@@ -206,7 +218,7 @@ def test_spec_on_gpu(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["gla", "gated_deltanet", "elu1_normalized", "rwkv6"])
+@pytest.mark.parametrize("name", ["gla", "gated_deltanet", "elu1_normalized", "rwkv6", "mlstm"])
 def test_decode_steps_in_place_on_gpu(name):
     import attngen
 

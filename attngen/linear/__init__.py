@@ -12,16 +12,21 @@ inputs
                    [batch, H, q_len, F]       gate "vector": float32 log gate per key channel
                                               (gate "fixed", RetNet, takes no tensor: log gamma_h
                                               = log(1 - 2^(-5-h)) is built in)
+    i_pre, f_pre   [batch, H, q_len]          gate "mlstm": float32 input / forget gate
+                                              pre-activations (exp and logsigmoid in the kernel)
     beta           [batch, H, q_len]          update "delta": float32 in (0, 1); the keys must
                                               be L2-normalised by the caller
+    bonus          [H, F]                     bonus (RWKV-6's u): float32
     omega          [D, num_features]          feature_map "performer": float32 projection
     initial_state  [batch, H, F, Dv]          float32
-    z0             [batch, H, F]              normalize: float32 running key sum
+    z0             [batch, H, F]              normalize: float32 running key sum (mlstm: n)
+    m0             [batch, H]                 gate "mlstm": float32 stabiliser
 outputs
     o              [batch, H, q_len, Dv]      spec.dtype
     final_state    [batch, H, F, Dv]          float32 (continue with it: chunkwise prefill, then
                                               recurrent decode steps)
-    z_final        [batch, H, F]              normalize: float32
+    z_final        [batch, H, F]              normalize, mlstm: float32
+    m_final        [batch, H]                 gate "mlstm": float32
 scratch (parallel form; allocated by the driver, shared by the calls)
     cum_gate       like g, then 2             the log gates summed over the sequence, as a
                                               compensated (hi, lo) pair

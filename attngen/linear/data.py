@@ -29,6 +29,10 @@ def sample(spec: LinearAttention, sizes, rng: np.random.Generator) -> dict:
     out["v"] = _round(rng.standard_normal((B, H, L, Dv)), spec.dtype)
     if spec.gate in ("scalar", "vector"):
         out["g"] = log_gates(rng, _concrete(sig.gate_shape(spec), B, L))
+    if spec.gate == "mlstm":  # input gates of either sign; forget gates mostly near 1, a few near 0
+        out["i_pre"] = rng.normal(0.0, 2.0, (B, H, L)).astype(np.float32)
+        out["f_pre"] = np.where(rng.random((B, H, L)) < 0.05, -rng.uniform(5, 30, (B, H, L)),
+                                rng.normal(3.0, 1.5, (B, H, L))).astype(np.float32)
     if spec.update == "delta":
         out["beta"] = (1.0 / (1.0 + np.exp(-rng.standard_normal((B, H, L))))).astype(np.float32)
     if spec.bonus:  # RWKV-6's u: learned, of order one, either sign
@@ -40,6 +44,9 @@ def sample(spec: LinearAttention, sizes, rng: np.random.Generator) -> dict:
     if spec.normalize:
         # z is a running sum of positive features: keep the denominators away from 0
         out["z0"] = np.abs(rng.standard_normal((B, H, F))).astype(np.float32)
+    if spec.gate == "mlstm":  # any (C, n, m) is a valid stabilised state
+        out["z0"] = rng.standard_normal((B, H, F)).astype(np.float32)
+        out["m0"] = rng.normal(0.0, 2.0, (B, H)).astype(np.float32)
     return out
 
 
@@ -56,6 +63,8 @@ def log_gates(rng: np.random.Generator, shape) -> np.ndarray:
 
 def reference(spec: LinearAttention, inputs) -> dict:
     """float64 outputs (``o``, ``final_state``, with normalize ``z_final``) of the recurrence."""
+    if spec.gate == "mlstm":
+        return _mlstm_reference(spec, inputs)
     q, k = features(spec, inputs["q"], inputs), features(spec, inputs["k"], inputs)
     B, H, L = q.shape[:3]
     g = inputs.get("g")
@@ -70,6 +79,16 @@ def reference(spec: LinearAttention, inputs) -> dict:
     if spec.normalize:
         return {"o": o, "final_state": final[0], "z_final": final[1]}
     return {"o": o, "final_state": final}
+
+
+def _mlstm_reference(spec: LinearAttention, inputs) -> dict:
+    """The stabilised mLSTM recurrence with no epsilon; the reference scales k by d^(-1/2)
+    itself, so k comes in rescaled to make that spec.scale."""
+    k = np.asarray(inputs["k"], np.float64) * (spec.scale * spec.head_dim ** 0.5)
+    state = (inputs["initial_state"], inputs["z0"], inputs["m0"])
+    o, (C, n, m) = ref.mlstm_recurrent(inputs["q"], k, inputs["v"], inputs["i_pre"], inputs["f_pre"],
+                                       initial_state=state, eps=0.0)
+    return {"o": o, "final_state": C, "z_final": n, "m_final": m}
 
 
 def features(spec: LinearAttention, x, inputs) -> np.ndarray:

@@ -71,6 +71,7 @@ def context(spec: LinearAttention, cfg) -> dict:
     return dict(dtype=spec.dtype, H=spec.num_heads, D=spec.head_dim, F=spec.feature_dim,
                 DV=spec.head_dim_v, lpc=lpc, R=rows, cpl=cpl, cols=cols, warps=warps,
                 NV=spec.head_dim_v // (cols * warps), feature_map=spec.feature_map,
-                gate=spec.gate, delta=spec.update == "delta", normalize=spec.normalize, bonus=spec.bonus,
+                gate=spec.gate, delta=spec.update == "delta",
+                normalize=signature.has_normaliser(spec), mlstm=spec.gate == "mlstm", bonus=spec.bonus,
                 scale=repr(float(spec.scale)), shuffle_offsets=shuffle_offsets,
                 vec=next(n for n in (8, 4, 2, 1) if rows % n == 0))

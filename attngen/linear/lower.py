@@ -72,7 +72,7 @@ def spec_context(spec: LinearAttention) -> dict:
     return dict(
         dtype=spec.dtype, H=spec.num_heads, D=spec.head_dim, F=spec.feature_dim, V=spec.head_dim_v,
         M=M, feature_map=spec.feature_map, gate=spec.gate, delta=spec.update == "delta",
-        normalize=spec.normalize, bonus=spec.bonus, scale=float(spec.scale), C=spec.chunk_size,
+        normalize=signature.has_normaliser(spec), mlstm=spec.gate == "mlstm", bonus=spec.bonus, scale=float(spec.scale), C=spec.chunk_size,
         x_scale=spec.head_dim ** -0.25, feature_norm=(2 * M) ** -0.5 if M else 1.0)
 
 

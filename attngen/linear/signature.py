@@ -19,12 +19,19 @@ def state_shape(spec: LinearAttention) -> tuple:
     return ("batch", spec.num_heads, spec.feature_dim, spec.head_dim_v)
 
 
+def has_normaliser(spec: LinearAttention) -> bool:
+    """Whether a running key sum z (mLSTM's n) travels with the state."""
+    return spec.normalize or spec.gate == "mlstm"
+
+
 def inputs(spec: LinearAttention) -> tuple:
     out = [Arg("q", tokens(spec) + (spec.head_dim,), spec.dtype),
            Arg("k", tokens(spec) + (spec.head_dim,), spec.dtype),
            Arg("v", tokens(spec) + (spec.head_dim_v,), spec.dtype)]
     if spec.gate in ("scalar", "vector"):
         out.append(Arg("g", gate_shape(spec), "float32"))
+    if spec.gate == "mlstm":
+        out += [Arg("i_pre", tokens(spec), "float32"), Arg("f_pre", tokens(spec), "float32")]
     if spec.update == "delta":
         out.append(Arg("beta", tokens(spec), "float32"))
     if spec.bonus:
@@ -32,16 +39,20 @@ def inputs(spec: LinearAttention) -> tuple:
     if spec.feature_map == "performer":
         out.append(Arg("omega", (spec.head_dim, spec.num_features), "float32"))
     out.append(Arg("initial_state", state_shape(spec), "float32"))
-    if spec.normalize:
+    if has_normaliser(spec):
         out.append(Arg("z0", ("batch", spec.num_heads, spec.feature_dim), "float32"))
+    if spec.gate == "mlstm":
+        out.append(Arg("m0", ("batch", spec.num_heads), "float32"))
     return tuple(out)
 
 
 def outputs(spec: LinearAttention) -> tuple:
     out = [Arg("o", tokens(spec) + (spec.head_dim_v,), spec.dtype, "out"),
            Arg("final_state", state_shape(spec), "float32", "out")]
-    if spec.normalize:
+    if has_normaliser(spec):
         out.append(Arg("z_final", ("batch", spec.num_heads, spec.feature_dim), "float32", "out"))
+    if spec.gate == "mlstm":
+        out.append(Arg("m_final", ("batch", spec.num_heads), "float32", "out"))
     return tuple(out)
 
 

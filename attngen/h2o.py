@@ -16,11 +16,13 @@ Pieces, all taking and returning torch tensors:
 * :func:`keep_mask` -- the slots the policy keeps;
 * :func:`compact` -- gathers the kept slots of cache tensors to the front, in token order,
   and returns the new lengths;
-* :class:`H2OCache` -- a contiguous cache driven step by step with the three above.
+* :class:`H2OCache` -- a contiguous cache driven step by step with the three above;
+* :func:`compact_paged`, :class:`H2OPagedCache` -- the same for a paged cache (pools
+  ``[num_pages, Hkv, page_size, d]`` and a page table, as the ``Paged`` decode kernels read).
 
-Caches here are contiguous ``[batch, Hkv, capacity, ...]`` with one length per sequence: each
-KV head keeps its own tokens, but all heads of a sequence keep the same number (the recent
-window is never evicted and the heavy count is the same), so one length still describes them.
+Caches are ``[batch, Hkv, capacity, ...]`` (or paged) with one length per sequence: each KV
+head keeps its own tokens, but all heads of a sequence keep the same number (the recent window
+is never evicted and the heavy count is the same), so one length still describes them.
 """
 from __future__ import annotations
 
@@ -316,14 +318,9 @@ class H2OCache:
         """Token ``token`` (int): append k_new/v_new ``[B, Hkv, 1, d]``, attend, update F, evict."""
         import torch
 
-        b = torch.arange(self.k.shape[0], device=self.k.device)
-        at = self.kv_lens.long()
-        self.k[b, :, at] = k_new[:, :, 0]
-        self.v[b, :, at] = v_new[:, :, 0]
-        self.scores[b, :, at] = 0.0
-        self.positions[b, :, at] = token
+        self._append(k_new, v_new, token)
         self.kv_lens = self.kv_lens + 1
-        o, _, weights = decode(q=q.contiguous(), k=self.k, v=self.v, kv_lens=self.kv_lens)
+        o, _, weights = self._decode(q, decode)
         self.scores += weights
         # the tokens this step attended to (-1 past a sequence), for callers that check the policy
         n = int(self.kv_lens.max())
@@ -331,3 +328,119 @@ class H2OCache:
         self.attended = torch.where(slot < self.kv_lens.view(-1, 1, 1), self.positions[..., :n], -1)
         self.evict(newest=token)
         return o
+
+    def _append(self, k_new, v_new, token) -> None:
+        """Write the new token at each sequence's first free slot (F = 0)."""
+        import torch
+
+        b = torch.arange(self.k.shape[0], device=self.k.device)
+        at = self.kv_lens.long()
+        self.k[b, :, at] = k_new[:, :, 0]
+        self.v[b, :, at] = v_new[:, :, 0]
+        self.scores[b, :, at] = 0.0
+        self.positions[b, :, at] = token
+
+    def _decode(self, q, decode):
+        return decode(q=q.contiguous(), k=self.k, v=self.v, kv_lens=self.kv_lens)
+
+
+# ----------------------------------------------------------------------------- paged caches
+
+
+def compact_paged(keep, kv_lens, page_table, *pools):
+    """``compact`` for paged pools ``[num_pages, Hkv, page_size, ...]`` (the layout of
+    ``Paged`` decode specs): each sequence's kept logical slots move to its first logical
+    slots, in order, through its own ``page_table [B, max_pages]`` row, in place.  ``keep``
+    covers ``max_pages * page_size`` logical slots.  Returns ``(new kv_lens, pages in use)``:
+    the table entries past ``pages in use`` hold nothing of the sequence any more and can go
+    back to the allocator.  Only the kept slots are read and only the new prefix is written,
+    so page-table entries past a sequence's pages are never dereferenced."""
+    import torch
+
+    counts = keep.sum(-1)
+    if (counts != counts[:, :1]).any():
+        raise ValueError(f"the KV heads of a sequence keep different counts: {counts.tolist()}")
+    B, Hkv, cap = keep.shape
+    page = pools[0].shape[2]
+    if cap != page_table.shape[1] * page:
+        raise ValueError(f"keep covers {cap} slots, the page table {page_table.shape[1]} pages of {page}")
+    slot = torch.arange(cap, device=keep.device)
+    order = torch.argsort((~keep).to(torch.int8) * cap + slot, dim=-1)  # kept slots first, in order
+    b = torch.arange(B, device=keep.device).view(B, 1, 1).expand(B, Hkv, cap)
+    h = torch.arange(Hkv, device=keep.device).view(1, Hkv, 1).expand(B, Hkv, cap)
+    moved = slot.view(1, 1, cap) < counts[..., None]  # the new prefix of every (b, h)
+    table = page_table.long()
+    src_page, src_off = table[b[moved], order[moved] // page], order[moved] % page
+    dst_slot = slot.view(1, 1, cap).expand(B, Hkv, cap)[moved]
+    dst_page, dst_off = table[b[moved], dst_slot // page], dst_slot % page
+    for pool in pools:
+        values = pool[src_page, h[moved], src_off]  # a copy: the writes below cannot clobber it
+        pool[dst_page, h[moved], dst_off] = values
+    new_lens = counts[:, 0].to(kv_lens.dtype)
+    return new_lens, (new_lens + page - 1) // page
+
+
+class H2OPagedCache(H2OCache):
+    """:class:`H2OCache` over a paged KV cache: ``k_pool, v_pool [num_pages, Hkv, page_size,
+    d]`` shared with other sequences, ``page_table [B, max_pages]`` int32 (every page a
+    sequence may use already allocated: capacity = max_pages * page_size), and F and the token
+    positions per logical slot ``[B, Hkv, capacity]``.  ``decode`` is called with the pool and
+    the page table (an :class:`H2ODecode` of a ``Paged`` spec).  After each eviction
+    ``pages_in_use [B]`` says how many of a sequence's table entries still hold tokens."""
+
+    def __init__(self, k_pool, v_pool, page_table, scores, positions, kv_lens, *, heavy: int, recent: int):
+        capacity = page_table.shape[1] * k_pool.shape[2]
+        if scores.shape[-1] != capacity or positions.shape[-1] != capacity:
+            raise ValueError(f"scores and positions must cover max_pages * page_size = {capacity} slots, "
+                             f"got {scores.shape[-1]} and {positions.shape[-1]}")
+        if capacity < heavy + recent + 1:
+            raise ValueError(f"the page table's {capacity} slots must hold heavy + recent + 1 = "
+                             f"{heavy + recent + 1} tokens (the budget plus the new one)")
+        self.k, self.v, self.page_table = k_pool, v_pool, page_table
+        self.scores, self.positions, self.kv_lens = scores, positions, kv_lens
+        self.heavy, self.recent = heavy, recent
+        self.pages_in_use = (kv_lens + k_pool.shape[2] - 1) // k_pool.shape[2]
+
+    @classmethod
+    def from_prefill(cls, q, k, v, *, k_pool, v_pool, page_table, heavy: int, recent: int, scale=None):
+        """Write a causal prefill's ``k, v [B, Hkv, T, d]`` into the sequences' pages, F from
+        :func:`prefill_scores`, then evict to the budget as the step of token T - 1 would."""
+        import torch
+
+        B, Hkv, T, _ = k.shape
+        page = k_pool.shape[2]
+        capacity = page_table.shape[1] * page
+        if T > capacity:
+            raise ValueError(f"a prefill of {T} tokens does not fit {capacity} slots")
+        slot = torch.arange(T, device=k.device)
+        pages = page_table.long()[:, slot // page]  # [B, T]
+        for pool, x in ((k_pool, k), (v_pool, v)):
+            pool[pages, :, (slot % page).expand(B, T)] = x.transpose(1, 2).to(pool.dtype)
+        positions = torch.arange(capacity, dtype=torch.int32, device=k.device).expand(B, Hkv, capacity).contiguous()
+        lens = torch.full((B,), T, dtype=torch.int32, device=k.device)
+        cache = cls(k_pool, v_pool, page_table, prefill_scores(q, k, scale=scale, capacity=capacity), positions,
+                    lens, heavy=heavy, recent=recent)
+        cache.evict(newest=T - 1)
+        return cache
+
+    def evict(self, newest) -> None:
+        keep = keep_mask(self.scores, self.positions, self.kv_lens, heavy=self.heavy, recent=self.recent,
+                         newest=newest)
+        self.kv_lens, self.pages_in_use = compact_paged(keep, self.kv_lens, self.page_table, self.k, self.v)
+        scores, positions, _ = compact(keep, self.kv_lens, self.scores.unsqueeze(-1), self.positions.unsqueeze(-1))
+        self.scores, self.positions = scores.squeeze(-1), positions.squeeze(-1)
+
+    def _append(self, k_new, v_new, token) -> None:
+        import torch
+
+        b = torch.arange(self.page_table.shape[0], device=self.k.device)
+        at = self.kv_lens.long()
+        page = self.k.shape[2]
+        pages = self.page_table.long()[b, at // page]
+        self.k[pages, :, at % page] = k_new[:, :, 0].to(self.k.dtype)
+        self.v[pages, :, at % page] = v_new[:, :, 0].to(self.v.dtype)
+        self.scores[b, :, at] = 0.0
+        self.positions[b, :, at] = token
+
+    def _decode(self, q, decode):
+        return decode(q=q.contiguous(), k=self.k, v=self.v, kv_lens=self.kv_lens, page_table=self.page_table)

@@ -38,13 +38,17 @@ LENGTHS = (1, 63, 64, 65, 4097, 32768)
 
 def prebuild(target: str = "cuda") -> None:
     """Fill the build cache for a GPU host that has only TVM's runtime."""
-    for spec in list(SPECS.values()) + [pipeline_spec(1), pipeline_spec(2)]:
+    for spec in list(SPECS.values()) + [pipeline_spec(1), pipeline_spec(2), paged_pipeline_spec()]:
         ensure_cached(spec, target)
         h2o.ensure_weights_cached(spec, target)
 
 
 def pipeline_spec(group: int, dtype: str = "float16") -> Attention:
     return Attention(num_heads=2 * group, num_kv_heads=2, head_dim=64, dtype=dtype, phase=Decode(1))
+
+
+def paged_pipeline_spec() -> Attention:
+    return Attention(num_heads=4, num_kv_heads=2, head_dim=64, phase=Decode(1), kv_layout=Paged(16))
 
 
 # ----------------------------------------------------------------------------- the policy (CPU)
@@ -161,6 +165,99 @@ def test_compact_moves_kept_slots_to_the_front_in_order():
     (y, lens) = h2o.compact(keep, torch.tensor([5], dtype=torch.int32), x)
     assert y[0, 0, :3, 0].tolist() == [0, 2, 4] and y[0, 1, :3, 0].tolist() == [6, 7, 8]
     assert lens.tolist() == [3] and lens.dtype == torch.int32
+
+
+def _paged(x, page: int, rng, spare: int = 3):
+    """``x [B, Hkv, cap, d]`` as a pool of pages in a shuffled order (plus spare pages holding
+    NaN, which nothing may read) and each sequence's page table."""
+    B, Hkv, cap, d = x.shape
+    n = cap // page
+    perm = torch.from_numpy(rng.permutation(B * n + spare))
+    pool = torch.full((B * n + spare, Hkv, page, d), float("nan"), dtype=x.dtype)
+    table = perm[:B * n].view(B, n).to(torch.int32)
+    pool[table.long().view(-1)] = x.view(B, Hkv, n, page, d).permute(0, 2, 1, 3, 4).reshape(B * n, Hkv, page, d)
+    return pool, table
+
+
+def _gathered(pool, table):
+    """The pool's pages back in each sequence's logical order: ``[B, Hkv, cap, d]``."""
+    B, n = table.shape
+    x = pool[table.long().view(-1)].view(B, n, *pool.shape[1:])
+    return x.permute(0, 2, 1, 3, 4).reshape(B, pool.shape[1], n * pool.shape[2], pool.shape[3])
+
+
+@pytest.mark.parametrize("page", [1, 4, 16])
+def test_compact_paged_is_compact_through_the_page_table(page):
+    rng = np.random.default_rng(page)
+    B, Hkv, cap, d = 3, 2, 32, 5
+    x = torch.from_numpy(rng.standard_normal((B, Hkv, cap, d)))
+    lens = torch.tensor([32, 20, 7], dtype=torch.int32)
+    keep = torch.zeros(B, Hkv, cap, dtype=torch.bool)
+    for b, n_keep in enumerate((11, 9, 7)):  # the same count for every head of a sequence
+        for h in range(Hkv):
+            keep[b, h, torch.from_numpy(rng.choice(int(lens[b]), n_keep, replace=False))] = True
+    pool, table = _paged(x, page, rng)
+    (want, want_lens) = h2o.compact(keep, lens, x)
+    got_lens, pages_in_use = h2o.compact_paged(keep, lens, table, pool)
+    assert got_lens.tolist() == want_lens.tolist() == [11, 9, 7]
+    assert pages_in_use.tolist() == [-(-n // page) for n in (11, 9, 7)]
+    got = _gathered(pool, table)
+    for b, n in enumerate(got_lens.tolist()):
+        assert torch.equal(got[b, :, :n], want[b, :, :n])
+    spare = sorted(set(range(pool.shape[0])) - set(table.view(-1).tolist()))
+    assert len(spare) == 3 and torch.isnan(pool[spare]).all()  # pages of no sequence: never written
+
+
+def paged_reference_decode(spec):
+    """``(o, lse, weights)`` of a paged cache step in float64."""
+    def run(q, k, v, kv_lens, page_table):
+        inputs = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy(), "kv_lens": kv_lens.numpy(),
+                  "page_table": page_table.numpy()}
+        out = data.reference(spec, inputs)
+        w = h2o.reference_weights(spec, inputs, out["lse"])
+        return torch.from_numpy(out["o"]), torch.from_numpy(out["lse"]), torch.from_numpy(w)
+    return run
+
+
+@pytest.mark.parametrize("group, page", [(1, 4), (2, 8)])
+def test_paged_cache_steps_match_the_contiguous_cache(group, page):
+    """The same prefill and decode steps through a shuffled paged pool and through a contiguous
+    cache: equal outputs, equal kept tokens, and the pages in use follow the length."""
+    rng = np.random.default_rng(group)
+    B, Hkv, T, D, heavy, recent, prefill = 2, 2, 24, 16, 5, 3, 6
+    q = torch.from_numpy(rng.standard_normal((B, Hkv * group, T, D)))
+    k = torch.from_numpy(rng.standard_normal((B, Hkv, T, D)))
+    v = torch.from_numpy(rng.standard_normal((B, Hkv, T, D)))
+    base = dict(num_heads=Hkv * group, num_kv_heads=Hkv, head_dim=D, dtype="float32", phase=Decode(1))
+    cap = -(-(heavy + recent + 1) // page) * page
+    contiguous = h2o.H2OCache.from_prefill(q[:, :, :prefill], k[:, :, :prefill], v[:, :, :prefill],
+                                           capacity=cap, heavy=heavy, recent=recent)
+    k_pool, table = _paged(torch.zeros(B, Hkv, cap, D, dtype=torch.float64), page, rng)
+    v_pool = torch.full_like(k_pool, float("nan"))
+    v_pool[table.long().view(-1)] = 0.0
+    paged = h2o.H2OPagedCache.from_prefill(q[:, :, :prefill], k[:, :, :prefill], v[:, :, :prefill],
+                                           k_pool=k_pool, v_pool=v_pool, page_table=table, heavy=heavy,
+                                           recent=recent)
+    ref, ref_paged = reference_decode(Attention(**base)), paged_reference_decode(Attention(**base, kv_layout=Paged(page)))
+    for t in range(prefill, T):
+        step = (q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], t)
+        o_want, o_got = contiguous.step(*step, ref), paged.step(*step, ref_paged)
+        np.testing.assert_allclose(o_got.numpy(), o_want.numpy(), rtol=0, atol=1e-12)
+        assert torch.equal(paged.attended, contiguous.attended), t
+        assert torch.equal(paged.kv_lens, contiguous.kv_lens)
+        assert paged.pages_in_use.tolist() == [-(-int(n) // page) for n in paged.kv_lens]
+    assert int(paged.kv_lens[0]) == heavy + recent  # evicted down to the budget
+
+
+def test_paged_cache_needs_room_for_the_budget():
+    table = torch.arange(2, dtype=torch.int32).view(1, 2)
+    pool = torch.zeros(2, 1, 2, 4)
+    with pytest.raises(ValueError, match=r"heavy \+ recent \+ 1"):
+        h2o.H2OPagedCache(pool, pool.clone(), table, torch.zeros(1, 1, 4), torch.zeros(1, 1, 4, dtype=torch.int32),
+                          torch.zeros(1, dtype=torch.int32), heavy=3, recent=2)
+    with pytest.raises(ValueError, match="does not fit"):
+        h2o.H2OPagedCache.from_prefill(torch.zeros(1, 1, 5, 4), torch.zeros(1, 1, 5, 4), torch.zeros(1, 1, 5, 4),
+                                       k_pool=pool, v_pool=pool.clone(), page_table=table, heavy=1, recent=1)
 
 
 def test_bad_policy_inputs_raise_value_errors():
@@ -313,3 +410,41 @@ def test_h2o_cache_steps_on_gpu(group):
         kept = [[sorted(positions[b, h][keep[b, h]].tolist()) for h in range(2)] for b in range(B)]
         now = [[sorted(cache.positions[b, h, :int(cache.kv_lens[b])].tolist()) for h in range(2)] for b in range(B)]
         assert kept == now, t
+
+
+@pytest.mark.gpu
+def test_h2o_paged_cache_steps_on_gpu():
+    """A paged H2O cache (shuffled pages, NaN in every page of no sequence) driven by the paged
+    decode + weights kernels for 40 steps: each step's output and weights against float64 on
+    the same pool, and the pages in use follow the length."""
+    spec = paged_pipeline_spec()
+    op = h2o.H2ODecode(spec, "cuda")
+    ref = paged_reference_decode(Attention(num_heads=4, num_kv_heads=2, head_dim=64, dtype="float32",
+                                           phase=Decode(1), kv_layout=Paged(16)))
+    rng = np.random.default_rng(np.random.SeedSequence())
+    B, T, heavy, recent, prefill, page = 3, 50, 12, 8, 10, 16
+    q, k, v = (torch.from_numpy(rng.standard_normal(s)).half().cuda()
+               for s in ((B, 4, T, 64), (B, 2, T, 64), (B, 2, T, 64)))
+    cap = -(-(heavy + recent + 1) // page) * page
+    k_pool, table = _paged(torch.zeros(B, 2, cap, 64, dtype=torch.float16), page, rng)
+    v_pool = k_pool.clone()
+    cache = h2o.H2OPagedCache.from_prefill(q[:, :, :prefill], k[:, :, :prefill], v[:, :, :prefill],
+                                           k_pool=k_pool.cuda(), v_pool=v_pool.cuda(), page_table=table.cuda(),
+                                           heavy=heavy, recent=recent)
+    for t in range(prefill, T):
+        calls = {}
+
+        def decode(**kw):
+            calls.update({n: x.clone() for n, x in kw.items()})
+            calls["out"] = op(**kw)
+            return calls["out"]
+
+        o = cache.step(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], t, decode)
+        cpu = {n: (x.double() if x.is_floating_point() else x).cpu() for n, x in calls.items() if n != "out"}
+        o_ref, _, w_ref = ref(cpu["q"], cpu["k"], cpu["v"], cpu["kv_lens"], cpu["page_table"])
+        np.testing.assert_allclose(o.double().cpu().numpy(), o_ref.numpy(), atol=2e-2, rtol=0)
+        n = int(cpu["kv_lens"].max())
+        np.testing.assert_allclose(calls["out"][2].double().cpu().numpy()[..., :n], w_ref.numpy()[..., :n],
+                                   atol=4e-3, rtol=2e-2)
+        assert cache.pages_in_use.tolist() == [-(-int(m) // page) for m in cache.kv_lens.tolist()]
+    assert int(cache.kv_lens.max()) == heavy + recent

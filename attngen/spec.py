@@ -423,9 +423,9 @@ class LinearAttention(_Spec):
                     _fail(L, name, f"must be {why} with gate='mlstm', got {getattr(self, name)!r}")
         if self.bonus and (self.update == "delta" or self.normalize):
             _fail(L, "bonus", "RWKV-6's bonus goes with the additive update and no normaliser")
-        if self.bonus and self.form != "recurrent":
-            _fail(L, "bonus", f"is built for form='recurrent' (decoding, short sequences); the "
-                              f"{self.form} kernels do not take it yet")
+        if self.bonus and self.form == "parallel":
+            _fail(L, "bonus", "is built for the recurrent and chunkwise forms; the parallel "
+                              "kernels do not take it yet")
         if not (_posint(self.chunk_size) and self.chunk_size & (self.chunk_size - 1) == 0
                 and self.chunk_size <= 256):
             _fail(L, "chunk_size", f"must be a power of two in [1, 256], got {self.chunk_size!r}")

@@ -52,6 +52,8 @@ def unsupported_reason(spec: LinearAttention, target) -> Optional[str]:
         return f"gate {spec.gate!r} with the delta rule (None or 'scalar')"
     if spec.normalize:
         return "normalize"
+    if spec.bonus:
+        return "RWKV-6's bonus (the intra-chunk diagonal and the exclusive query-side decay)"
     if spec.gate not in (None, "fixed", "scalar", "vector"):
         return f"gate {spec.gate!r}"
     if spec.chunk_size != CHUNK:

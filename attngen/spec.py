@@ -417,8 +417,8 @@ class LinearAttention(_Spec):
             for name, ok, why in (("feature_map", self.feature_map == "identity", "identity"),
                                   ("update", self.update == "additive", "'additive'"),
                                   ("normalize", not self.normalize, "False (the cell has its own)"),
-                                  ("form", self.form == "recurrent",
-                                   "'recurrent' (the chunkwise and parallel kernels do not take it yet)")):
+                                  ("form", self.form != "parallel",
+                                   "'chunkwise' or 'recurrent' (the parallel kernels do not take it yet)")):
                 if not ok:
                     _fail(L, name, f"must be {why} with gate='mlstm', got {getattr(self, name)!r}")
         if self.bonus and (self.update == "delta" or self.normalize):

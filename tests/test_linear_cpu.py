@@ -76,6 +76,27 @@ def test_forms_match_reference(form, gate, update):
     check(small(form=form, gate=gate, update=update), LENGTHS)
 
 
+@pytest.mark.parametrize("form", ["recurrent", "chunkwise"])
+@pytest.mark.parametrize("fields", [dict(gate="vector", bonus=True), dict(gate="scalar", bonus=True),
+                                    dict(bonus=True), dict(gate="mlstm")],
+                         ids=["rwkv6", "bonus-scalar", "bonus-no-gate", "mlstm"])
+def test_rwkv6_bonus_and_mlstm(form, fields):
+    """RWKV-6's bonus (strictly lower intra-chunk matrix, the bonus on its diagonal, the query
+    side's exclusive decay) and the mLSTM cell (per-row stabiliser): around the chunk of 16."""
+    check(small(form=form, **fields), LENGTHS)
+
+
+def test_mlstm_extreme_gates():
+    """Forget gates that wipe the state and input gates of +-30: the stabiliser keeps every
+    exponent <= 0, so nothing overflows."""
+    def edit(inputs):
+        rng = np.random.default_rng(7)
+        inputs["f_pre"] = rng.choice([-40.0, 40.0], inputs["f_pre"].shape).astype(np.float32)
+        inputs["i_pre"] = rng.uniform(-30, 30, inputs["i_pre"].shape).astype(np.float32)
+    for form in ("recurrent", "chunkwise"):
+        check(small(form=form, gate="mlstm"), (17, 65), edit=edit)
+
+
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("fields", [dict(feature_map="elu1", normalize=True, gate="scalar"),
                                     dict(feature_map="relu", gate="vector"),

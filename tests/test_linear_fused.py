@@ -40,7 +40,7 @@ SPECS = {
     "relu_d64_dv48": L(num_heads=2, head_dim=64, head_dim_v=48, feature_map="relu", form="recurrent"),
     "gla_d256": L(num_heads=2, head_dim=256, gate="vector", form="recurrent"),
     "rwkv6": GALLERY["rwkv6_recurrent"].spec,
-    "mlstm": GALLERY["mlstm"].spec,
+    "mlstm": GALLERY["mlstm_recurrent"].spec,
     "mlstm_bf16_d64": L(num_heads=2, head_dim=64, gate="mlstm", form="recurrent", dtype="bfloat16"),
     "rwkv6_bf16_d128": L(num_heads=2, head_dim=128, gate="vector", bonus=True, form="recurrent",
                          dtype="bfloat16"),

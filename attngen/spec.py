@@ -421,8 +421,9 @@ class LinearAttention(_Spec):
                                    "'chunkwise' or 'recurrent' (the parallel kernels do not take it yet)")):
                 if not ok:
                     _fail(L, name, f"must be {why} with gate='mlstm', got {getattr(self, name)!r}")
-        if self.bonus and (self.update == "delta" or self.normalize):
-            _fail(L, "bonus", "RWKV-6's bonus goes with the additive update and no normaliser")
+        if self.bonus and (self.update == "delta" or self.normalize or self.gate == "mlstm"):
+            _fail(L, "bonus", "RWKV-6's bonus goes with the additive update, no normaliser and not "
+                              "the mLSTM cell")
         if self.bonus and self.form == "parallel":
             _fail(L, "bonus", "is built for the recurrent and chunkwise forms; the parallel "
                               "kernels do not take it yet")

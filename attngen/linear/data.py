@@ -21,8 +21,12 @@ _UNDERFLOW, _NO_DECAY = 0.05, 0.05
 def sample(spec: LinearAttention, sizes, rng: np.random.Generator) -> dict:
     B, H, L = sizes["batch"], spec.num_heads, sizes["q_len"]
     D, Dv, F = spec.head_dim, spec.head_dim_v, spec.feature_dim
-    out = {"q": _round(rng.standard_normal((B, H, L, D)), spec.dtype)}
-    k = rng.standard_normal((B, H, L, D))
+    # mLSTM divides by q . n, n a gate-weighted sum of keys: zero-mean q and k make it a
+    # cancellation that float32 cannot resolve to 1e-5 (the float64 reference can); a common
+    # mean direction, as trained q/k projections have, keeps it well conditioned
+    shift = 1.0 if spec.gate == "mlstm" else 0.0
+    out = {"q": _round(shift + rng.standard_normal((B, H, L, D)), spec.dtype)}
+    k = shift + rng.standard_normal((B, H, L, D))
     if spec.update == "delta":  # the delta rule is stable only for unit keys (methods.md 4.11)
         k /= np.linalg.norm(k, axis=-1, keepdims=True)
     out["k"] = _round(k, spec.dtype)
@@ -44,8 +48,8 @@ def sample(spec: LinearAttention, sizes, rng: np.random.Generator) -> dict:
     if spec.normalize:
         # z is a running sum of positive features: keep the denominators away from 0
         out["z0"] = np.abs(rng.standard_normal((B, H, F))).astype(np.float32)
-    if spec.gate == "mlstm":  # any (C, n, m) is a valid stabilised state
-        out["z0"] = rng.standard_normal((B, H, F)).astype(np.float32)
+    if spec.gate == "mlstm":  # any (C, n, m) is a valid stabilised state; n along the keys' mean
+        out["z0"] = np.abs(rng.standard_normal((B, H, F))).astype(np.float32)
         out["m0"] = rng.normal(0.0, 2.0, (B, H)).astype(np.float32)
     return out
 

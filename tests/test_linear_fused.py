@@ -258,3 +258,16 @@ def test_prefill_then_decode_on_gpu(name):
     errors = {"o": tolerance.errors(o, ref["o"]),
               "final_state": tolerance.errors(state.double().cpu().numpy(), ref["final_state"])}
     assert all(tolerance.passes(e, spec.dtype) for e in errors.values()), errors
+
+
+def test_the_linear_decode_example_runs_on_the_cpu():
+    """examples/linear_decode.py (chunkwise prefill, then steps in place) stays runnable."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "linear_decode.py"
+    module_spec = importlib.util.spec_from_file_location("linear_decode_example", path)
+    example = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(example)
+    errors = example.main(device="cpu", heads=2, head_dim=16, prefill=37, steps=3)
+    assert all(tolerance.passes(e, "float32") for e in errors.values()), errors

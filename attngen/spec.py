@@ -424,9 +424,7 @@ class LinearAttention(_Spec):
         if self.bonus and (self.update == "delta" or self.normalize or self.gate == "mlstm"):
             _fail(L, "bonus", "RWKV-6's bonus goes with the additive update, no normaliser and not "
                               "the mLSTM cell")
-        if self.bonus and self.form == "parallel":
-            _fail(L, "bonus", "is built for the recurrent and chunkwise forms; the parallel "
-                              "kernels do not take it yet")
+
         if not (_posint(self.chunk_size) and self.chunk_size & (self.chunk_size - 1) == 0
                 and self.chunk_size <= 256):
             _fail(L, "chunk_size", f"must be a power of two in [1, 256], got {self.chunk_size!r}")

@@ -76,14 +76,20 @@ def test_forms_match_reference(form, gate, update):
     check(small(form=form, gate=gate, update=update), LENGTHS)
 
 
-@pytest.mark.parametrize("form", ["recurrent", "chunkwise"])
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("fields", [dict(gate="vector", bonus=True), dict(gate="scalar", bonus=True),
-                                    dict(bonus=True), dict(gate="mlstm")],
-                         ids=["rwkv6", "bonus-scalar", "bonus-no-gate", "mlstm"])
-def test_rwkv6_bonus_and_mlstm(form, fields):
-    """RWKV-6's bonus (strictly lower intra-chunk matrix, the bonus on its diagonal, the query
-    side's exclusive decay) and the mLSTM cell (per-row stabiliser): around the chunk of 16."""
+                                    dict(bonus=True), dict(gate="fixed", bonus=True)],
+                         ids=["rwkv6", "bonus-scalar", "bonus-no-gate", "bonus-fixed"])
+def test_rwkv6_bonus(form, fields):
+    """RWKV-6's bonus: the query side's exclusive decay, keys strictly before the query, the
+    bonus on the diagonal; around the chunk of 16 (chunkwise) and the tiles (parallel)."""
     check(small(form=form, **fields), LENGTHS)
+
+
+@pytest.mark.parametrize("form", ["recurrent", "chunkwise"])
+def test_mlstm(form):
+    """The mLSTM cell: the stabiliser per row (chunkwise) or per token (recurrent)."""
+    check(small(form=form, gate="mlstm"), LENGTHS)
 
 
 def test_mlstm_extreme_gates():

@@ -298,7 +298,6 @@ INVALID = [
     (lambda: L(gate="mlstm", form="recurrent", update="delta"), r"LinearAttention\.update"),
     (lambda: L(bonus=True, update="delta", form="recurrent"), r"LinearAttention\.bonus"),
     (lambda: L(bonus=True, feature_map="elu1", normalize=True, form="recurrent"), r"LinearAttention\.bonus"),
-    (lambda: L(bonus=True, gate="vector", form="parallel"), r"LinearAttention\.bonus.*parallel"),
 ]
 
 

@@ -60,7 +60,7 @@ def kernels(spec: LinearAttention) -> tuple:
         steps.append(("cumulate_gates", pick("g", "cum_gate")))
     if spec.update == "delta":
         steps.append(("solve_delta", pick("k", "v", "cum_gate", "beta", "initial_state", "u")))
-    steps.append(("outputs", pick("q", "k", values, "cum_gate", "omega", "initial_state", "z0", "o")))
+    steps.append(("outputs", pick("q", "k", values, "cum_gate", "bonus", "omega", "initial_state", "z0", "o")))
     steps.append(("final_state", pick("k", values, "cum_gate", "omega", "initial_state", "z0",
                                       "final_state", "z_final")))
     return tuple(Kernel(f"linear_parallel_{part}", "linear_parallel.j2", part, args) for part, args in steps)

@@ -258,6 +258,18 @@ def keep_mask(scores, positions, kv_lens, *, heavy: int, recent: int, newest):
     return (valid & ~old) | (old & (rank < heavy))
 
 
+def _kept_first(keep):
+    """Per (b, h): how many slots are kept (the same for every head of a sequence, else
+    ValueError) and the slot order with the kept slots first, each part in slot order."""
+    import torch
+
+    counts = keep.sum(-1)
+    if (counts != counts[:, :1]).any():
+        raise ValueError(f"the KV heads of a sequence keep different counts: {counts.tolist()}")
+    slot = torch.arange(keep.shape[-1], device=keep.device)
+    return counts, torch.argsort((~keep).to(torch.int8) * keep.shape[-1] + slot, dim=-1)
+
+
 def compact(keep, kv_lens, *tensors):
     """Gather the kept slots of each ``[B, Hkv, capacity, ...]`` tensor to the front, in slot
     order (which is token order), and return ``(new tensors..., new kv_lens)``; slots past the
@@ -265,12 +277,7 @@ def compact(keep, kv_lens, *tensors):
     sequence must keep the same count."""
     import torch
 
-    counts = keep.sum(-1)
-    if (counts != counts[:, :1]).any():
-        raise ValueError(f"the KV heads of a sequence keep different counts: {counts.tolist()}")
-    slot = torch.arange(keep.shape[-1], device=keep.device)
-    # kept slots first, each part in slot order
-    order = torch.argsort((~keep).to(torch.int8) * keep.shape[-1] + slot, dim=-1)
+    counts, order = _kept_first(keep)
     out = []
     for t in tensors:
         idx = order.view(*order.shape, *([1] * (t.dim() - 3))).expand(*order.shape, *t.shape[3:])
@@ -357,15 +364,12 @@ def compact_paged(keep, kv_lens, page_table, *pools):
     so page-table entries past a sequence's pages are never dereferenced."""
     import torch
 
-    counts = keep.sum(-1)
-    if (counts != counts[:, :1]).any():
-        raise ValueError(f"the KV heads of a sequence keep different counts: {counts.tolist()}")
     B, Hkv, cap = keep.shape
     page = pools[0].shape[2]
     if cap != page_table.shape[1] * page:
         raise ValueError(f"keep covers {cap} slots, the page table {page_table.shape[1]} pages of {page}")
+    counts, order = _kept_first(keep)
     slot = torch.arange(cap, device=keep.device)
-    order = torch.argsort((~keep).to(torch.int8) * cap + slot, dim=-1)  # kept slots first, in order
     b = torch.arange(B, device=keep.device).view(B, 1, 1).expand(B, Hkv, cap)
     h = torch.arange(Hkv, device=keep.device).view(1, Hkv, 1).expand(B, Hkv, cap)
     moved = slot.view(1, 1, cap) < counts[..., None]  # the new prefix of every (b, h)

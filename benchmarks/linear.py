@@ -170,50 +170,49 @@ def check(build_dir: str) -> bool:
 # ----------------------------------------------------------------------------- run (GPU)
 
 
-def _fla_call(variant: str, t: dict, scale: float):
-    """fla's op on the [B, T, H, D] tensors of ``t``, initial state in, final state out."""
-    from fla.ops.delta_rule import chunk_delta_rule
-    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-    from fla.ops.gla import chunk_gla
-    from fla.ops.linear_attn import chunk_linear_attn
-    from fla.ops.retention import chunk_retention
-    from fla.ops.simple_gla import chunk_simple_gla
-
-    q, k, v, h0 = t["q"], t["k"], t["v"], t["initial_state"]
-    common = dict(scale=scale, initial_state=h0, output_final_state=True)
-    return {
-        "retention": lambda: chunk_retention(q, k, v, **common),
-        "simple_gla": lambda: chunk_simple_gla(q, k, v, g=t.get("g"), **common),
-        # fla's default normalize=True divides by q . z; attngen's linear_attn spec has no normaliser
-        "linear_attn": lambda: chunk_linear_attn(q, k, v, normalize=False, **common),
-        "gla": lambda: chunk_gla(q, k, v, g=t.get("g"), **common),
-        "delta_rule": lambda: chunk_delta_rule(q, k, v, beta=t.get("beta"), **common),
-        "gated_delta_rule": lambda: chunk_gated_delta_rule(q, k, v, g=t.get("g"), beta=t.get("beta"), **common),
-    }[variant]
+# fla's gate keyword per op kind, where it is not ``g`` (fused_recurrent_gla takes ``gk``)
+_FLA_GATE_KW = {("fused_recurrent", "gla"): "gk"}
 
 
-def _inputs(case: Case, dev) -> dict:
-    """attngen's [B, H, T, ...] inputs: unit keys for the delta rule, log gates of
-    logsigmoid(N(3, 1)) (mostly gates in (0.9, 1))."""
+def fla_call(variant: str, t: dict, scale: float, kind: str = "chunk"):
+    """fla's ``<kind>_<variant>`` op (kind "chunk" or "fused_recurrent"; the variants are named
+    as fla's modules) on the [B, T, H, D] tensors of ``t``, initial state in, final state out."""
+    import importlib
+
+    op = getattr(importlib.import_module(f"fla.ops.{variant}"), f"{kind}_{variant}")
+    spec = spec_of(variant)
+    kwargs = dict(scale=scale, initial_state=t["initial_state"], output_final_state=True)
+    if spec.gate in ("scalar", "vector"):
+        kwargs[_FLA_GATE_KW.get((kind, variant), "g")] = t["g"]
+    if spec.update == "delta":
+        kwargs["beta"] = t["beta"]
+    if variant == "linear_attn":
+        kwargs["normalize"] = False  # fla's default divides by q . z; the spec has no normaliser
+    return lambda: op(t["q"], t["k"], t["v"], **kwargs)
+
+
+def make_inputs(spec, batch: int, n: int, dev) -> dict:
+    """attngen's [B, H, T, ...] inputs of ``spec``: unit keys for the delta rule, log gates of
+    logsigmoid(N(3, 1)) (mostly gates in (0.9, 1)), beta = sigmoid(N(0, 1)), a 0.1 N(0, 1)
+    initial state; seeded, so every run times the same data."""
     import torch
 
-    spec = spec_of(case.variant)
     gen = torch.Generator(device=dev).manual_seed(0)
-    dt = getattr(torch, DTYPE)
-    x = {n: torch.randn(B, H, case.n, D, device=dev, generator=gen) for n in ("q", "k", "v")}
+    H, D = spec.num_heads, spec.head_dim
+    x = {n_: torch.randn(batch, H, n, D, device=dev, generator=gen) for n_ in ("q", "k", "v")}
     if spec.update == "delta":
         x["k"] = torch.nn.functional.normalize(x["k"], dim=-1)
-    x = {n: t.to(dt) for n, t in x.items()}
+    x = {n_: t.to(getattr(torch, spec.dtype)) for n_, t in x.items()}
     if spec.gate in ("scalar", "vector"):
-        shape = (B, H, case.n) + ((D,) if spec.gate == "vector" else ())
+        shape = (batch, H, n) + ((D,) if spec.gate == "vector" else ())
         x["g"] = torch.nn.functional.logsigmoid(3 + torch.randn(shape, device=dev, generator=gen))
     if spec.update == "delta":
-        x["beta"] = torch.sigmoid(torch.randn(B, H, case.n, device=dev, generator=gen))
-    x["initial_state"] = 0.1 * torch.randn(B, H, D, D, device=dev, generator=gen)
+        x["beta"] = torch.sigmoid(torch.randn(batch, H, n, device=dev, generator=gen))
+    x["initial_state"] = 0.1 * torch.randn(batch, H, D, D, device=dev, generator=gen)
     return x
 
 
-def _rel(a, b) -> float:
+def rel_error(a, b) -> float:
     a, b = a.float(), b.float()
     return float((a - b).norm() / b.norm())
 
@@ -232,7 +231,7 @@ def run(build_dir: str, results_dir: str) -> None:
     for case in selected():
         spec = spec_of(case.variant)
         tc = tensorcore.supported(spec, target)
-        x = _inputs(case, dev)
+        x = make_inputs(spec, B, case.n, dev)
         # fla's layout: [B, T, H, ...]; the state is [B, H, K, V] on both sides
         f = {n: (t if n == "initial_state" else t.transpose(1, 2).contiguous()) for n, t in x.items()}
         gflop, gbytes = work(case)
@@ -251,13 +250,13 @@ def run(build_dir: str, results_dir: str) -> None:
             return call, out
 
         with torch.inference_mode():
-            fla = _fla_call(case.variant, f, spec.scale)
+            fla = fla_call(case.variant, f, spec.scale)
             ours, out = launcher(_file(case.variant))
             ours()
             torch.cuda.synchronize()
             o_ref, s_ref = fla()
-            err_o = _rel(out["o"].transpose(1, 2), o_ref)
-            err_s = _rel(out["final_state"], s_ref)
+            err_o = rel_error(out["o"].transpose(1, 2), o_ref)
+            err_s = rel_error(out["final_state"], s_ref)
             finite = bool(torch.isfinite(out["o"]).all() and torch.isfinite(out["final_state"]).all())
             checks.append({"case": case.name, "rel_err_o_vs_fla": err_o, "rel_err_state_vs_fla": err_s,
                            "finite": finite, "attngen_kernel": "tensor-core" if tc else "simt"})
@@ -274,7 +273,7 @@ def run(build_dir: str, results_dir: str) -> None:
                 vfn, vout = launcher(_file(case.variant, cfg))
                 vfn()
                 torch.cuda.synchronize()
-                verr = _rel(vout["o"].transpose(1, 2), o_ref)
+                verr = rel_error(vout["o"].transpose(1, 2), o_ref)
                 ms = median_ms(vfn, 20, 3)
                 variants.append({"case": case.name, "config": cfg, "ms": round(ms, 4), "rel_err_o_vs_fla": verr})
                 print(f"  attngen {cfg}: {ms:9.3f} ms (err vs fla {verr:.1e})", flush=True)

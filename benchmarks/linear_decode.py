@@ -30,17 +30,10 @@ if ROOT not in sys.path:
 
 from benchmarks._common import (card_name, export_kernel, launcher, load_kernel,  # noqa: E402
                                 median_ms, merge_results)
+from benchmarks.linear import VARIANTS, fla_call, make_inputs, rel_error  # noqa: E402  (same variants and data)
 
 H, D = 16, 128
 DTYPE = "bfloat16"
-VARIANTS = {
-    "retention": dict(gate="fixed"),
-    "simple_gla": dict(gate="scalar"),
-    "linear_attn": dict(),
-    "gla": dict(gate="vector"),
-    "delta_rule": dict(update="delta"),
-    "gated_delta_rule": dict(update="delta", gate="scalar"),
-}
 SHAPES = ((8, 1), (64, 1), (8, 256))  # (batch, tokens)
 
 
@@ -88,51 +81,6 @@ def build(out_dir: str) -> None:
         print("built", variant, flush=True)
 
 
-def _fla_call(variant: str, t: dict, scale: float):
-    from fla.ops.delta_rule import fused_recurrent_delta_rule
-    from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
-    from fla.ops.gla import fused_recurrent_gla
-    from fla.ops.linear_attn import fused_recurrent_linear_attn
-    from fla.ops.retention import fused_recurrent_retention
-    from fla.ops.simple_gla import fused_recurrent_simple_gla
-
-    q, k, v, h0 = t["q"], t["k"], t["v"], t["initial_state"]
-    common = dict(scale=scale, initial_state=h0, output_final_state=True)
-    return {
-        "retention": lambda: fused_recurrent_retention(q, k, v, **common),
-        "simple_gla": lambda: fused_recurrent_simple_gla(q, k, v, g=t.get("g"), **common),
-        "linear_attn": lambda: fused_recurrent_linear_attn(q, k, v, normalize=False, **common),
-        "gla": lambda: fused_recurrent_gla(q, k, v, gk=t.get("g"), **common),
-        "delta_rule": lambda: fused_recurrent_delta_rule(q, k, v, beta=t.get("beta"), **common),
-        "gated_delta_rule": lambda: fused_recurrent_gated_delta_rule(q, k, v, g=t.get("g"), beta=t.get("beta"),
-                                                                     **common),
-    }[variant]
-
-
-def _inputs(case: Case, dev) -> dict:
-    import torch
-
-    spec = spec_of(case.variant)
-    gen = torch.Generator(device=dev).manual_seed(0)
-    shape = (case.batch, H, case.n, D)
-    x = {n: torch.randn(shape, device=dev, generator=gen) for n in ("q", "k", "v")}
-    if spec.update == "delta":
-        x["k"] = torch.nn.functional.normalize(x["k"], dim=-1)
-    x = {n: t.to(getattr(torch, DTYPE)) for n, t in x.items()}
-    if spec.gate in ("scalar", "vector"):
-        gshape = shape[:3] + ((D,) if spec.gate == "vector" else ())
-        x["g"] = torch.nn.functional.logsigmoid(3 + torch.randn(gshape, device=dev, generator=gen))
-    if spec.update == "delta":
-        x["beta"] = torch.sigmoid(torch.randn(shape[:3], device=dev, generator=gen))
-    x["initial_state"] = 0.1 * torch.randn(case.batch, H, D, D, device=dev, generator=gen)
-    return x
-
-
-def _rel(a, b) -> float:
-    a, b = a.float(), b.float()
-    return float((a - b).norm() / b.norm())
-
-
 def run(build_dir: str, results_dir: str) -> None:
     import torch
 
@@ -145,18 +93,18 @@ def run(build_dir: str, results_dir: str) -> None:
     with torch.inference_mode():
         for case in selected():
             spec = spec_of(case.variant)
-            x = _inputs(case, dev)
+            x = make_inputs(spec, case.batch, case.n, dev)
             f = {n: (t if n == "initial_state" else t.transpose(1, 2).contiguous()) for n, t in x.items()}
             f["initial_state"] = x["initial_state"].clone()
             kernel = load_kernel(spec, target, build_dir, case.variant)
             o = torch.full(x["v"].shape, float("nan"), device=dev, dtype=x["v"].dtype)
             state = x["initial_state"].clone()
             buffers = {**x, "initial_state": state, "final_state": state, "o": o}  # in place
-            ours, fla = launcher(kernel, buffers), _fla_call(case.variant, f, spec.scale)
+            ours, fla = launcher(kernel, buffers), fla_call(case.variant, f, spec.scale, "fused_recurrent")
             ours()
             o_ref, s_ref = fla()
             torch.cuda.synchronize()
-            err_o, err_s = _rel(o.transpose(1, 2), o_ref), _rel(state, s_ref)
+            err_o, err_s = rel_error(o.transpose(1, 2), o_ref), rel_error(state, s_ref)
             checks.append({"case": case.name, "rel_err_o_vs_fla": err_o, "rel_err_state_vs_fla": err_s,
                            "finite": bool(torch.isfinite(o).all() and torch.isfinite(state).all())})
             print(f"{case.name}: rel err vs fla: o {err_o:.1e}, state {err_s:.1e}", flush=True)

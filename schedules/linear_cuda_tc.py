@@ -74,32 +74,21 @@ def fragment_regs(spec, config) -> int:
 
 def _problems(spec, target, config) -> list:
     bv = config.get("value_block")
-    if spec.gate == "vector":
-        return _gla_problems(spec, target, config)
-    if bv not in CANDIDATES["value_block"]:
-        return [f"value_block must be one of {CANDIDATES['value_block']}, got {bv!r}"]
+    gla = spec.gate == "vector"  # templates/linear_chunk_gla_tc.j2: its own blocks and tiles
+    allowed = GLA_CANDIDATES if gla else CANDIDATES["value_block"]
+    if bv not in allowed:
+        which = " for gate 'vector'" if gla else ""
+        return [f"value_block must be one of {allowed}{which}, got {bv!r}"]
     out = []
     if spec.head_dim_v % bv:
         out.append(f"value_block {bv} does not divide head_dim_v {spec.head_dim_v}")
     limit = SMEM_LIMIT.get(target.arch, 99 * 1024)
-    if smem_bytes(spec, config) > limit:
-        out.append(f"tiles need {smem_bytes(spec, config)} B of shared memory, over {limit} B")
-    if fragment_regs(spec, config) > FRAGMENT_REGS:
+    smem = (gla_smem_bytes if gla else smem_bytes)(spec, config)
+    if smem > limit:
+        out.append(f"tiles need {smem} B of shared memory, over {limit} B")
+    if not gla and fragment_regs(spec, config) > FRAGMENT_REGS:
         out.append(f"fragments need {fragment_regs(spec, config)} registers per thread, over "
                    f"{FRAGMENT_REGS}: lower value_block")
-    return out
-
-
-def _gla_problems(spec, target, config) -> list:
-    bv = config.get("value_block")
-    if bv not in GLA_CANDIDATES:
-        return [f"value_block must be one of {GLA_CANDIDATES} for gate 'vector', got {bv!r}"]
-    out = []
-    if spec.head_dim_v % bv:
-        out.append(f"value_block {bv} does not divide head_dim_v {spec.head_dim_v}")
-    limit = SMEM_LIMIT.get(target.arch, 99 * 1024)
-    if gla_smem_bytes(spec, config) > limit:
-        out.append(f"tiles need {gla_smem_bytes(spec, config)} B of shared memory, over {limit} B")
     return out
 
 

@@ -71,6 +71,18 @@ def merge_results(base: str, cases, rows, checks, variants) -> tuple:
     return rows, checks, variants
 
 
+def save_results(base: str, case_names, card: str, rows, checks, variants, markdown) -> None:
+    """Write ``base.json`` ({"card", "rows", "checks", "variants"}) and ``base.md``
+    (``markdown(card, rows, checks, variants)``), keeping the rows of cases not run this time
+    (``merge_results``); called after every case, so a cut-off run keeps what it measured."""
+    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+    rows, checks, variants = merge_results(base, case_names, rows, checks, variants)
+    with open(base + ".json", "w") as f:
+        json.dump({"card": card, "rows": rows, "checks": checks, "variants": variants}, f, indent=1)
+    with open(base + ".md", "w") as f:
+        f.write(markdown(card, rows, checks, variants))
+
+
 def launcher(kernel, buffers: dict, funcs=None):
     """``fn()`` making ``kernel``'s calls (all, or those named in ``funcs``) on ``buffers`` (by
     name) with no input checks: the raw launches a timing wants.  Scratch buffers not given

@@ -28,7 +28,6 @@ wrong kernel cannot pass unnoticed.  Times: CUDA events around each call after w
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks._common import card_name, export_kernel, load_kernel, median_ms, merge_results  # noqa: E402
+from benchmarks._common import card_name, export_kernel, load_kernel, median_ms, save_results  # noqa: E402
 
 B, H, D = 8, 16, 128
 CHUNK = 64
@@ -280,28 +279,16 @@ def run(build_dir: str, results_dir: str) -> None:
         del x, f
         torch.cuda.empty_cache()
         save(results_dir, card, rows, checks, variants)  # after every case: a cut-off run keeps its rows
-    print(markdown(*load_results(results_dir, card)))
+    with open(_base(results_dir, card) + ".md") as f:
+        print(f.read())
 
 
 def _base(results_dir, card):
     return os.path.join(results_dir, f"{card}-{RESULTS_NAME}")
 
 
-def load_results(results_dir, card):
-    with open(_base(results_dir, card) + ".json") as f:
-        res = json.load(f)
-    return card, res["rows"], res["checks"], res.get("variants", [])
-
-
 def save(results_dir, card, rows, checks, variants) -> None:
-    """Write the JSON and markdown; rows of cases not run this time are kept from the file."""
-    os.makedirs(results_dir, exist_ok=True)
-    base = _base(results_dir, card)
-    rows, checks, variants = merge_results(base, [c.name for c in CASES], rows, checks, variants)
-    with open(base + ".json", "w") as f:
-        json.dump({"card": card, "rows": rows, "checks": checks, "variants": variants}, f, indent=1)
-    with open(base + ".md", "w") as f:
-        f.write(markdown(card, rows, checks, variants))
+    save_results(_base(results_dir, card), [c.name for c in CASES], card, rows, checks, variants, markdown)
 
 
 def markdown(card: str, rows, checks, variants) -> str:

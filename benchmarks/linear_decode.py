@@ -18,7 +18,6 @@ expression) picks a subset.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -29,7 +28,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks._common import (card_name, export_kernel, launcher, load_kernel,  # noqa: E402
-                                median_ms, merge_results)
+                                median_ms, save_results)
 from benchmarks.linear import VARIANTS, fla_call, make_inputs, rel_error  # noqa: E402  (same variants and data)
 
 H, D = 16, 128
@@ -117,30 +116,19 @@ def run(build_dir: str, results_dir: str) -> None:
                              "gbps": round(gb / ms * 1e3, 1)})
                 print(f"  {impl:8s} {ms * 1e3:8.1f} us  {gb / ms * 1e3:7.1f} GB/s", flush=True)
             save(results_dir, card, rows, checks)
-    print(markdown(card, *_merged(results_dir, card)))
+    with open(_base(results_dir, card) + ".md") as f:
+        print(f.read())
 
 
 def _base(results_dir, card):
     return os.path.join(results_dir, f"{card}-linear-decode")
 
 
-def _merged(results_dir, card):
-    with open(_base(results_dir, card) + ".json") as f:
-        res = json.load(f)
-    return res["rows"], res["checks"]
-
-
 def save(results_dir, card, rows, checks) -> None:
-    os.makedirs(results_dir, exist_ok=True)
-    base = _base(results_dir, card)
-    rows, checks, _ = merge_results(base, [c.name for c in CASES], rows, checks, [])
-    with open(base + ".json", "w") as f:
-        json.dump({"card": card, "rows": rows, "checks": checks}, f, indent=1)
-    with open(base + ".md", "w") as f:
-        f.write(markdown(card, rows, checks))
+    save_results(_base(results_dir, card), [c.name for c in CASES], card, rows, checks, [], markdown)
 
 
-def markdown(card: str, rows, checks) -> str:
+def markdown(card: str, rows, checks, variants=()) -> str:
     by = {(r["case"], r["impl"]): r for r in rows}
     info = {c["case"]: c for c in checks}
     lines = [f"# Linear-attention decoding on {card}: H={H}, D=Dv={D}, {DTYPE}, state fp32 "

@@ -85,7 +85,7 @@ VARIANTS = {
 }
 
 
-def variants(case: "Case") -> list:
+def variant_configs(case: "Case") -> list:
     """The configs timed beside the default: VARIANTS, then the other tensor-core instruction
     (wgmma or mma.sync, whichever the default is not) where both serve the spec."""
     from attngen.resources import load_schedule
@@ -186,7 +186,7 @@ def build(out_dir: str) -> None:
             export_kernel(lower(spec, target), target, out_dir, "check_" + name)
             print("built check", name, flush=True)
     for case in selected():
-        for file, cfg in [(_file(case), None)] + [(_variant_file(case, c), c) for c in variants(case)]:
+        for file, cfg in [(_file(case), None)] + [(_variant_file(case, c), c) for c in variant_configs(case)]:
             low = lower(spec_of(case), target, cfg)
             script = low.mod.script()
             if "ptx_legacy.mma" not in script and "T.ptx.wgmma(" not in script:
@@ -327,7 +327,7 @@ def run(build_dir: str, results_dir: str) -> None:
             rows.append({"case": case.name, "impl": impl, "ms": round(ms, 4),
                          "tflops": round(flops / ms / 1e9, 1)})
             print(f"  {impl:11s} {ms:8.3f} ms {flops / ms / 1e9:7.1f} TFLOP/s", flush=True)
-        for cfg in variants(case):
+        for cfg in variant_configs(case):
             vfn = load(spec, _variant_file(case, cfg), feed)
             o.fill_(float("nan"))
             vfn()

@@ -9,8 +9,9 @@ builtins.  What remains to choose is the instruction and the tile shape:
                      head_dim_v in {64, 128}).  With wgmma a warpgroup is 4 warps
                      of one m-tile each: warps 4 or 8 (one or two warpgroups), m_tiles 1,
                      q_in_registers False (wgmma reads Q from shared memory).
-                     The default is "mma_sync": wgmma is opt-in (see WGMMA_DEFAULT).  A
-                     config without `mma` is an mma_sync config (it predates the knob)
+                     The default on sm_90a is "wgmma" for the specs it serves, else
+                     "mma_sync" (see WGMMA_DEFAULT).  A config without `mma` is an
+                     mma_sync config (it predates the knob)
     overlap          wgmma only: S(j) and PV(j - 1) in flight together, the softmax of S(j)
                      under PV(j - 1) (FlashAttention-3's intra-warpgroup pipelining)
 
@@ -64,9 +65,10 @@ def fragment_budget(spec, target) -> int:
     return FRAGMENT_REGS if plain and hopper else FRAGMENT_REGS_BUSY
 
 
-# wgmma is attngen's default on sm_90a (for the specs it serves) only once its GPU tests passed
-# on a Hopper card in the run that measured it (benchmarks/NOTES-hopper.md); until then opt-in
-WGMMA_DEFAULT = False
+# wgmma is attngen's default on sm_90a for the specs it serves: its GPU tests (34, every gallery
+# spec it serves, float64 references) passed on an H200 in the run that measured it 1.02-1.34x
+# SDPA flash on every dense case (benchmarks/NOTES-hopper.md); False makes it opt-in again
+WGMMA_DEFAULT = True
 # wgmma's fragments (S, P twice with overlap, O) per thread: the 2-warpgroup n128 d128 overlap
 # kernel (192) builds without stack on sm_90a; more would spill
 WGMMA_REGS = 192

@@ -269,3 +269,27 @@ def test_a_win_within_timing_noise_keeps_the_default(tmp_path, monkeypatch):
     assert best["q64-kv64"]["config"] == default  # the bucket stays tuned, to the default
     assert best["q1024-kv1024"]["config"] == other
     assert best_config(spec, CPU, {"batch": 1, "q_len": 50, "kv_len": 50}) == default
+
+
+def test_records_that_never_raced_the_default_kernel_are_ignored(tmp_path, monkeypatch):
+    """On sm_90a the prefill default is wgmma: an mma.sync record measured against the mma.sync
+    default (like the shipped H100 records, which predate the field) does not displace it; a
+    record whose run's default was wgmma does, whatever its own kernel."""
+    from attngen.builder import _tvm_version
+    from attngen.tune import tuned
+
+    sm90 = get("cuda-sm90a")
+    spec = GALLERY["causal"].spec
+    default = space.default_config(spec, sm90)
+    assert default["mma"] == "wgmma"
+    mma_sync = space.schedule_module(spec, sm90).default(spec, sm90, mma="mma_sync")
+    base = {"spec": spec.key, "target": sm90.name, "device": "NVIDIA H100 80GB HBM3",
+            "tvm": _tvm_version(), "valid": True, "default_ms": 1.0, "config": mma_sync, "ms": 0.5}
+    db = tmp_path / "db.json"
+    database.add([{**base, "bucket": "q1024-kv1024"},  # no default_config: raced mma.sync
+                  {**base, "bucket": "q4096-kv4096", "default_config": mma_sync},
+                  {**base, "bucket": "q16384-kv16384", "default_config": default}], db)
+    monkeypatch.setenv(database.ENV_DB, str(db))
+    monkeypatch.setattr(database, "shipped_paths", lambda: [])
+    _, best = tuned(spec, sm90, "NVIDIA H100 80GB HBM3")
+    assert set(best) == {"q16384-kv16384"} and best["q16384-kv16384"]["config"] == mma_sync

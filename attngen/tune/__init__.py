@@ -52,7 +52,9 @@ def tuned(spec, target, device: Optional[str] = None):
     ``device`` defaults to the local one; on a host without the target's device (building
     CUDA kernels on a CPU machine) it is the one device the databases know for this spec.
     A best record within ``NOISE`` of the default's time (measured in the same run) is
-    replaced by the default config: the bucket stays tuned, to the default."""
+    replaced by the default config: the bucket stays tuned, to the default.  A record measured
+    against another kernel than today's default picks (the prefill default moved from mma.sync
+    to wgmma on sm_90a) is not a candidate: it never raced the kernel it would displace."""
     from . import database
     from .space import default_config, is_valid
 
@@ -62,12 +64,20 @@ def tuned(spec, target, device: Optional[str] = None):
     if not device:
         known = {r["device"] for r in records if r["spec"] == spec.key and r["target"] == target.name}
         device = known.pop() if len(known) == 1 else ""
+    default = default_config(spec, target)
+    records = [r for r in records if _baseline_kernel(r) == default.get("mma", "mma_sync")]
     best = database.best_per_bucket(records, spec=spec.key, target=target.name, device=device,
                                     tvm=_tvm(), accept=lambda c: is_valid(spec, target, c))
     for b, r in best.items():
         if r.get("default_ms") and r["ms"] * (1 + NOISE) > r["default_ms"]:
-            best[b] = {**r, "config": default_config(spec, target), "ms": r["default_ms"]}
+            best[b] = {**r, "config": default, "ms": r["default_ms"]}
     return device, best
+
+
+def _baseline_kernel(record: dict) -> str:
+    """The ``mma`` of the default config a record's run measured (records that predate the
+    field were all measured against mma.sync; schedules without the knob: "mma_sync")."""
+    return (record.get("default_config") or {}).get("mma", "mma_sync")
 
 
 def best_config(spec, target, sizes, device: Optional[str] = None) -> Optional[dict]:

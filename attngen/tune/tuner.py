@@ -120,7 +120,8 @@ def records_of(dirpath) -> list:
                 default_ms = default["timings"].get(b, {}).get("ms") if default else None
                 out.append({**base, "bucket": b, "config": row["config"], "valid": True,
                             "ms": t["ms"], "length": t["length"], "batch": t["batch"],
-                            "default_ms": default_ms})
+                            "default_ms": default_ms,
+                            "default_config": default["config"] if default else None})
         elif row["status"] in ("invalid", "error", "compile_error"):
             # a failure holds for every bucket of the manifest: this config never wins
             for b in buckets:

@@ -72,16 +72,17 @@ CASES = [
 # variants timed beside the default: knobs of schedules/attention_cuda_tc.py over its defaults
 # (each names its mma: a config merges over that kernel's defaults)
 TC = {"mma": "mma_sync"}
+WG1 = dict(mma="wgmma", warps=4, block_n=64)  # one warpgroup, 64-key tiles: two CTAs per SM
+WG2 = dict(mma="wgmma", warps=8, block_n=128)  # two warpgroups, 128-key tiles
 VARIANTS = {
-    "dense d128 N4096": [dict(TC, warps=4, m_tiles=2, block_n=32, q_in_registers=False),
-                         dict(TC, warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
-    "causal d128 N4096": [dict(TC, warps=4, m_tiles=1, block_n=64, q_in_registers=True),
-                          # one warpgroup, 64-key tiles: two CTAs per SM (NOTES-hopper.md)
-                          dict(mma="wgmma", warps=4, block_n=64)],
-    "dense d64 N4096": [dict(TC, warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
-    # the per-tile map against the band alone (the previous kernel for these masks)
-    "document 8x2048 N16384": [dict(TC, tile_map=False), dict(TC, m_tiles=1, block_n=64, q_in_registers=True)],
-    "global 64 + local 1024 causal N16384": [dict(TC, tile_map=False), dict(TC, m_tiles=2, block_n=32)],
+    "causal d128 N4096": [WG1],
+    "causal d128 N16384": [WG1],
+    "dense d64 N4096": [WG1, dict(TC, warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
+    # rows that see short runs of keys take WG1 by default (schedules/attention_cuda_tc.py)
+    "window 1024 causal N16384": [WG2],
+    "global 64 + local 1024 causal N16384": [WG2],
+    "document 8x2048 N16384": [WG2],
+    "packed varlen 8x2048 causal N16384": [WG2],
 }
 
 

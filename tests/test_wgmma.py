@@ -248,7 +248,7 @@ def test_prefill_wgmma_full_tiles_per_warpgroup():
 
     sched, sm90, _, _ = _prefill()
     spec = GALLERY["sliding_window"].spec  # window 256, causal
-    cfg = sched.wgmma_default(spec, sm90)
+    cfg = {**sched.wgmma_default(spec, sm90), "warps": 8, "block_n": 128}  # two warpgroups
     ctx = tensorcore.wgmma_context(spec, cfg, tensorcore.context(spec, cfg, sig.program_args(spec)))
     assert (ctx["wg_full_lo"], ctx["wg_full_hi"]) == ("(wq_last + kvl - lq - 255)", "(wq0 + kvl - lq)")
     assert ctx["warpgroups"] == 2 and ctx["mma_dtype"] == "f16" and ctx["block_m"] == 128
@@ -256,3 +256,18 @@ def test_prefill_wgmma_full_tiles_per_warpgroup():
     dcfg = sched.wgmma_default(doc, sm90)
     dctx = tensorcore.wgmma_context(doc, dcfg, tensorcore.context(doc, dcfg, sig.program_args(doc)))
     assert dctx["wg_full_lo"] is None and dctx["tile_map"]
+
+
+def test_prefill_wgmma_default_tiles_follow_the_row_length():
+    """Two warpgroups and 128-key tiles where rows see long runs of keys (full, causal, score
+    mods); one warpgroup and 64-key tiles where a window, a tile map or packed sequences keep
+    them short (two CTAs per SM)."""
+    from attngen.gallery import GALLERY
+
+    sched, sm90, _, _ = _prefill()
+    for name in ("full", "causal", "gqa", "softcap", "alibi"):
+        cfg = sched.wgmma_default(GALLERY[name].spec, sm90)
+        assert (cfg["warps"], cfg["block_n"]) == (8, 128), name
+    for name in ("sliding_window", "document", "block_sparse", "prefix_lm"):
+        cfg = sched.wgmma_default(GALLERY[name].spec, sm90)
+        assert (cfg["warps"], cfg["block_n"]) == (4, 64), name

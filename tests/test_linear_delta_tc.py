@@ -1,4 +1,5 @@
-"""The tensor-core delta-rule kernels (templates/linear_delta_wy_tc.j2 + linear_delta_tc.j2):
+"""The tensor-core delta-rule kernels (templates/linear_delta_wy_tc.j2, then the scan in two
+passes, linear_delta_state_tc.j2 + linear_delta_out_tc.j2, or in one, linear_delta_tc.j2):
 DeltaNet and Gated DeltaNet (methods.md 4.11, 4.12).
 
 Without a GPU: which specs take them (and which keep the SIMT kernel), the knob checks, and
@@ -27,7 +28,9 @@ from attngen.targets import get
 TARGET = "cuda-sm90a"
 NVCC = shutil.which("nvcc")
 L = LinearAttention
-CALLS = [delta_tc.WY_KERNEL, delta_tc.SCAN_KERNEL]
+CALLS = [delta_tc.WY_KERNEL, delta_tc.STATE_KERNEL, delta_tc.OUT_KERNEL]  # the default: two passes
+ONE_PASS = {"passes": 1}
+CALLS_ONE_PASS = [delta_tc.WY_KERNEL, delta_tc.SCAN_KERNEL]
 SPECS = {
     **{n: GALLERY[n].spec for n in ("deltanet", "gated_deltanet")},  # float16, D 128
     "deltanet_bf16": L(num_heads=4, head_dim=128, update="delta", dtype="bfloat16"),
@@ -37,12 +40,15 @@ SPECS = {
 }
 # beta in (1, 2): I - beta k^T k has the eigenvalue 1 - beta < 0 along k (fla's allow_neg_eigval)
 BETA_HIGH = (1.0, 2.0)
+ONE_PASS_SPECS = ("deltanet", "gated_deltanet_bf16")  # GPU-checked in one pass too
 
 
 def prebuild(target: str = TARGET) -> None:
     """Fill the build cache for a GPU host that has only TVM's runtime."""
     for spec in SPECS.values():
         ensure_cached(spec, target)
+    for name in ONE_PASS_SPECS:
+        ensure_cached(SPECS[name], target, ONE_PASS)
 
 
 # ----------------------------------------------------------------------------- CPU
@@ -57,7 +63,13 @@ def test_delta_specs_take_the_two_tensor_core_kernels():
         low = lower(spec, t)
         assert [c.func for c in low.calls] == CALLS, name
         scratch = {a.name: a for a in low.args if a.role == "scratch"}
-        assert set(scratch) == {"w", "u"} and scratch["w"].dtype == spec.dtype, name
+        assert set(scratch) == {"w", "u", "v_new", "h_chunk"}, name
+        assert all(a.dtype == spec.dtype for a in scratch.values()), name
+        assert scratch["h_chunk"].shape == ("batch", spec.num_heads, "q_len/64", spec.head_dim,
+                                            spec.head_dim_v), name
+    low = lower(SPECS["deltanet"], t, ONE_PASS)
+    assert [c.func for c in low.calls] == CALLS_ONE_PASS
+    assert {a.name for a in low.args if a.role == "scratch"} == {"w", "u"}
 
 
 @pytest.mark.parametrize("spec, reason", [
@@ -77,6 +89,8 @@ def test_other_delta_specs_keep_the_simt_kernels(spec, reason):
     ({"value_block": 128}, "value_block must be one of"),
     ({"stages": 3}, "stages must be one of"),
     ({"value_block": 32, "stages": 2, "chunk": 64}, "unknown knob"),
+    ({"passes": 3}, "passes must be one of"),
+    ({"out_value_block": 256}, "out_value_block must be one of"),
 ])
 def test_bad_knobs_raise_value_error(config, message):
     with pytest.raises(ValueError, match=message):
@@ -85,24 +99,30 @@ def test_bad_knobs_raise_value_error(config, message):
 
 @pytest.mark.parametrize("config, tiles", [({"value_block": 32, "stages": 2}, "(2, 64, 136)"),
                                            ({"value_block": 16, "stages": 1}, "(1, 64, 136)")])
-def test_knobs_reach_the_scan(config, tiles):
-    """stages copies of the Q tile (D = 128 + 8 padding), value_block columns per CTA."""
-    scan = lower(SPECS["gated_deltanet_bf16"], TARGET, config).mod[delta_tc.SCAN_KERNEL].script()
-    assert f"Qs = T.alloc_buffer({tiles}" in scan
+@pytest.mark.parametrize("passes", [1, 2])
+def test_knobs_reach_the_scan(config, tiles, passes):
+    """stages copies of the K tile (D = 128 + 8 padding), value_block columns per sequential
+    CTA; out_value_block columns per output-pass CTA."""
+    config = {**config, "passes": passes, "out_value_block": 64}
+    mod = lower(SPECS["gated_deltanet_bf16"], TARGET, config).mod
+    scan = mod[delta_tc.SCAN_KERNEL if passes == 1 else delta_tc.STATE_KERNEL].script()
+    assert f"Ks = T.alloc_buffer({tiles}" in scan
     assert f'T.launch_thread("blockIdx.x", {128 // config["value_block"]})' in scan
+    if passes == 2:
+        assert 'T.launch_thread("blockIdx.x", 2)' in mod[delta_tc.OUT_KERNEL].script()
 
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 def test_cuda_source_compiles_without_spills(tmp_path):
-    """Gated DeltaNet in bf16 at its largest default tiles: nvcc accepts both kernels, ptxas
-    keeps every fragment (and the WY kernel's 64-register column of T) in registers."""
+    """Gated DeltaNet in bf16 at its largest default tiles: nvcc accepts the three kernels,
+    ptxas keeps every fragment (and the WY kernel's 64-register column of T) in registers."""
     path = tmp_path / "kernel.cu"
     path.write_text(cuda_source(SPECS["gated_deltanet_bf16"], TARGET))
     done = subprocess.run([NVCC, "-cubin", "-arch=sm_90a", "-Xptxas", "-v", "-o",
                            str(tmp_path / "kernel.cubin"), str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stderr.count("0 bytes spill stores") == 2, done.stderr
-    assert done.stderr.count("0 bytes stack frame") == 2, done.stderr
+    assert done.stderr.count("0 bytes spill stores") == 3, done.stderr
+    assert done.stderr.count("0 bytes stack frame") == 3, done.stderr
     assert all(int(r) <= 255 for r in re.findall(r"Used (\d+) registers", done.stderr))
 
 
@@ -141,6 +161,16 @@ def check_spec(kernel, rng) -> list:
 def test_spec_on_gpu(name):
     kernel = build(SPECS[name], TARGET)
     assert [c.func for c in kernel.calls] == CALLS
+    rng = np.random.default_rng(np.random.SeedSequence())
+    failed = [(what, errors) for what, ok, errors in check_spec(kernel, rng) if not ok]
+    assert not failed, (f"seed {rng.bit_generator.seed_seq.entropy}", failed)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ONE_PASS_SPECS)
+def test_one_pass_scan_on_gpu(name):
+    kernel = build(SPECS[name], TARGET, ONE_PASS)
+    assert [c.func for c in kernel.calls] == CALLS_ONE_PASS
     rng = np.random.default_rng(np.random.SeedSequence())
     failed = [(what, errors) for what, ok, errors in check_spec(kernel, rng) if not ok]
     assert not failed, (f"seed {rng.bit_generator.seed_seq.entropy}", failed)

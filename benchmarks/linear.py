@@ -55,8 +55,8 @@ LENGTHS = (4096, 16384)
 # rule's: schedules/linear_delta_cuda_tc.py)
 TC_VARIANTS = ({"value_block": 32},)
 GLA_TC_VARIANTS = ({"value_block": 64},)  # gate "vector": 4 warps per CTA instead of 8
-DELTA_VARIANTS = ({"passes": 1}, {"stages": 2}, {"value_block": 32, "stages": 2},
-                  {"stages": 2, "out_value_block": 64})
+DELTA_VARIANTS = ({"passes": 2}, {"passes": 2, "stages": 2}, {"value_block": 32},
+                  {"stages": 2})
 # results file stem: RESULTS/<card>-<name>.{json,md}
 RESULTS_NAME = os.environ.get("LINEAR_RESULTS_NAME", "linear")
 

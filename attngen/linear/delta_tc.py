@@ -7,13 +7,14 @@ kernels in the structure of flash-linear-attention's chunk_delta_rule:
 2. the chunk scan of the additive kernel with V replaced by the pseudo-values V' = U - W S,
    in one of two forms (knob ``passes``):
 
+   * ``passes = 1`` (the default): ``linear_delta_tc`` (``templates/linear_delta_tc.j2``) does
+     all of it in the sequential loop, without a scratch round trip.
    * ``passes = 2`` (fla's chunk_gated_delta_rule_fwd_h + chunk_fwd_o):
      ``linear_delta_state_tc`` (``templates/linear_delta_state_tc.j2``) runs only the chain
      that is sequential over chunks (V' = U - W S, then the state update) and writes each
      chunk's entering state and V' to scratch; ``linear_delta_out_tc``
      (``templates/linear_delta_out_tc.j2``) then computes every chunk's output in parallel.
-   * ``passes = 1``: ``linear_delta_tc`` (``templates/linear_delta_tc.j2``) does all of it in
-     the sequential loop, without the scratch round trip (fewer bytes; longer chain per chunk).
+     Slower on an H200 at 4096 and 16384 tokens (``schedules/linear_delta_cuda_tc.py``).
 
 Scope: what ``tensorcore.unsupported_reason`` admits for the additive update, with gate None or
 "scalar" (methods.md 4.11, 4.12).  Keys are expected unit-norm (the delta rule's own

@@ -416,9 +416,7 @@ class LinearAttention(_Spec):
         if self.gate == "mlstm":
             for name, ok, why in (("feature_map", self.feature_map == "identity", "identity"),
                                   ("update", self.update == "additive", "'additive'"),
-                                  ("normalize", not self.normalize, "False (the cell has its own)"),
-                                  ("form", self.form != "parallel",
-                                   "'chunkwise' or 'recurrent' (the parallel kernels do not take it yet)")):
+                                  ("normalize", not self.normalize, "False (the cell has its own)")):
                 if not ok:
                     _fail(L, name, f"must be {why} with gate='mlstm', got {getattr(self, name)!r}")
         if self.bonus and (self.update == "delta" or self.normalize or self.gate == "mlstm"):

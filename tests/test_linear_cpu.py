@@ -86,9 +86,10 @@ def test_rwkv6_bonus(form, fields):
     check(small(form=form, **fields), LENGTHS)
 
 
-@pytest.mark.parametrize("form", ["recurrent", "chunkwise"])
+@pytest.mark.parametrize("form", FORMS)
 def test_mlstm(form):
-    """The mLSTM cell: the stabiliser per row (chunkwise) or per token (recurrent)."""
+    """The mLSTM cell: the stabiliser per token (recurrent), per row of a chunk (chunkwise) or
+    per row over the whole sequence (parallel: a first pass over the key tiles)."""
     check(small(form=form, gate="mlstm"), LENGTHS)
 
 
@@ -99,7 +100,7 @@ def test_mlstm_extreme_gates():
         rng = np.random.default_rng(7)
         inputs["f_pre"] = rng.choice([-40.0, 40.0], inputs["f_pre"].shape).astype(np.float32)
         inputs["i_pre"] = rng.uniform(-30, 30, inputs["i_pre"].shape).astype(np.float32)
-    for form in ("recurrent", "chunkwise"):
+    for form in FORMS:
         check(small(form=form, gate="mlstm"), (17, 65), edit=edit)
 
 

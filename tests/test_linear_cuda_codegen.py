@@ -23,6 +23,7 @@ SPECS.update({
                                             form="parallel"),
     "parallel_gla": LinearAttention(num_heads=8, head_dim=64, gate="vector", form="parallel"),
     "parallel_rwkv6": LinearAttention(num_heads=8, head_dim=64, gate="vector", bonus=True, form="parallel"),
+    "parallel_mlstm": LinearAttention(num_heads=4, head_dim=64, gate="mlstm", form="parallel"),
     "parallel_performer": LinearAttention(num_heads=8, head_dim=64, feature_map="performer", num_features=64,
                                           normalize=True, gate="fixed", form="parallel"),
     "recurrent_performer": LinearAttention(num_heads=8, head_dim=64, feature_map="performer", num_features=64,

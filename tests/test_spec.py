@@ -292,7 +292,6 @@ INVALID = [
     (lambda: L(scale=0.0), r"LinearAttention\.scale"),
     (lambda: L(dtype="fp8"), r"LinearAttention\.dtype"),
     (lambda: L(bonus=1, form="recurrent"), r"LinearAttention\.bonus"),
-    (lambda: L(gate="mlstm", form="parallel"), r"LinearAttention\.form"),
     (lambda: L(gate="mlstm", bonus=True), r"LinearAttention\.bonus"),
     (lambda: L(gate="mlstm", form="recurrent", normalize=True, feature_map="elu1"), r"LinearAttention\.feature_map"),
     (lambda: L(gate="mlstm", form="recurrent", update="delta"), r"LinearAttention\.update"),

@@ -57,12 +57,13 @@ def kernels(spec: LinearAttention) -> tuple:
     values = "u" if spec.update == "delta" else "v"  # what the keys carry into o and the state
     steps = []
     if "cum_gate" in present:
-        steps.append(("cumulate_gates", pick("g", "cum_gate")))
+        steps.append(("cumulate_gates", pick("g", "f_pre", "cum_gate")))
     if spec.update == "delta":
         steps.append(("solve_delta", pick("k", "v", "cum_gate", "beta", "initial_state", "u")))
-    steps.append(("outputs", pick("q", "k", values, "cum_gate", "bonus", "omega", "initial_state", "z0", "o")))
-    steps.append(("final_state", pick("k", values, "cum_gate", "omega", "initial_state", "z0",
-                                      "final_state", "z_final")))
+    steps.append(("outputs", pick("q", "k", values, "cum_gate", "i_pre", "bonus", "omega", "initial_state",
+                                  "z0", "m0", "o")))
+    steps.append(("final_state", pick("k", values, "cum_gate", "i_pre", "omega", "initial_state", "z0", "m0",
+                                      "final_state", "z_final", "m_final")))
     return tuple(Kernel(f"linear_parallel_{part}", "linear_parallel.j2", part, args) for part, args in steps)
 
 

@@ -61,7 +61,7 @@ def scratch(spec: LinearAttention) -> tuple:
     if spec.form != "parallel":
         return ()
     out = []
-    if spec.gate in ("scalar", "vector"):
+    if spec.gate in ("scalar", "vector", "mlstm"):  # mlstm: of log f = logsigmoid(f_pre)
         out.append(Arg("cum_gate", gate_shape(spec) + (2,), "float32", "scratch"))  # (hi, lo)
     if spec.update == "delta":
         out.append(Arg("u", tokens(spec) + (spec.head_dim_v,), "float32", "scratch"))

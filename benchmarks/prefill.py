@@ -293,7 +293,7 @@ def run(build_dir: str, results_dir: str) -> None:
         def attngen():
             fn()
 
-        def run_flex():
+        def run_flex(q=q, k=k, v=v, block_mask=block_mask):  # bound now: the loop deletes them
             return flex(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=Hk != H)
 
         impls = {"attngen": attngen, "flex": run_flex}
@@ -301,7 +301,7 @@ def run(build_dir: str, results_dir: str) -> None:
             causal = case.mask == "causal"
             for name, backend in (("sdpa_flash", SDPBackend.FLASH_ATTENTION),
                                   ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
-                def call(backend=backend):
+                def call(backend=backend, q=q, k=k, v=v):
                     with sdpa_kernel(backend):
                         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=Hk != H)
                 impls[name] = call

@@ -29,9 +29,10 @@ def cases():
     from attngen.gallery import GALLERY
 
     gallery = ("causal", "sliding_window", "gqa", "document", "prefix_lm", "sinks", "softcap")
-    out = [(n, GALLERY[n].spec, 3, None) for n in gallery]
-    out += [(n, t.EXTRA[n], 3, None) for n in ("d256", "d64_head_map", "d64_bshd_document")]
-    out += [(n, t.PACKED[n], 4, None) for n in ("d64_thd_causal_sinks",)]
+    # mma.sync by name: on sm_90a the default is wgmma wherever it serves the spec
+    out = [(n, GALLERY[n].spec, 3, t.MMA_SYNC) for n in gallery]
+    out += [(n, t.EXTRA[n], 3, t.MMA_SYNC) for n in ("d256", "d64_head_map", "d64_bshd_document")]
+    out += [(n, t.PACKED[n], 4, t.MMA_SYNC) for n in ("d64_thd_causal_sinks",)]
     out += [(n + " wgmma", GALLERY[n].spec, 3, t.WGMMA)
             for n in ("causal", "sliding_window", "document", "sinks", "softcap")]
     out += [("d64_bshd_document wgmma", t.EXTRA["d64_bshd_document"], 3, t.WGMMA),

@@ -14,7 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from attngen import Attention, Decode, expr as E, masks, mods
+from attngen import Attention, Decode, expr as E, masks
 from attngen.builder import build, ensure_cached, compile_lowered, lower
 from attngen.check import check_length
 from attngen.gallery import GALLERY
@@ -262,6 +262,7 @@ def test_tile_map_swapped_on_gpu(name):
 
 WGMMA = {"mma": "wgmma"}
 WGMMA_PLAIN = {"mma": "wgmma", "overlap": False}  # the schedule without S/PV overlap
+MMA_SYNC = {"mma": "mma_sync"}
 GALLERY_WGMMA = [n for n in GALLERY_TC
                  if load_schedule("attention_cuda_tc").wgmma_unsupported_reason(GALLERY[n].spec, SM90) is None]
 EXTRA_WGMMA = {**{n: s for n, s in EXTRA.items()
@@ -274,7 +275,10 @@ PLAIN_WGMMA = ["causal", "document"]
 def _wgmma_builds():
     out = [(GALLERY[n].spec, WGMMA) for n in GALLERY_WGMMA]
     out += [(s, WGMMA) for s in EXTRA_WGMMA.values()] + [(s, WGMMA) for s in PACKED.values()]
-    return out + [(GALLERY[n].spec, WGMMA_PLAIN) for n in PLAIN_WGMMA]
+    out += [(GALLERY[n].spec, WGMMA_PLAIN) for n in PLAIN_WGMMA]
+    # where wgmma is the default on sm_90a, mma.sync (sm_80's kernel) is checked by name
+    return out + [(GALLERY[n].spec, MMA_SYNC) for n in GALLERY_WGMMA] + \
+        [(s, MMA_SYNC) for s in {**EXTRA_WGMMA, **PACKED}.values()]
 
 
 def test_wgmma_serves_the_interval_map_and_mod_specs():
@@ -305,6 +309,20 @@ def test_wgmma_long_on_gpu(name):
 @pytest.mark.parametrize("name", PLAIN_WGMMA)
 def test_wgmma_plain_schedule_on_gpu(name):
     _check(GALLERY[name].spec, (1, 65, 1000), WGMMA_PLAIN)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", GALLERY_WGMMA)
+def test_mma_sync_gallery_spec_on_gpu(name):
+    """On sm_90a these specs take wgmma by default: the mma.sync kernel (sm_80's) by name."""
+    _check(GALLERY[name].spec, (1, 63, 64, 65, 1000), MMA_SYNC)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted({**EXTRA_WGMMA, **PACKED}))
+def test_mma_sync_extra_and_packed_on_gpu(name):
+    spec = {**EXTRA_WGMMA, **PACKED}[name]
+    _check(spec, (1, 17, 64, 65, 130, 1000), MMA_SYNC, batch=4 if name in PACKED else None)
 
 
 @pytest.mark.gpu

@@ -94,6 +94,11 @@ def _problems(spec, target, config) -> list:
     for knob in ("value_block", "out_value_block"):
         if spec.head_dim_v % config[knob]:
             out.append(f"{knob} {config[knob]} does not divide head_dim_v {spec.head_dim_v}")
+    widest = _widest(spec.head_dim_v, (128, 64, 32, 16))
+    if config["passes"] == 1 and config["out_value_block"] != widest:
+        # no kernel reads it: a tuner would build the same program once per value
+        out.append(f"out_value_block shapes the output pass of passes=2 only; with passes=1 "
+                   f"leave it at {widest}")
     limit = SMEM_LIMIT.get(target.arch, 99 * 1024)
     if scan_smem_bytes(spec, config) > limit:
         out.append(f"the scan's tiles need {scan_smem_bytes(spec, config)} B of shared memory, "

@@ -92,6 +92,7 @@ def test_other_delta_specs_keep_the_simt_kernels(spec, reason):
     ({"value_block": 32, "stages": 2, "chunk": 64}, "unknown knob"),
     ({"passes": 3}, "passes must be one of"),
     ({"out_value_block": 256}, "out_value_block must be one of"),
+    ({"passes": 1, "out_value_block": 64}, "passes=2 only"),
 ])
 def test_bad_knobs_raise_value_error(config, message):
     with pytest.raises(ValueError, match=message):
@@ -104,7 +105,7 @@ def test_bad_knobs_raise_value_error(config, message):
 def test_knobs_reach_the_scan(config, tiles, passes):
     """stages copies of the K tile (D = 128 + 8 padding), value_block columns per sequential
     CTA; out_value_block columns per output-pass CTA."""
-    config = {**config, "passes": passes, "out_value_block": 64}
+    config = {**config, "passes": passes, **({"out_value_block": 64} if passes == 2 else {})}
     mod = lower(SPECS["gated_deltanet_bf16"], TARGET, config).mod
     scan = mod[delta_tc.SCAN_KERNEL if passes == 1 else delta_tc.STATE_KERNEL].script()
     assert f"Ks = T.alloc_buffer({tiles}" in scan
@@ -178,3 +179,15 @@ def test_two_pass_scan_on_gpu(name):
     rng = np.random.default_rng(np.random.SeedSequence())
     failed = [(what, errors) for what, ok, errors in check_spec(kernel, rng) if not ok]
     assert not failed, (f"seed {rng.bit_generator.seed_seq.entropy}", failed)
+
+
+def test_tuning_space_builds_each_program_once():
+    """out_value_block varies only where the output pass exists (passes=2)."""
+    from attngen.tune import space
+
+    configs = space.candidates(SPECS["gated_deltanet_bf16"], get(TARGET))
+    programs = {tuple(sorted((k, v) for k, v in c.items() if c["passes"] == 2 or k != "out_value_block"))
+                for c in configs}
+    assert len(programs) == len(configs)
+    assert {c["passes"] for c in configs} == {1, 2}
+

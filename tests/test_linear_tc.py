@@ -39,6 +39,13 @@ SPECS = {
     "gla_dv64": L(num_heads=2, head_dim=128, head_dim_v=64, gate="vector"),
     "gla_bf16_dv256": L(num_heads=2, head_dim=128, head_dim_v=256, gate="vector", dtype="bfloat16"),
 }
+# RWKV-6 on the GLA kernel: opt-in by config until these GPU tests have passed
+RWKV6_TC = {"bonus_tensor_cores": True}
+RWKV6_SPECS = {
+    "rwkv6_tc": L(num_heads=4, head_dim=128, gate="vector", bonus=True),
+    "rwkv6_tc_bf16_vb64": L(num_heads=2, head_dim=128, gate="vector", bonus=True, dtype="bfloat16"),
+}
+RWKV6_CONFIGS = {"rwkv6_tc": RWKV6_TC, "rwkv6_tc_bf16_vb64": {**RWKV6_TC, "value_block": 64}}
 LENGTHS = (1, 63, 64, 65, 1000, 4096)
 # log gates of the two regimes: gate ~ 1 - 1e-7 (nothing decays), gate ~ e^-40 (underflow)
 GATE_REGIMES = {"near_one": (-1e-6, -1e-9), "near_zero": (-60.0, -20.0)}
@@ -50,9 +57,28 @@ def prebuild(target: str = TARGET) -> None:
     """Fill the build cache for a GPU host that has only TVM's runtime."""
     for spec in SPECS.values():
         ensure_cached(spec, target)
+    for name, spec in RWKV6_SPECS.items():
+        ensure_cached(spec, target, RWKV6_CONFIGS[name])
 
 
 # ----------------------------------------------------------------------------- CPU
+
+
+def test_rwkv6_takes_the_gla_kernel_only_when_the_config_opts_in():
+    """Not yet GPU-checked: RWKV-6 keeps the SIMT kernel unless its config names
+    bonus_tensor_cores (a separate cache key); the knob is refused elsewhere."""
+    t = get(TARGET)
+    spec = RWKV6_SPECS["rwkv6_tc"]
+    assert "bonus_tensor_cores" in tensorcore.unsupported_reason(spec, t)
+    assert [c.func for c in lower(spec, t).calls] == ["linear_chunkwise"]
+    low = lower(spec, t, RWKV6_TC)
+    assert [c.func for c in low.calls] == [tensorcore.GLA_KERNEL]
+    assert low.calls[0].args == ("q", "k", "v", "g", "bonus", "initial_state", "o", "final_state")
+    for other, config in ((GALLERY["gla"].spec, RWKV6_TC), (spec, {"bonus_tensor_cores": False})):
+        with pytest.raises(ValueError, match="bonus_tensor_cores"):
+            lower(other, t, config)
+    with pytest.raises(NotImplementedError, match="bonus"):  # the bonus with a scalar gate
+        lower(L(num_heads=4, head_dim=128, gate="scalar", bonus=True), t, RWKV6_TC)
 
 
 def test_supported_specs_take_the_tensor_core_kernel():
@@ -115,9 +141,11 @@ def test_gla_value_block_must_divide_head_dim_v():
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 def test_cuda_source_compiles_without_spills(tmp_path):
     """One spec per gate kind, bf16: nvcc accepts the source, ptxas keeps every fragment in registers."""
-    for gate in (None, "scalar", "vector"):
+    for gate, config in ((None, None), ("scalar", None), ("vector", None), ("rwkv6", RWKV6_TC)):
         path = tmp_path / "kernel.cu"
-        path.write_text(cuda_source(L(num_heads=16, head_dim=128, gate=gate, dtype="bfloat16"), TARGET))
+        spec = (L(num_heads=16, head_dim=128, gate="vector", bonus=True, dtype="bfloat16") if gate == "rwkv6"
+                else L(num_heads=16, head_dim=128, gate=gate, dtype="bfloat16"))
+        path.write_text(cuda_source(spec, TARGET, config))
         done = subprocess.run([NVCC, "-cubin", "-arch=sm_90a", "-Xptxas", "-v", "-o",
                                str(tmp_path / "kernel.cubin"), str(path)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -170,6 +198,17 @@ def check_spec(kernel, rng) -> list:
                 results.append((f"{regime} length {length}", all(ok for _, ok in errs.values()),
                                 {n: e for n, (e, _) in errs.items()}))
     return results
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(RWKV6_SPECS))
+def test_rwkv6_on_gpu(name):
+    """RWKV-6 on the GLA kernel (opt-in): the checks of GLA, bonus included in the reference."""
+    kernel = build(RWKV6_SPECS[name], TARGET, RWKV6_CONFIGS[name])
+    assert [c.func for c in kernel.calls] == [tensorcore.GLA_KERNEL]
+    rng = np.random.default_rng(np.random.SeedSequence())
+    failed = [(what, errors) for what, ok, errors in check_spec(kernel, rng) if not ok]
+    assert not failed, (f"seed {rng.bit_generator.seed_seq.entropy}", failed)
 
 
 @pytest.mark.gpu

@@ -33,8 +33,10 @@ CHUNK = 64  # 4 warps of 16 query rows
 PAD = 8  # elements of padding per shared-memory row: 16 B, one bank group
 
 
-def unsupported_reason(spec: LinearAttention, target) -> Optional[str]:
-    """Why ``spec`` cannot take the tensor-core kernel on ``target`` (None: it can)."""
+def unsupported_reason(spec: LinearAttention, target, bonus_opt_in: bool = False) -> Optional[str]:
+    """Why ``spec`` cannot take the tensor-core kernel on ``target`` (None: it can).  RWKV-6's
+    bonus (gate "vector") is served only when the config opts in (``bonus_tensor_cores``): its
+    kernel path has not run on a GPU yet."""
     if not target.is_cuda:
         return "not a CUDA target"
     digits = "".join(ch for ch in (target.arch or "")[3:] if ch.isdigit())
@@ -52,8 +54,9 @@ def unsupported_reason(spec: LinearAttention, target) -> Optional[str]:
         return f"gate {spec.gate!r} with the delta rule (None or 'scalar')"
     if spec.normalize:
         return "normalize"
-    if spec.bonus:
-        return "RWKV-6's bonus (the intra-chunk diagonal and the exclusive query-side decay)"
+    if spec.bonus and not (bonus_opt_in and spec.gate == "vector"):
+        return ("RWKV-6's bonus (on the GLA kernel with gate 'vector' and config "
+                "{'bonus_tensor_cores': True}, not yet GPU-checked)")
     if spec.gate not in (None, "fixed", "scalar", "vector"):
         return f"gate {spec.gate!r}"
     if spec.chunk_size != CHUNK:
@@ -99,7 +102,7 @@ def schedule_name(spec: LinearAttention) -> str:
 def lower(spec: LinearAttention, target, config: Optional[Mapping] = None) -> Lowered:
     import tvm
 
-    reason = unsupported_reason(spec, target)
+    reason = unsupported_reason(spec, target, bonus_opt_in=bool((config or {}).get("bonus_tensor_cores")))
     if reason is not None:
         raise NotImplementedError(f"tensor-core linear attention: {reason}")
     if spec.update == "delta":
@@ -129,4 +132,5 @@ def gla_context(spec: LinearAttention, cfg) -> dict:
     vb = cfg["value_block"]  # columns per CTA: VH = vb / 64 groups of 4 warps
     return dict(dtype=spec.dtype, mma_dtype=MMA_DTYPE[spec.dtype], H=spec.num_heads,
                 D=spec.head_dim, DV=spec.head_dim_v, VB=vb, VH=vb // 64, NV=spec.head_dim_v // vb,
-                C=CHUNK, scale=repr(float(spec.scale)), log2e=repr(1.0 / math.log(2.0)), pad=PAD)
+                C=CHUNK, scale=repr(float(spec.scale)), log2e=repr(1.0 / math.log(2.0)), pad=PAD,
+                bonus=spec.bonus)

@@ -21,9 +21,9 @@ from __future__ import annotations
 from attngen import knobs
 
 KNOBS = {"value_block": "value columns per CTA (16, 32, 64 or 128; divides head_dim_v)",
-         # opt-in until its GPU tests pass (benchmarks/NOTES-linear.md): a config naming it is
+         # opt-in until their GPU tests pass (benchmarks/NOTES-linear.md): a config naming it is
          # a different cache key, so the SIMT and tensor-core programs never share an entry
-         "bonus_tensor_cores": "RWKV-6 (gate 'vector' with bonus) on the GLA tensor-core kernel (True)"}
+         "tensor_cores": "RWKV-6 (gate 'vector' with bonus) or mLSTM on tensor cores (True)"}
 CANDIDATES = {"value_block": [16, 32, 64, 128]}
 
 SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024,
@@ -76,9 +76,9 @@ def fragment_regs(spec, config) -> int:
 
 
 def _problems(spec, target, config) -> list:
-    if "bonus_tensor_cores" in config and not (config["bonus_tensor_cores"] is True and spec.bonus):
-        return [f"bonus_tensor_cores is True or absent, and only for a spec with bonus, got "
-                f"{config['bonus_tensor_cores']!r} for bonus={spec.bonus}"]
+    if "tensor_cores" in config and not (config["tensor_cores"] is True and (spec.bonus or spec.gate == "mlstm")):
+        return [f"tensor_cores is True or absent, and only for RWKV-6's bonus or mLSTM (their "
+                f"opt-in), got {config['tensor_cores']!r} for bonus={spec.bonus}, gate={spec.gate!r}"]
     bv = config.get("value_block")
     gla = spec.gate == "vector"  # templates/linear_chunk_gla_tc.j2: its own blocks and tiles
     allowed = GLA_CANDIDATES if gla else CANDIDATES["value_block"]

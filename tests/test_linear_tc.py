@@ -40,7 +40,7 @@ SPECS = {
     "gla_bf16_dv256": L(num_heads=2, head_dim=128, head_dim_v=256, gate="vector", dtype="bfloat16"),
 }
 # RWKV-6 on the GLA kernel: opt-in by config until these GPU tests have passed
-RWKV6_TC = {"bonus_tensor_cores": True}
+RWKV6_TC = {"tensor_cores": True}
 RWKV6_SPECS = {
     "rwkv6_tc": L(num_heads=4, head_dim=128, gate="vector", bonus=True),
     "rwkv6_tc_bf16_vb64": L(num_heads=2, head_dim=128, gate="vector", bonus=True, dtype="bfloat16"),
@@ -66,16 +66,16 @@ def prebuild(target: str = TARGET) -> None:
 
 def test_rwkv6_takes_the_gla_kernel_only_when_the_config_opts_in():
     """Not yet GPU-checked: RWKV-6 keeps the SIMT kernel unless its config names
-    bonus_tensor_cores (a separate cache key); the knob is refused elsewhere."""
+    tensor_cores (a separate cache key); the knob is refused elsewhere."""
     t = get(TARGET)
     spec = RWKV6_SPECS["rwkv6_tc"]
-    assert "bonus_tensor_cores" in tensorcore.unsupported_reason(spec, t)
+    assert "tensor_cores" in tensorcore.unsupported_reason(spec, t)
     assert [c.func for c in lower(spec, t).calls] == ["linear_chunkwise"]
     low = lower(spec, t, RWKV6_TC)
     assert [c.func for c in low.calls] == [tensorcore.GLA_KERNEL]
     assert low.calls[0].args == ("q", "k", "v", "g", "bonus", "initial_state", "o", "final_state")
-    for other, config in ((GALLERY["gla"].spec, RWKV6_TC), (spec, {"bonus_tensor_cores": False})):
-        with pytest.raises(ValueError, match="bonus_tensor_cores"):
+    for other, config in ((GALLERY["gla"].spec, RWKV6_TC), (spec, {"tensor_cores": False})):
+        with pytest.raises(ValueError, match="tensor_cores"):
             lower(other, t, config)
     with pytest.raises(NotImplementedError, match="bonus"):  # the bonus with a scalar gate
         lower(L(num_heads=4, head_dim=128, gate="scalar", bonus=True), t, RWKV6_TC)

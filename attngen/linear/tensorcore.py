@@ -33,10 +33,14 @@ CHUNK = 64  # 4 warps of 16 query rows
 PAD = 8  # elements of padding per shared-memory row: 16 B, one bank group
 
 
-def unsupported_reason(spec: LinearAttention, target, bonus_opt_in: bool = False) -> Optional[str]:
+# specs whose tensor-core path has not run on a GPU yet: served only where the config opts in
+# (knob ``tensor_cores``), a separate cache key, so the SIMT and tensor-core programs never share one
+OPT_IN = "config {'tensor_cores': True}, not yet GPU-checked"
+
+
+def unsupported_reason(spec: LinearAttention, target, opt_in: bool = False) -> Optional[str]:
     """Why ``spec`` cannot take the tensor-core kernel on ``target`` (None: it can).  RWKV-6's
-    bonus (gate "vector") is served only when the config opts in (``bonus_tensor_cores``): its
-    kernel path has not run on a GPU yet."""
+    bonus (gate "vector") and the mLSTM cell are served only with ``opt_in`` (``OPT_IN``)."""
     if not target.is_cuda:
         return "not a CUDA target"
     digits = "".join(ch for ch in (target.arch or "")[3:] if ch.isdigit())
@@ -54,10 +58,11 @@ def unsupported_reason(spec: LinearAttention, target, bonus_opt_in: bool = False
         return f"gate {spec.gate!r} with the delta rule (None or 'scalar')"
     if spec.normalize:
         return "normalize"
-    if spec.bonus and not (bonus_opt_in and spec.gate == "vector"):
-        return ("RWKV-6's bonus (on the GLA kernel with gate 'vector' and config "
-                "{'bonus_tensor_cores': True}, not yet GPU-checked)")
-    if spec.gate not in (None, "fixed", "scalar", "vector"):
+    if spec.bonus and not (opt_in and spec.gate == "vector"):
+        return f"RWKV-6's bonus (on the GLA kernel with gate 'vector' and {OPT_IN})"
+    if spec.gate == "mlstm" and not opt_in:
+        return f"gate 'mlstm' (on the scalar-gate kernel with {OPT_IN})"
+    if spec.gate not in (None, "fixed", "scalar", "vector", "mlstm"):
         return f"gate {spec.gate!r}"
     if spec.chunk_size != CHUNK:
         return f"chunk_size {spec.chunk_size} (the kernel's chunk is {CHUNK})"
@@ -102,7 +107,7 @@ def schedule_name(spec: LinearAttention) -> str:
 def lower(spec: LinearAttention, target, config: Optional[Mapping] = None) -> Lowered:
     import tvm
 
-    reason = unsupported_reason(spec, target, bonus_opt_in=bool((config or {}).get("bonus_tensor_cores")))
+    reason = unsupported_reason(spec, target, opt_in=bool((config or {}).get("tensor_cores")))
     if reason is not None:
         raise NotImplementedError(f"tensor-core linear attention: {reason}")
     if spec.update == "delta":

@@ -55,7 +55,8 @@ def smem_bytes(spec, config) -> int:
 
     bv = config["value_block"]
     tiles = 2 * CHUNK * (2 * (spec.head_dim + PAD) + bv + PAD)  # Q, K, V, double-buffered
-    return 2 * (tiles + spec.head_dim * (bv + PAD)) + 2 * 4 * CHUNK
+    mlstm = 4 * (2 * CHUNK + spec.head_dim) if spec.gate == "mlstm" else 0  # M, c, n
+    return 2 * (tiles + spec.head_dim * (bv + PAD)) + 2 * 4 * CHUNK + mlstm
 
 
 def gla_smem_bytes(spec, config) -> int:

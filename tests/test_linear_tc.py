@@ -40,25 +40,33 @@ SPECS = {
     "gla_bf16_dv256": L(num_heads=2, head_dim=128, head_dim_v=256, gate="vector", dtype="bfloat16"),
 }
 # RWKV-6 on the GLA kernel: opt-in by config until these GPU tests have passed
-RWKV6_TC = {"tensor_cores": True}
+OPT_IN = {"tensor_cores": True}
 RWKV6_SPECS = {
     "rwkv6_tc": L(num_heads=4, head_dim=128, gate="vector", bonus=True),
     "rwkv6_tc_bf16_vb64": L(num_heads=2, head_dim=128, gate="vector", bonus=True, dtype="bfloat16"),
 }
-RWKV6_CONFIGS = {"rwkv6_tc": RWKV6_TC, "rwkv6_tc_bf16_vb64": {**RWKV6_TC, "value_block": 64}}
+RWKV6_CONFIGS = {"rwkv6_tc": OPT_IN, "rwkv6_tc_bf16_vb64": {**OPT_IN, "value_block": 64}}
+# mLSTM on the scalar-gate kernel: opt-in likewise
+MLSTM_SPECS = {
+    "mlstm_tc": L(num_heads=4, head_dim=128, gate="mlstm"),
+    "mlstm_tc_bf16_d64": L(num_heads=2, head_dim=64, gate="mlstm", dtype="bfloat16"),
+}
+OPT_IN_SPECS = {**RWKV6_SPECS, **MLSTM_SPECS}
+OPT_IN_CONFIGS = {**RWKV6_CONFIGS, **{n: OPT_IN for n in MLSTM_SPECS}}
 LENGTHS = (1, 63, 64, 65, 1000, 4096)
 # log gates of the two regimes: gate ~ 1 - 1e-7 (nothing decays), gate ~ e^-40 (underflow)
 GATE_REGIMES = {"near_one": (-1e-6, -1e-9), "near_zero": (-60.0, -20.0)}
 # vector gates only: the first half of the key channels near 0, the second near 1
 SPLIT = "split_channels"
+MLSTM_EXTREME = "mlstm_extreme_gates"
 
 
 def prebuild(target: str = TARGET) -> None:
     """Fill the build cache for a GPU host that has only TVM's runtime."""
     for spec in SPECS.values():
         ensure_cached(spec, target)
-    for name, spec in RWKV6_SPECS.items():
-        ensure_cached(spec, target, RWKV6_CONFIGS[name])
+    for name, spec in OPT_IN_SPECS.items():
+        ensure_cached(spec, target, OPT_IN_CONFIGS[name])
 
 
 # ----------------------------------------------------------------------------- CPU
@@ -71,14 +79,25 @@ def test_rwkv6_takes_the_gla_kernel_only_when_the_config_opts_in():
     spec = RWKV6_SPECS["rwkv6_tc"]
     assert "tensor_cores" in tensorcore.unsupported_reason(spec, t)
     assert [c.func for c in lower(spec, t).calls] == ["linear_chunkwise"]
-    low = lower(spec, t, RWKV6_TC)
+    low = lower(spec, t, OPT_IN)
     assert [c.func for c in low.calls] == [tensorcore.GLA_KERNEL]
     assert low.calls[0].args == ("q", "k", "v", "g", "bonus", "initial_state", "o", "final_state")
-    for other, config in ((GALLERY["gla"].spec, RWKV6_TC), (spec, {"tensor_cores": False})):
+    for other, config in ((GALLERY["gla"].spec, OPT_IN), (spec, {"tensor_cores": False})):
         with pytest.raises(ValueError, match="tensor_cores"):
             lower(other, t, config)
     with pytest.raises(NotImplementedError, match="bonus"):  # the bonus with a scalar gate
-        lower(L(num_heads=4, head_dim=128, gate="scalar", bonus=True), t, RWKV6_TC)
+        lower(L(num_heads=4, head_dim=128, gate="scalar", bonus=True), t, OPT_IN)
+
+
+def test_mlstm_takes_the_scalar_gate_kernel_only_when_the_config_opts_in():
+    t = get(TARGET)
+    spec = MLSTM_SPECS["mlstm_tc"]
+    assert "tensor_cores" in tensorcore.unsupported_reason(spec, t)
+    assert [c.func for c in lower(spec, t).calls] == ["linear_chunkwise"]
+    low = lower(spec, t, OPT_IN)
+    assert [c.func for c in low.calls] == [tensorcore.KERNEL]
+    assert low.calls[0].args == ("q", "k", "v", "i_pre", "f_pre", "initial_state", "z0", "m0", "o",
+                                 "final_state", "z_final", "m_final")
 
 
 def test_supported_specs_take_the_tensor_core_kernel():
@@ -141,7 +160,8 @@ def test_gla_value_block_must_divide_head_dim_v():
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 def test_cuda_source_compiles_without_spills(tmp_path):
     """One spec per gate kind, bf16: nvcc accepts the source, ptxas keeps every fragment in registers."""
-    for gate, config in ((None, None), ("scalar", None), ("vector", None), ("rwkv6", RWKV6_TC)):
+    for gate, config in ((None, None), ("scalar", None), ("vector", None), ("rwkv6", OPT_IN),
+                         ("mlstm", OPT_IN)):
         path = tmp_path / "kernel.cu"
         spec = (L(num_heads=16, head_dim=128, gate="vector", bonus=True, dtype="bfloat16") if gate == "rwkv6"
                 else L(num_heads=16, head_dim=128, gate=gate, dtype="bfloat16"))
@@ -158,14 +178,18 @@ def test_cuda_source_compiles_without_spills(tmp_path):
 
 
 def check_gate_regime(kernel, length: int, regime: str, rng) -> dict:
-    """Errors of one run whose log gates all lie in ``GATE_REGIMES[regime]`` (the rest of the
+    """Errors of one run whose log gates all lie in ``GATE_REGIMES[regime]`` (or, for mLSTM,
+    ``MLSTM_EXTREME``: f_pre of +-40, i_pre of +-30; the rest of the
     inputs from the family's sampler), against the float64 recurrence; outputs NaN-poisoned."""
     import torch
 
     spec, fam = kernel.spec, kernel.family
     sizes = {"batch": 2, "heads": spec.num_heads, "q_len": length, "kv_len": length}
     inputs = fam.sample(spec, sizes, rng)
-    if regime == SPLIT:
+    if regime == MLSTM_EXTREME:  # forget gates that wipe the state, input gates of +-30
+        inputs["f_pre"] = rng.choice([-40.0, 40.0], inputs["f_pre"].shape).astype(np.float32)
+        inputs["i_pre"] = rng.uniform(-30, 30, inputs["i_pre"].shape).astype(np.float32)
+    elif regime == SPLIT:
         g = rng.uniform(*GATE_REGIMES["near_one"], inputs["g"].shape)
         half = g.shape[-1] // 2
         g[..., :half] = rng.uniform(*GATE_REGIMES["near_zero"], g[..., :half].shape)
@@ -191,8 +215,10 @@ def check_spec(kernel, rng) -> list:
     for length in LENGTHS:
         r = check_length(kernel, length, batch=2 if length <= 1000 else 1, rng=rng)
         results.append((f"length {length}", r.passed, r.errors))
-    if kernel.spec.gate in ("scalar", "vector"):
-        for regime in list(GATE_REGIMES) + ([SPLIT] if kernel.spec.gate == "vector" else []):
+    if kernel.spec.gate in ("scalar", "vector", "mlstm"):
+        regimes = ([MLSTM_EXTREME] if kernel.spec.gate == "mlstm" else
+                   list(GATE_REGIMES) + ([SPLIT] if kernel.spec.gate == "vector" else []))
+        for regime in regimes:
             for length in (65, 1000):
                 errs = check_gate_regime(kernel, length, regime, rng)
                 results.append((f"{regime} length {length}", all(ok for _, ok in errs.values()),
@@ -201,11 +227,12 @@ def check_spec(kernel, rng) -> list:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", sorted(RWKV6_SPECS))
-def test_rwkv6_on_gpu(name):
-    """RWKV-6 on the GLA kernel (opt-in): the checks of GLA, bonus included in the reference."""
-    kernel = build(RWKV6_SPECS[name], TARGET, RWKV6_CONFIGS[name])
-    assert [c.func for c in kernel.calls] == [tensorcore.GLA_KERNEL]
+@pytest.mark.parametrize("name", sorted(OPT_IN_SPECS))
+def test_opt_in_on_gpu(name):
+    """RWKV-6 on the GLA kernel and mLSTM on the scalar-gate kernel (opt-in): the checks of
+    their kernels' other specs (the bonus, the stabiliser and n in the references)."""
+    kernel = build(OPT_IN_SPECS[name], TARGET, OPT_IN_CONFIGS[name])
+    assert [c.func for c in kernel.calls] == [tensorcore.kernel_name(OPT_IN_SPECS[name])]
     rng = np.random.default_rng(np.random.SeedSequence())
     failed = [(what, errors) for what, ok, errors in check_spec(kernel, rng) if not ok]
     assert not failed, (f"seed {rng.bit_generator.seed_seq.entropy}", failed)

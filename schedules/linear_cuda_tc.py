@@ -23,7 +23,8 @@ from attngen import knobs
 KNOBS = {"value_block": "value columns per CTA (16, 32, 64 or 128; divides head_dim_v)",
          # opt-in until their GPU tests pass (benchmarks/NOTES-linear.md): a config naming it is
          # a different cache key, so the SIMT and tensor-core programs never share an entry
-         "tensor_cores": "RWKV-6 (gate 'vector' with bonus) or mLSTM on tensor cores (True)"}
+         "tensor_cores": "RWKV-6 (gate 'vector' with bonus), mLSTM, feature maps elu+1/relu and "
+                         "normalize on tensor cores (True)"}
 CANDIDATES = {"value_block": [16, 32, 64, 128]}
 
 SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024,
@@ -55,7 +56,7 @@ def smem_bytes(spec, config) -> int:
 
     bv = config["value_block"]
     tiles = 2 * CHUNK * (2 * (spec.head_dim + PAD) + bv + PAD)  # Q, K, V, double-buffered
-    mlstm = 4 * (2 * CHUNK + spec.head_dim) if spec.gate == "mlstm" else 0  # M, c, n
+    mlstm = 4 * (2 * CHUNK + spec.head_dim) if spec.gate == "mlstm" or spec.normalize else 0  # M, c, n
     return 2 * (tiles + spec.head_dim * (bv + PAD)) + 2 * 4 * CHUNK + mlstm
 
 
@@ -77,9 +78,10 @@ def fragment_regs(spec, config) -> int:
 
 
 def _problems(spec, target, config) -> list:
-    if "tensor_cores" in config and not (config["tensor_cores"] is True and (spec.bonus or spec.gate == "mlstm")):
-        return [f"tensor_cores is True or absent, and only for RWKV-6's bonus or mLSTM (their "
-                f"opt-in), got {config['tensor_cores']!r} for bonus={spec.bonus}, gate={spec.gate!r}"]
+    opt_in = spec.bonus or spec.gate == "mlstm" or spec.normalize or spec.feature_map != "identity"
+    if "tensor_cores" in config and not (config["tensor_cores"] is True and opt_in):
+        return [f"tensor_cores is True or absent, and only where it is the opt-in (RWKV-6's bonus, "
+                f"mLSTM, feature maps, normalize), got {config['tensor_cores']!r}"]
     bv = config.get("value_block")
     gla = spec.gate == "vector"  # templates/linear_chunk_gla_tc.j2: its own blocks and tiles
     allowed = GLA_CANDIDATES if gla else CANDIDATES["value_block"]

@@ -51,8 +51,15 @@ MLSTM_SPECS = {
     "mlstm_tc": L(num_heads=4, head_dim=128, gate="mlstm"),
     "mlstm_tc_bf16_d64": L(num_heads=2, head_dim=64, gate="mlstm", dtype="bfloat16"),
 }
-OPT_IN_SPECS = {**RWKV6_SPECS, **MLSTM_SPECS}
-OPT_IN_CONFIGS = {**RWKV6_CONFIGS, **{n: OPT_IN for n in MLSTM_SPECS}}
+# feature maps and the normaliser on the scalar-gate kernel: opt-in likewise
+FEATURE_SPECS = {
+    "elu1_normalize_tc": L(num_heads=4, head_dim=128, feature_map="elu1", normalize=True),
+    "elu1_normalize_scalar_bf16_d64": L(num_heads=2, head_dim=64, feature_map="elu1", normalize=True,
+                                        gate="scalar", dtype="bfloat16"),
+    "relu_fixed_tc": L(num_heads=4, head_dim=128, feature_map="relu", gate="fixed"),
+}
+OPT_IN_SPECS = {**RWKV6_SPECS, **MLSTM_SPECS, **FEATURE_SPECS}
+OPT_IN_CONFIGS = {**RWKV6_CONFIGS, **{n: OPT_IN for n in {**MLSTM_SPECS, **FEATURE_SPECS}}}
 LENGTHS = (1, 63, 64, 65, 1000, 4096)
 # log gates of the two regimes: gate ~ 1 - 1e-7 (nothing decays), gate ~ e^-40 (underflow)
 GATE_REGIMES = {"near_one": (-1e-6, -1e-9), "near_zero": (-60.0, -20.0)}
@@ -87,6 +94,17 @@ def test_rwkv6_takes_the_gla_kernel_only_when_the_config_opts_in():
             lower(other, t, config)
     with pytest.raises(NotImplementedError, match="bonus"):  # the bonus with a scalar gate
         lower(L(num_heads=4, head_dim=128, gate="scalar", bonus=True), t, OPT_IN)
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_SPECS))
+def test_feature_maps_take_the_scalar_gate_kernel_only_when_the_config_opts_in(name):
+    t = get(TARGET)
+    spec = FEATURE_SPECS[name]
+    assert "tensor_cores" in tensorcore.unsupported_reason(spec, t)
+    assert [c.func for c in lower(spec, t).calls] == ["linear_chunkwise"]
+    low = lower(spec, t, OPT_IN)
+    assert [c.func for c in low.calls] == [tensorcore.KERNEL]
+    assert ("z0" in low.calls[0].args) == spec.normalize
 
 
 def test_mlstm_takes_the_scalar_gate_kernel_only_when_the_config_opts_in():

@@ -50,14 +50,17 @@ def unsupported_reason(spec: LinearAttention, target, opt_in: bool = False) -> O
         return f"the {spec.form} form"
     if spec.dtype not in MMA_DTYPE:
         return f"dtype {spec.dtype} (tensor cores take float16 or bfloat16)"
-    if spec.feature_map != "identity":
+    extended = spec.feature_map in ("elu1", "relu") or spec.normalize  # opt-in: not yet GPU-checked
+    if spec.feature_map not in ("identity", "elu1", "relu"):
         return f"feature_map {spec.feature_map!r}"
+    if extended and (spec.update == "delta" or spec.gate == "vector"):
+        return f"feature_map {spec.feature_map!r} / normalize with the delta rule or gate 'vector'"
+    if extended and not opt_in:
+        return f"feature_map {spec.feature_map!r} / normalize (on the scalar-gate kernel with {OPT_IN})"
     if spec.update not in ("additive", "delta"):
         return f"the {spec.update} update"
     if spec.update == "delta" and spec.gate not in delta_tc.GATES:
         return f"gate {spec.gate!r} with the delta rule (None or 'scalar')"
-    if spec.normalize:
-        return "normalize"
     if spec.bonus and not (opt_in and spec.gate == "vector"):
         return f"RWKV-6's bonus (on the GLA kernel with gate 'vector' and {OPT_IN})"
     if spec.gate == "mlstm" and not opt_in:
@@ -129,8 +132,8 @@ def context(spec: LinearAttention, cfg) -> dict:
     bv = cfg["value_block"]
     return dict(dtype=spec.dtype, mma_dtype=MMA_DTYPE[spec.dtype], H=spec.num_heads,
                 D=spec.head_dim, DV=spec.head_dim_v, BV=bv, NV=spec.head_dim_v // bv, C=CHUNK,
-                gate=spec.gate, scale=repr(float(spec.scale)), log2e=repr(1.0 / math.log(2.0)),
-                pad=PAD)
+                gate=spec.gate, feature_map=spec.feature_map, normalize=spec.normalize,
+                scale=repr(float(spec.scale)), log2e=repr(1.0 / math.log(2.0)), pad=PAD)
 
 
 def gla_context(spec: LinearAttention, cfg) -> dict:

@@ -10,9 +10,12 @@ chunkwise form on sm_80 or later, float16 or bfloat16, identity features, no nor
 additive update with gate None / "fixed" / "scalar" / "vector" or the delta rule with gate None /
 "scalar", chunk_size 64, head_dim 64 or 128 (16-row m-tiles of the state split evenly over 4
 warps) and head_dim_v a multiple of 16; gate "vector" (GLA) needs head_dim 128 (one scan thread
-per key channel) and head_dim_v a multiple of 64 (64 value columns per warp).  Every other
-linear spec keeps the SIMT kernels of ``schedules/linear_cuda.py`` (or, in the recurrent form,
-takes ``attngen.linear.fused``).  The calling convention is the family's (``attngen.linear``).
+per key channel) and head_dim_v a multiple of 64 (64 value columns per warp).  Opt-in, by
+the config ``{"tensor_cores": True}`` until their GPU tests have run: RWKV-6's bonus (on the
+GLA kernel), the mLSTM cell, the elu+1 / relu feature maps and the normaliser (on the
+scalar-gate kernel).  Every other linear spec keeps the SIMT kernels of
+``schedules/linear_cuda.py`` (or, in the recurrent form, takes ``attngen.linear.fused``).
+The calling convention is the family's (``attngen.linear``).
 """
 from __future__ import annotations
 

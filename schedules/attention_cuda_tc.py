@@ -66,8 +66,8 @@ def fragment_budget(spec, target) -> int:
 
 
 # wgmma is attngen's default on sm_90a for the specs it serves: its GPU tests (34, every gallery
-# spec it serves, float64 references) passed on an H200 in the run that measured it 1.02-1.34x
-# SDPA flash on every dense case (benchmarks/NOTES-hopper.md); False makes it opt-in again
+# spec it serves, float64 references) passed on an H200, where it measured 1.07-1.41x SDPA flash
+# on every dense case in the same process (benchmarks/NOTES-hopper.md); False makes it opt-in again
 WGMMA_DEFAULT = True
 # wgmma's fragments (S, P twice with overlap, O) per thread: the 2-warpgroup n128 d128 overlap
 # kernel (192) builds without stack on sm_90a; more would spill

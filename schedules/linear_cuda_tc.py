@@ -56,8 +56,9 @@ def smem_bytes(spec, config) -> int:
 
     bv = config["value_block"]
     tiles = 2 * CHUNK * (2 * (spec.head_dim + PAD) + bv + PAD)  # Q, K, V, double-buffered
-    mlstm = 4 * (2 * CHUNK + spec.head_dim) if spec.gate == "mlstm" or spec.normalize else 0  # M, c, n
-    return 2 * (tiles + spec.head_dim * (bv + PAD)) + 2 * 4 * CHUNK + mlstm
+    # mLSTM's M and c per token, and n (or the normaliser's z) per channel, all fp32
+    extra = 4 * (2 * CHUNK + spec.head_dim) if spec.gate == "mlstm" or spec.normalize else 0
+    return 2 * (tiles + spec.head_dim * (bv + PAD)) + 2 * 4 * CHUNK + extra
 
 
 def gla_smem_bytes(spec, config) -> int:

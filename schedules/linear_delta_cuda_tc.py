@@ -45,8 +45,8 @@ def _widest(dv, blocks) -> int:
 
 
 def default(spec, target) -> dict:
-    # one copy of the tiles at 64 columns: 80 KB at D = 128 in one pass, so two CTAs share an
-    # SM (two copies take 141 KB: one CTA per SM, nothing to switch to while a warp waits)
+    # one copy of the tiles at 64 columns: 89 KB at D = 128 in one pass, so two CTAs share an
+    # SM (two copies take 150 KB: one CTA per SM, nothing to switch to while a warp waits)
     return {"passes": 1, "value_block": _widest(spec.head_dim_v, (64, 32, 16)), "stages": 1,
             "out_value_block": _widest(spec.head_dim_v, (128, 64, 32, 16))}
 
@@ -56,12 +56,14 @@ def validate(spec, target, config) -> None:
 
 
 def scan_smem_bytes(spec, config) -> int:
-    """The sequential kernel's: K, W, U tiles (and Q in one pass), S, the gates."""
+    """The sequential kernel's: K, W, U tiles (and Q in one pass), S, the gates (and in one
+    pass the O tile staged for its 16-byte stores)."""
     from attngen.linear.tensorcore import CHUNK, PAD
 
     bv, per_chunk = config["value_block"], 4 - config["passes"]  # Q, K, W or K, W
     tiles = config["stages"] * CHUNK * (per_chunk * (spec.head_dim + PAD) + bv + PAD)
-    return 2 * (tiles + spec.head_dim * (bv + PAD)) + 2 * 4 * CHUNK
+    staged = CHUNK * (bv + PAD) if config["passes"] == 1 else 0
+    return 2 * (tiles + spec.head_dim * (bv + PAD) + staged) + 2 * 4 * CHUNK
 
 
 def out_smem_bytes(spec, config) -> int:

@@ -80,8 +80,9 @@ def spec_context(spec: LinearAttention) -> dict:
 def lower(spec: LinearAttention, target, config: Optional[Mapping] = None) -> Lowered:
     import tvm
 
-    # a supported spec takes the warp-level kernel unless the config names SIMT knobs; RWKV-6 and
-    # mLSTM take the tensor-core kernels only where the config opts in (not yet GPU-checked)
+    # a supported spec takes the warp-level kernel unless the config names SIMT knobs; RWKV-6,
+    # mLSTM, feature maps and the normaliser take the tensor-core kernels only where the config
+    # opts in (tensorcore.OPT_IN: not yet GPU-checked)
     module = _warp_level(spec, target)
     if module is None and (config or {}).get("tensor_cores"):
         from . import tensorcore

@@ -43,7 +43,8 @@ OPT_IN = "config {'tensor_cores': True}, not yet GPU-checked"
 
 def unsupported_reason(spec: LinearAttention, target, opt_in: bool = False) -> Optional[str]:
     """Why ``spec`` cannot take the tensor-core kernel on ``target`` (None: it can).  RWKV-6's
-    bonus (gate "vector") and the mLSTM cell are served only with ``opt_in`` (``OPT_IN``)."""
+    bonus (gate "vector"), the mLSTM cell, the elu+1 / relu feature maps and the normaliser are
+    served only with ``opt_in`` (``OPT_IN``)."""
     if not target.is_cuda:
         return "not a CUDA target"
     digits = "".join(ch for ch in (target.arch or "")[3:] if ch.isdigit())

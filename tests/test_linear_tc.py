@@ -39,7 +39,8 @@ SPECS = {
     "gla_dv64": L(num_heads=2, head_dim=128, head_dim_v=64, gate="vector"),
     "gla_bf16_dv256": L(num_heads=2, head_dim=128, head_dim_v=256, gate="vector", dtype="bfloat16"),
 }
-# RWKV-6 on the GLA kernel: opt-in by config until these GPU tests have passed
+# the tensor-core paths that are opt-in by config until their GPU tests (test_opt_in_on_gpu)
+# have passed; RWKV-6 on the GLA kernel:
 OPT_IN = {"tensor_cores": True}
 RWKV6_SPECS = {
     "rwkv6_tc": L(num_heads=4, head_dim=128, gate="vector", bonus=True),
@@ -247,8 +248,9 @@ def check_spec(kernel, rng) -> list:
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", sorted(OPT_IN_SPECS))
 def test_opt_in_on_gpu(name):
-    """RWKV-6 on the GLA kernel and mLSTM on the scalar-gate kernel (opt-in): the checks of
-    their kernels' other specs (the bonus, the stabiliser and n in the references)."""
+    """RWKV-6 on the GLA kernel; mLSTM, feature maps and the normaliser on the scalar-gate
+    kernel (all opt-in): the checks of their kernels' other specs, against references with
+    the bonus, the stabiliser and n, phi and z."""
     kernel = build(OPT_IN_SPECS[name], TARGET, OPT_IN_CONFIGS[name])
     assert [c.func for c in kernel.calls] == [tensorcore.kernel_name(OPT_IN_SPECS[name])]
     rng = np.random.default_rng(np.random.SeedSequence())

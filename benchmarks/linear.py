@@ -53,7 +53,7 @@ VARIANTS = {
 LENGTHS = (4096, 16384)
 # attngen tile variants timed beside the default (schedules/linear_cuda_tc.py knobs; the delta
 # rule's: schedules/linear_delta_cuda_tc.py)
-TC_VARIANTS = ({"value_block": 32},)
+TC_VARIANTS = ({"value_block": 32}, {"staged_store": True})  # staged: not yet the default
 GLA_TC_VARIANTS = ({"value_block": 64},)  # gate "vector": 4 warps per CTA instead of 8
 DELTA_VARIANTS = ({"passes": 2}, {"passes": 2, "stages": 2}, {"value_block": 32},
                   {"stages": 2})

@@ -7,6 +7,8 @@ builtins); what remains is the value block:
     value_block   value columns per CTA (16, 32, 64 or 128; divides head_dim_v).  A CTA of 4
                   warps scans one (batch, head, value block): smaller blocks give more CTAs
                   (B * H * head_dim_v / value_block) but recompute Q K^T once per block.
+    staged_store  O through shared memory as 16-byte rows (templates/tc_store.j2) instead of
+                  2-byte stores from the fragments (off by default until it has run on a GPU).
 
 Gate "vector" (GLA, ``templates/linear_chunk_gla_tc.j2``): value_block is 64 or 128, the columns of
 a CTA of value_block / 16 warps (64 columns per warp); 128 (8 warps) shares the gate scan, the
@@ -24,7 +26,9 @@ KNOBS = {"value_block": "value columns per CTA (16, 32, 64 or 128; divides head_
          # opt-in until their GPU tests pass (benchmarks/NOTES-linear.md): a config naming it is
          # a different cache key, so the SIMT and tensor-core programs never share an entry
          "tensor_cores": "RWKV-6 (gate 'vector' with bonus), mLSTM, feature maps elu+1/relu and "
-                         "normalize on tensor cores (True)"}
+                         "normalize on tensor cores (True)",
+         "staged_store": "O through shared memory as 16-byte rows instead of 2-byte fragment stores "
+                         "(bool; not gate 'vector')"}
 CANDIDATES = {"value_block": [16, 32, 64, 128]}
 
 SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024,
@@ -40,11 +44,12 @@ def default(spec, target) -> dict:
     if spec.gate == "vector":
         return {"value_block": 128 if spec.head_dim_v % 128 == 0 else 64}
     # 64 columns: B * H * head_dim_v / 64 CTAs (256 for B = 8, H = 16, head_dim_v = 128), two
-    # per SM by registers and shared memory
+    # per SM by registers and shared memory.  staged_store off until its GPU run: the delta
+    # rule's kernels gained 1.7x (WY) from it on an H200, this one has not been measured
     for bv in (64, 32, 16):
         if spec.head_dim_v % bv == 0:
-            return {"value_block": bv}
-    return {"value_block": 16}  # validate() says why not
+            return {"value_block": bv, "staged_store": False}
+    return {"value_block": 16, "staged_store": False}  # validate() says why not
 
 
 def validate(spec, target, config) -> None:
@@ -58,7 +63,8 @@ def smem_bytes(spec, config) -> int:
     tiles = 2 * CHUNK * (2 * (spec.head_dim + PAD) + bv + PAD)  # Q, K, V, double-buffered
     # mLSTM's M and c per token, and n (or the normaliser's z) per channel, all fp32
     extra = 4 * (2 * CHUNK + spec.head_dim) if spec.gate == "mlstm" or spec.normalize else 0
-    return 2 * (tiles + spec.head_dim * (bv + PAD)) + 2 * 4 * CHUNK + extra
+    staged = CHUNK * (bv + PAD) if config.get("staged_store") else 0  # O's staging tile
+    return 2 * (tiles + spec.head_dim * (bv + PAD) + staged) + 2 * 4 * CHUNK + extra
 
 
 def gla_smem_bytes(spec, config) -> int:
@@ -85,6 +91,9 @@ def _problems(spec, target, config) -> list:
                 f"mLSTM, feature maps, normalize), got {config['tensor_cores']!r}"]
     bv = config.get("value_block")
     gla = spec.gate == "vector"  # templates/linear_chunk_gla_tc.j2: its own blocks and tiles
+    staged = config.get("staged_store", False)
+    if not isinstance(staged, bool) or (gla and staged):
+        return [f"staged_store is a bool, and False for gate 'vector', got {staged!r}"]
     allowed = GLA_CANDIDATES if gla else CANDIDATES["value_block"]
     if bv not in allowed:
         which = " for gate 'vector'" if gla else ""

@@ -61,6 +61,12 @@ FEATURE_SPECS = {
 }
 OPT_IN_SPECS = {**RWKV6_SPECS, **MLSTM_SPECS, **FEATURE_SPECS}
 OPT_IN_CONFIGS = {**RWKV6_CONFIGS, **{n: OPT_IN for n in {**MLSTM_SPECS, **FEATURE_SPECS}}}
+# O through shared memory (schedule knob staged_store, off by default until these have run):
+# the scalar-gate kernel's specs of SPECS, and an opt-in one that divides by den
+STAGED = {"staged_store": True}
+STAGED_SPECS = {n: SPECS[n] for n in SPECS if SPECS[n].gate != "vector"}
+STAGED_SPECS["mlstm_tc"] = MLSTM_SPECS["mlstm_tc"]
+STAGED_CONFIGS = {n: ({**STAGED, **OPT_IN} if n == "mlstm_tc" else STAGED) for n in STAGED_SPECS}
 LENGTHS = (1, 63, 64, 65, 1000, 4096)
 # log gates of the two regimes: gate ~ 1 - 1e-7 (nothing decays), gate ~ e^-40 (underflow)
 GATE_REGIMES = {"near_one": (-1e-6, -1e-9), "near_zero": (-60.0, -20.0)}
@@ -75,6 +81,8 @@ def prebuild(target: str = TARGET) -> None:
         ensure_cached(spec, target)
     for name, spec in OPT_IN_SPECS.items():
         ensure_cached(spec, target, OPT_IN_CONFIGS[name])
+    for name, spec in STAGED_SPECS.items():
+        ensure_cached(spec, target, STAGED_CONFIGS[name])
 
 
 # ----------------------------------------------------------------------------- CPU
@@ -143,6 +151,7 @@ def test_other_specs_keep_the_simt_kernels():
     ({"value_block": 48}, "value_block must be one of"),
     ({"value_block": 128}, "registers per thread"),
     ({"value_blocks": 64}, "value_blocks"),
+    ({"staged_store": 1}, "staged_store is a bool"),
 ])
 def test_bad_knobs_raise_value_error(config, message):
     with pytest.raises(ValueError, match=message):
@@ -165,6 +174,7 @@ def test_gla_specs_out_of_scope_keep_the_simt_kernel(spec, reason):
 @pytest.mark.parametrize("config, message", [
     ({"value_block": 32}, "for gate 'vector'"),
     ({"value_block": 256}, "for gate 'vector'"),
+    ({"staged_store": True}, "False for gate 'vector'"),
 ])
 def test_gla_bad_knobs_raise_value_error(config, message):
     with pytest.raises(ValueError, match=message):
@@ -243,6 +253,16 @@ def check_spec(kernel, rng) -> list:
                 results.append((f"{regime} length {length}", all(ok for _, ok in errs.values()),
                                 {n: e for n, (e, _) in errs.items()}))
     return results
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(STAGED_SPECS))
+def test_staged_store_on_gpu(name):
+    """The scalar-gate kernel with O through shared memory (staged_store)."""
+    kernel = build(STAGED_SPECS[name], TARGET, STAGED_CONFIGS[name])
+    rng = np.random.default_rng(np.random.SeedSequence())
+    failed = [(what, errors) for what, ok, errors in check_spec(kernel, rng) if not ok]
+    assert not failed, (f"seed {rng.bit_generator.seed_seq.entropy}", failed)
 
 
 @pytest.mark.gpu

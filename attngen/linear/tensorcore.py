@@ -137,7 +137,8 @@ def context(spec: LinearAttention, cfg) -> dict:
     return dict(dtype=spec.dtype, mma_dtype=MMA_DTYPE[spec.dtype], H=spec.num_heads,
                 D=spec.head_dim, DV=spec.head_dim_v, BV=bv, NV=spec.head_dim_v // bv, C=CHUNK,
                 gate=spec.gate, feature_map=spec.feature_map, normalize=spec.normalize,
-                scale=repr(float(spec.scale)), log2e=repr(1.0 / math.log(2.0)), pad=PAD)
+                staged_store=cfg.get("staged_store", False), scale=repr(float(spec.scale)),
+                log2e=repr(1.0 / math.log(2.0)), pad=PAD)
 
 
 def gla_context(spec: LinearAttention, cfg) -> dict:

@@ -93,6 +93,7 @@ class Kernel:
 
         tensors = self._convert_inputs(inputs)
         sizes = self.family.sizes(self.spec, tensors)
+        check_int32_extents(self.args, sizes)
         device = next(iter(tensors.values())).device
         for arg in self.args:
             if arg.role == "in":
@@ -170,6 +171,24 @@ def _aligned(t):
     out = raw[skip:skip + t.numel()].view(t.shape)
     out.copy_(t)
     return out
+
+
+# the generated kernels index every buffer with int32 arithmetic (TVM's T.int32 shape variables):
+# an element offset past 2**31 - 1 would wrap silently (reliability.md B9)
+INT32_MAX = 2 ** 31 - 1
+
+
+def check_int32_extents(args, sizes) -> None:
+    """Refuse, before anything is allocated or launched, a call whose inputs imply a buffer
+    (input, output or scratch) with an element offset past ``INT32_MAX``."""
+    import math
+
+    for arg in args:
+        shape = arg.concrete_shape(sizes)
+        if math.prod(shape) - 1 > INT32_MAX:
+            raise KernelInputError(
+                f"{arg.name}: shape {shape} has {math.prod(shape)} elements; the kernels index "
+                f"buffers in int32, so each holds at most 2**31: split the batch (or the sequence)")
 
 
 def _check_tensor(arg, t, sizes, device) -> None:

@@ -81,6 +81,22 @@ def test_inputs_are_checked_before_launch(op):
         op(q, k, v, w=v)
 
 
+def test_buffers_past_int32_offsets_are_refused_before_launch():
+    """The kernels index in int32: inputs implying a buffer of more than 2**31 elements are
+    refused before anything is allocated (zero-stride views: no memory behind the shapes)."""
+    from attngen.builder import build
+    from attngen.kernel import INT32_MAX, check_int32_extents
+
+    kernel = build(SPEC, "cpu")
+    n = (INT32_MAX + 1) // (4 * 32) + 1  # q, o: 4 heads x 32 channels per token
+    q = torch.zeros(1, 1, 1, 32).expand(1, 4, n, 32)
+    kv = torch.zeros(1, 1, 1, 32).expand(1, 2, n, 32)
+    with pytest.raises(KernelInputError, match=r"q: shape \(1, 4, 16777217, 32\).*int32"):
+        kernel.run({"q": q, "k": kv, "v": kv})
+    sizes = kernel.family.sizes(SPEC, {"q": q[:, :, :n - 1], "k": kv, "v": kv})
+    check_int32_extents(kernel.args, sizes)  # exactly 2**31 elements: the last offset fits
+
+
 def test_a_second_compile_of_the_spec_takes_over_the_op(op):
     again = compile_op(SPEC, "cpu")
     assert again.op_name == op.op_name

@@ -255,14 +255,20 @@ def check_spec(kernel, rng) -> list:
     return results
 
 
+def assert_checks_pass(spec, config=None) -> None:
+    """Build ``spec`` with ``config`` on the tensor-core kernel and run ``check_spec`` on it."""
+    kernel = build(spec, TARGET, config)
+    assert [c.func for c in kernel.calls] == [tensorcore.kernel_name(spec)]
+    rng = np.random.default_rng(np.random.SeedSequence())
+    failed = [(what, errors) for what, ok, errors in check_spec(kernel, rng) if not ok]
+    assert not failed, (f"seed {rng.bit_generator.seed_seq.entropy}", failed)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", sorted(STAGED_SPECS))
 def test_staged_store_on_gpu(name):
     """The scalar-gate kernel with O through shared memory (staged_store)."""
-    kernel = build(STAGED_SPECS[name], TARGET, STAGED_CONFIGS[name])
-    rng = np.random.default_rng(np.random.SeedSequence())
-    failed = [(what, errors) for what, ok, errors in check_spec(kernel, rng) if not ok]
-    assert not failed, (f"seed {rng.bit_generator.seed_seq.entropy}", failed)
+    assert_checks_pass(STAGED_SPECS[name], STAGED_CONFIGS[name])
 
 
 @pytest.mark.gpu
@@ -271,18 +277,10 @@ def test_opt_in_on_gpu(name):
     """RWKV-6 on the GLA kernel; mLSTM, feature maps and the normaliser on the scalar-gate
     kernel (all opt-in): the checks of their kernels' other specs, against references with
     the bonus, the stabiliser and n, phi and z."""
-    kernel = build(OPT_IN_SPECS[name], TARGET, OPT_IN_CONFIGS[name])
-    assert [c.func for c in kernel.calls] == [tensorcore.kernel_name(OPT_IN_SPECS[name])]
-    rng = np.random.default_rng(np.random.SeedSequence())
-    failed = [(what, errors) for what, ok, errors in check_spec(kernel, rng) if not ok]
-    assert not failed, (f"seed {rng.bit_generator.seed_seq.entropy}", failed)
+    assert_checks_pass(OPT_IN_SPECS[name], OPT_IN_CONFIGS[name])
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_spec_on_gpu(name):
-    kernel = build(SPECS[name], TARGET)
-    assert [c.func for c in kernel.calls] == [tensorcore.kernel_name(SPECS[name])]
-    rng = np.random.default_rng(np.random.SeedSequence())
-    failed = [(what, errors) for what, ok, errors in check_spec(kernel, rng) if not ok]
-    assert not failed, (f"seed {rng.bit_generator.seed_seq.entropy}", failed)
+    assert_checks_pass(SPECS[name])

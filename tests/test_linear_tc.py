@@ -88,15 +88,23 @@ def prebuild(target: str = TARGET) -> None:
 # ----------------------------------------------------------------------------- CPU
 
 
+def opt_in_lowering(spec, kernel):
+    """An opt-in spec keeps the SIMT kernel by default and takes ``kernel`` with ``OPT_IN``:
+    that lowering."""
+    t = get(TARGET)
+    assert "tensor_cores" in tensorcore.unsupported_reason(spec, t)
+    assert [c.func for c in lower(spec, t).calls] == ["linear_chunkwise"]
+    low = lower(spec, t, OPT_IN)
+    assert [c.func for c in low.calls] == [kernel]
+    return low
+
+
 def test_rwkv6_takes_the_gla_kernel_only_when_the_config_opts_in():
     """Not yet GPU-checked: RWKV-6 keeps the SIMT kernel unless its config names
     tensor_cores (a separate cache key); the knob is refused elsewhere."""
     t = get(TARGET)
     spec = RWKV6_SPECS["rwkv6_tc"]
-    assert "tensor_cores" in tensorcore.unsupported_reason(spec, t)
-    assert [c.func for c in lower(spec, t).calls] == ["linear_chunkwise"]
-    low = lower(spec, t, OPT_IN)
-    assert [c.func for c in low.calls] == [tensorcore.GLA_KERNEL]
+    low = opt_in_lowering(spec, tensorcore.GLA_KERNEL)
     assert low.calls[0].args == ("q", "k", "v", "g", "bonus", "initial_state", "o", "final_state")
     for other, config in ((GALLERY["gla"].spec, OPT_IN), (spec, {"tensor_cores": False})):
         with pytest.raises(ValueError, match="tensor_cores"):
@@ -107,22 +115,13 @@ def test_rwkv6_takes_the_gla_kernel_only_when_the_config_opts_in():
 
 @pytest.mark.parametrize("name", sorted(FEATURE_SPECS))
 def test_feature_maps_take_the_scalar_gate_kernel_only_when_the_config_opts_in(name):
-    t = get(TARGET)
     spec = FEATURE_SPECS[name]
-    assert "tensor_cores" in tensorcore.unsupported_reason(spec, t)
-    assert [c.func for c in lower(spec, t).calls] == ["linear_chunkwise"]
-    low = lower(spec, t, OPT_IN)
-    assert [c.func for c in low.calls] == [tensorcore.KERNEL]
+    low = opt_in_lowering(spec, tensorcore.KERNEL)
     assert ("z0" in low.calls[0].args) == spec.normalize
 
 
 def test_mlstm_takes_the_scalar_gate_kernel_only_when_the_config_opts_in():
-    t = get(TARGET)
-    spec = MLSTM_SPECS["mlstm_tc"]
-    assert "tensor_cores" in tensorcore.unsupported_reason(spec, t)
-    assert [c.func for c in lower(spec, t).calls] == ["linear_chunkwise"]
-    low = lower(spec, t, OPT_IN)
-    assert [c.func for c in low.calls] == [tensorcore.KERNEL]
+    low = opt_in_lowering(MLSTM_SPECS["mlstm_tc"], tensorcore.KERNEL)
     assert low.calls[0].args == ("q", "k", "v", "i_pre", "f_pre", "initial_state", "z0", "m0", "o",
                                  "final_state", "z_final", "m_final")
 

@@ -14,11 +14,12 @@ lengths 1..4096, gates near 0 and 1, final state) on every spec of that file, fr
 
 ``run`` writes ``RESULTS/<card>-linear.json`` (``$LINEAR_RESULTS_NAME`` replaces ``linear``) ({"card", "rows": [{"case", "impl", "ms", "gflop",
 "gbytes"}], "checks", "variants"}) and a markdown table beside it; ``$LINEAR_CASES`` (a regular
-expression) picks a subset, ``$LINEAR_VARIANTS=0`` times the default configs only.  The variants: retention (RetNet's fixed decay), simple_gla
-(Mamba2/SSD scalar decay), linear_attn (no decay, no normaliser), gla (vector decay),
-delta_rule, gated_delta_rule.  attngen runs its default kernel for each spec: the tensor-core
-chunkwise kernels for the first four (gla: templates/linear_chunk_gla_tc.j2), the two
-tensor-core delta-rule kernels (WY + scan) for the last two.  Both sides take
+expression) picks a subset, ``$LINEAR_VARIANTS=0`` times the default configs only.  The
+variants: retention (RetNet's fixed decay), simple_gla (Mamba2/SSD scalar decay), linear_attn
+(no decay, no normaliser), gla (vector decay), delta_rule, gated_delta_rule, rwkv6 (vector decay
++ bonus u).  attngen runs its default kernel for each spec: the tensor-core chunkwise kernels
+(templates/linear_chunk_tc.j2; gla and rwkv6: templates/linear_chunk_gla_tc.j2) and, for the
+delta rule, templates/linear_delta_wy_tc.j2 + linear_delta_tc.j2.  Both sides take
 an initial state and write the final state; each side gets its own layout ([B, H, T, D] for
 attngen, [B, T, H, D] for fla, copied once outside the timing).  Work and bytes per case
 (``gflop``: the chunkwise algorithm's multiply-adds x 2 with the intra-chunk products counted
@@ -49,11 +50,12 @@ VARIANTS = {
     "gla": dict(gate="vector"),
     "delta_rule": dict(update="delta"),
     "gated_delta_rule": dict(update="delta", gate="scalar"),
+    "rwkv6": dict(gate="vector", bonus=True),
 }
 LENGTHS = (4096, 16384)
 # attngen tile variants timed beside the default (schedules/linear_cuda_tc.py knobs; the delta
 # rule's: schedules/linear_delta_cuda_tc.py)
-TC_VARIANTS = ({"value_block": 32}, {"staged_store": True})  # staged: not yet the default
+TC_VARIANTS = ({"value_block": 32}, {"staged_store": True})
 GLA_TC_VARIANTS = ({"value_block": 64},)  # gate "vector": 4 warps per CTA instead of 8
 DELTA_VARIANTS = ({"passes": 2}, {"passes": 2, "stages": 2}, {"value_block": 32},
                   {"stages": 2})
@@ -171,7 +173,8 @@ def check(build_dir: str) -> bool:
 
 
 # fla's gate keyword per op kind, where it is not ``g`` (fused_recurrent_gla takes ``gk``)
-_FLA_GATE_KW = {("fused_recurrent", "gla"): "gk"}
+_FLA_GATE_KW = {("fused_recurrent", "gla"): "gk", ("chunk", "rwkv6"): "w",
+                ("fused_recurrent", "rwkv6"): "w"}
 
 
 def fla_call(variant: str, t: dict, scale: float, kind: str = "chunk"):
@@ -186,6 +189,8 @@ def fla_call(variant: str, t: dict, scale: float, kind: str = "chunk"):
         kwargs[_FLA_GATE_KW.get((kind, variant), "g")] = t["g"]
     if spec.update == "delta":
         kwargs["beta"] = t["beta"]
+    if spec.bonus:
+        kwargs["u"] = t["bonus"]
     if variant == "linear_attn":
         kwargs["normalize"] = False  # fla's default divides by q . z; the spec has no normaliser
     return lambda: op(t["q"], t["k"], t["v"], **kwargs)
@@ -208,6 +213,8 @@ def make_inputs(spec, batch: int, n: int, dev) -> dict:
         x["g"] = torch.nn.functional.logsigmoid(3 + torch.randn(shape, device=dev, generator=gen))
     if spec.update == "delta":
         x["beta"] = torch.sigmoid(torch.randn(batch, H, n, device=dev, generator=gen))
+    if spec.bonus:  # RWKV-6's u [H, D], float32 on both sides
+        x["bonus"] = torch.randn(H, D, device=dev, generator=gen)
     x["initial_state"] = 0.1 * torch.randn(batch, H, D, D, device=dev, generator=gen)
     return x
 
@@ -233,7 +240,7 @@ def run(build_dir: str, results_dir: str) -> None:
         tc = tensorcore.supported(spec, target)
         x = make_inputs(spec, B, case.n, dev)
         # fla's layout: [B, T, H, ...]; the state is [B, H, K, V] on both sides
-        f = {n: (t if n == "initial_state" else t.transpose(1, 2).contiguous()) for n, t in x.items()}
+        f = {n: (t if n in ("initial_state", "bonus") else t.transpose(1, 2).contiguous()) for n, t in x.items()}
         gflop, gbytes = work(case)
 
         def launcher(file, x=x):  # x bound now: the loop deletes it after the case

@@ -23,10 +23,6 @@ from __future__ import annotations
 from attngen import knobs
 
 KNOBS = {"value_block": "value columns per CTA (16, 32, 64 or 128; divides head_dim_v)",
-         # opt-in until their GPU tests pass (benchmarks/NOTES-linear.md): a config naming it is
-         # a different cache key, so the SIMT and tensor-core programs never share an entry
-         "tensor_cores": "RWKV-6 (gate 'vector' with bonus), mLSTM, feature maps elu+1/relu and "
-                         "normalize on tensor cores (True)",
          "staged_store": "O through shared memory as 16-byte rows instead of 2-byte fragment stores "
                          "(bool; not gate 'vector')"}
 CANDIDATES = {"value_block": [16, 32, 64, 128]}
@@ -85,10 +81,6 @@ def fragment_regs(spec, config) -> int:
 
 
 def _problems(spec, target, config) -> list:
-    opt_in = spec.bonus or spec.gate == "mlstm" or spec.normalize or spec.feature_map != "identity"
-    if "tensor_cores" in config and not (config["tensor_cores"] is True and opt_in):
-        return [f"tensor_cores is True or absent, and only where it is the opt-in (RWKV-6's bonus, "
-                f"mLSTM, feature maps, normalize), got {config['tensor_cores']!r}"]
     bv = config.get("value_block")
     gla = spec.gate == "vector"  # templates/linear_chunk_gla_tc.j2: its own blocks and tiles
     staged = config.get("staged_store", False)

@@ -28,6 +28,8 @@ SPECS.update({
                                           normalize=True, gate="fixed", form="parallel"),
     "recurrent_performer": LinearAttention(num_heads=8, head_dim=64, feature_map="performer", num_features=64,
                                            normalize=True, form="recurrent"),
+    # float32 keeps the gallery's mLSTM on the SIMT chunkwise kernel (16-bit specs take tensor cores)
+    "chunkwise_mlstm_f32": LinearAttention(num_heads=4, head_dim=64, gate="mlstm", dtype="float32"),
 })
 
 

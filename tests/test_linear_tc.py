@@ -39,34 +39,24 @@ SPECS = {
     "gla_dv64": L(num_heads=2, head_dim=128, head_dim_v=64, gate="vector"),
     "gla_bf16_dv256": L(num_heads=2, head_dim=128, head_dim_v=256, gate="vector", dtype="bfloat16"),
 }
-# the tensor-core paths that are opt-in by config until their GPU tests (test_opt_in_on_gpu)
-# have passed; RWKV-6 on the GLA kernel:
-OPT_IN = {"tensor_cores": True}
-RWKV6_SPECS = {
-    "rwkv6_tc": L(num_heads=4, head_dim=128, gate="vector", bonus=True),
-    "rwkv6_tc_bf16_vb64": L(num_heads=2, head_dim=128, gate="vector", bonus=True, dtype="bfloat16"),
-}
-RWKV6_CONFIGS = {"rwkv6_tc": OPT_IN, "rwkv6_tc_bf16_vb64": {**OPT_IN, "value_block": 64}}
-# mLSTM on the scalar-gate kernel: opt-in likewise
-MLSTM_SPECS = {
-    "mlstm_tc": L(num_heads=4, head_dim=128, gate="mlstm"),
-    "mlstm_tc_bf16_d64": L(num_heads=2, head_dim=64, gate="mlstm", dtype="bfloat16"),
-}
-# feature maps and the normaliser on the scalar-gate kernel: opt-in likewise
-FEATURE_SPECS = {
-    "elu1_normalize_tc": L(num_heads=4, head_dim=128, feature_map="elu1", normalize=True),
+# RWKV-6 (the bonus) on the GLA kernel; the value block of 64 (4 warps) takes CONFIGS
+SPECS.update({
+    "rwkv6": L(num_heads=4, head_dim=128, gate="vector", bonus=True),
+    "rwkv6_bf16_vb64": L(num_heads=2, head_dim=128, gate="vector", bonus=True, dtype="bfloat16"),
+    # mLSTM, the feature maps and the normaliser on the scalar-gate kernel
+    "mlstm": L(num_heads=4, head_dim=128, gate="mlstm"),
+    "mlstm_bf16_d64": L(num_heads=2, head_dim=64, gate="mlstm", dtype="bfloat16"),
+    "elu1_normalize": L(num_heads=4, head_dim=128, feature_map="elu1", normalize=True),
     "elu1_normalize_scalar_bf16_d64": L(num_heads=2, head_dim=64, feature_map="elu1", normalize=True,
                                         gate="scalar", dtype="bfloat16"),
-    "relu_fixed_tc": L(num_heads=4, head_dim=128, feature_map="relu", gate="fixed"),
-}
-OPT_IN_SPECS = {**RWKV6_SPECS, **MLSTM_SPECS, **FEATURE_SPECS}
-OPT_IN_CONFIGS = {**RWKV6_CONFIGS, **{n: OPT_IN for n in {**MLSTM_SPECS, **FEATURE_SPECS}}}
-# O through shared memory (schedule knob staged_store, off by default until these have run):
-# the scalar-gate kernel's specs of SPECS, and an opt-in one that divides by den
+    "relu_fixed": L(num_heads=4, head_dim=128, feature_map="relu", gate="fixed"),
+})
+CONFIGS = {"rwkv6_bf16_vb64": {"value_block": 64}}  # the rest: the schedule's default
+# O through shared memory (schedule knob staged_store, off by default): the scalar-gate
+# kernel's specs with each gate, and two that divide by den
 STAGED = {"staged_store": True}
-STAGED_SPECS = {n: SPECS[n] for n in SPECS if SPECS[n].gate != "vector"}
-STAGED_SPECS["mlstm_tc"] = MLSTM_SPECS["mlstm_tc"]
-STAGED_CONFIGS = {n: ({**STAGED, **OPT_IN} if n == "mlstm_tc" else STAGED) for n in STAGED_SPECS}
+STAGED_SPECS = {n: SPECS[n] for n in ("linear_attn", "retnet", "mamba2", "mamba2_bf16", "retnet_bf16_d64",
+                                      "linear_bf16_dv256", "mamba2_dv48", "mlstm", "elu1_normalize")}
 LENGTHS = (1, 63, 64, 65, 1000, 4096)
 # log gates of the two regimes: gate ~ 1 - 1e-7 (nothing decays), gate ~ e^-40 (underflow)
 GATE_REGIMES = {"near_one": (-1e-6, -1e-9), "near_zero": (-60.0, -20.0)}
@@ -77,51 +67,37 @@ MLSTM_EXTREME = "mlstm_extreme_gates"
 
 def prebuild(target: str = TARGET) -> None:
     """Fill the build cache for a GPU host that has only TVM's runtime."""
-    for spec in SPECS.values():
-        ensure_cached(spec, target)
-    for name, spec in OPT_IN_SPECS.items():
-        ensure_cached(spec, target, OPT_IN_CONFIGS[name])
-    for name, spec in STAGED_SPECS.items():
-        ensure_cached(spec, target, STAGED_CONFIGS[name])
+    for name, spec in SPECS.items():
+        ensure_cached(spec, target, CONFIGS.get(name))
+    for spec in STAGED_SPECS.values():
+        ensure_cached(spec, target, STAGED)
 
 
 # ----------------------------------------------------------------------------- CPU
 
 
-def opt_in_lowering(spec, kernel):
-    """An opt-in spec keeps the SIMT kernel by default and takes ``kernel`` with ``OPT_IN``:
-    that lowering."""
+def test_rwkv6_takes_the_gla_kernel():
+    """The bonus rides on the GLA kernel (gate "vector"); with a scalar gate it keeps SIMT."""
     t = get(TARGET)
-    assert "tensor_cores" in tensorcore.unsupported_reason(spec, t)
-    assert [c.func for c in lower(spec, t).calls] == ["linear_chunkwise"]
-    low = lower(spec, t, OPT_IN)
-    assert [c.func for c in low.calls] == [kernel]
-    return low
-
-
-def test_rwkv6_takes_the_gla_kernel_only_when_the_config_opts_in():
-    """Not yet GPU-checked: RWKV-6 keeps the SIMT kernel unless its config names
-    tensor_cores (a separate cache key); the knob is refused elsewhere."""
-    t = get(TARGET)
-    spec = RWKV6_SPECS["rwkv6_tc"]
-    low = opt_in_lowering(spec, tensorcore.GLA_KERNEL)
+    low = lower(SPECS["rwkv6"], t)
+    assert [c.func for c in low.calls] == [tensorcore.GLA_KERNEL]
     assert low.calls[0].args == ("q", "k", "v", "g", "bonus", "initial_state", "o", "final_state")
-    for other, config in ((GALLERY["gla"].spec, OPT_IN), (spec, {"tensor_cores": False})):
-        with pytest.raises(ValueError, match="tensor_cores"):
-            lower(other, t, config)
-    with pytest.raises(NotImplementedError, match="bonus"):  # the bonus with a scalar gate
-        lower(L(num_heads=4, head_dim=128, gate="scalar", bonus=True), t, OPT_IN)
+    bonus_scalar = L(num_heads=4, head_dim=128, gate="scalar", bonus=True)
+    assert "bonus" in tensorcore.unsupported_reason(bonus_scalar, t)
+    assert [c.func for c in lower(bonus_scalar, t).calls] == ["linear_chunkwise"]
 
 
-@pytest.mark.parametrize("name", sorted(FEATURE_SPECS))
-def test_feature_maps_take_the_scalar_gate_kernel_only_when_the_config_opts_in(name):
-    spec = FEATURE_SPECS[name]
-    low = opt_in_lowering(spec, tensorcore.KERNEL)
+@pytest.mark.parametrize("name", ["elu1_normalize", "elu1_normalize_scalar_bf16_d64", "relu_fixed"])
+def test_feature_maps_take_the_scalar_gate_kernel(name):
+    spec = SPECS[name]
+    low = lower(spec, TARGET)
+    assert [c.func for c in low.calls] == [tensorcore.KERNEL]
     assert ("z0" in low.calls[0].args) == spec.normalize
 
 
-def test_mlstm_takes_the_scalar_gate_kernel_only_when_the_config_opts_in():
-    low = opt_in_lowering(MLSTM_SPECS["mlstm_tc"], tensorcore.KERNEL)
+def test_mlstm_takes_the_scalar_gate_kernel():
+    low = lower(SPECS["mlstm"], TARGET)
+    assert [c.func for c in low.calls] == [tensorcore.KERNEL]
     assert low.calls[0].args == ("q", "k", "v", "i_pre", "f_pre", "initial_state", "z0", "m0", "o",
                                  "final_state", "z_final", "m_final")
 
@@ -135,7 +111,7 @@ def test_supported_specs_take_the_tensor_core_kernel():
 
 def test_other_specs_keep_the_simt_kernels():
     t = get(TARGET)
-    for spec in (GALLERY["linear_transformer"].spec,
+    for spec in (GALLERY["performer"].spec, GALLERY["rwkv6"].spec,
                  GALLERY["retnet_recurrent"].spec, L(head_dim=128, chunk_size=32),
                  L(head_dim=128, dtype="float32")):
         assert not tensorcore.supported(spec, t)
@@ -188,12 +164,11 @@ def test_gla_value_block_must_divide_head_dim_v():
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 def test_cuda_source_compiles_without_spills(tmp_path):
     """One spec per gate kind, bf16: nvcc accepts the source, ptxas keeps every fragment in registers."""
-    for gate, config in ((None, None), ("scalar", None), ("vector", None), ("rwkv6", OPT_IN),
-                         ("mlstm", OPT_IN)):
+    for gate in (None, "scalar", "vector", "rwkv6", "mlstm"):
         path = tmp_path / "kernel.cu"
         spec = (L(num_heads=16, head_dim=128, gate="vector", bonus=True, dtype="bfloat16") if gate == "rwkv6"
                 else L(num_heads=16, head_dim=128, gate=gate, dtype="bfloat16"))
-        path.write_text(cuda_source(spec, TARGET, config))
+        path.write_text(cuda_source(spec, TARGET))
         done = subprocess.run([NVCC, "-cubin", "-arch=sm_90a", "-Xptxas", "-v", "-o",
                                str(tmp_path / "kernel.cubin"), str(path)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -267,19 +242,10 @@ def assert_checks_pass(spec, config=None) -> None:
 @pytest.mark.parametrize("name", sorted(STAGED_SPECS))
 def test_staged_store_on_gpu(name):
     """The scalar-gate kernel with O through shared memory (staged_store)."""
-    assert_checks_pass(STAGED_SPECS[name], STAGED_CONFIGS[name])
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", sorted(OPT_IN_SPECS))
-def test_opt_in_on_gpu(name):
-    """RWKV-6 on the GLA kernel; mLSTM, feature maps and the normaliser on the scalar-gate
-    kernel (all opt-in): the checks of their kernels' other specs, against references with
-    the bonus, the stabiliser and n, phi and z."""
-    assert_checks_pass(OPT_IN_SPECS[name], OPT_IN_CONFIGS[name])
+    assert_checks_pass(STAGED_SPECS[name], STAGED)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_spec_on_gpu(name):
-    assert_checks_pass(SPECS[name])
+    assert_checks_pass(SPECS[name], CONFIGS.get(name))

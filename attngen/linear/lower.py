@@ -80,14 +80,8 @@ def spec_context(spec: LinearAttention) -> dict:
 def lower(spec: LinearAttention, target, config: Optional[Mapping] = None) -> Lowered:
     import tvm
 
-    # a supported spec takes the warp-level kernel unless the config names SIMT knobs; RWKV-6,
-    # mLSTM, feature maps and the normaliser take the tensor-core kernels only where the config
-    # opts in (tensorcore.OPT_IN: not yet GPU-checked)
+    # a supported spec takes the warp-level kernel unless the config names SIMT knobs
     module = _warp_level(spec, target)
-    if module is None and (config or {}).get("tensor_cores"):
-        from . import tensorcore
-
-        return tensorcore.lower(spec, target, config)
     if module is not None and set(config or {}) <= set(load_schedule(module.schedule_name(spec)).KNOBS):
         return module.lower(spec, target, config)
     sched = schedule_module(target)

@@ -6,14 +6,14 @@ and the delta rule to the two kernels of ``attngen.linear.delta_tc``.
 The templates are written at warp level (mma.sync.m16n8k16 fragments, ldmatrix, cp.async), so
 this module only checks the scope and fills in sizes; ``schedules/linear_cuda_tc.py`` (and
 ``schedules/linear_delta_cuda_tc.py``) pick the value block.  Scope (``unsupported_reason``): the
-chunkwise form on sm_80 or later, float16 or bfloat16, identity features, no normaliser, the
-additive update with gate None / "fixed" / "scalar" / "vector" or the delta rule with gate None /
-"scalar", chunk_size 64, head_dim 64 or 128 (16-row m-tiles of the state split evenly over 4
-warps) and head_dim_v a multiple of 16; gate "vector" (GLA) needs head_dim 128 (one scan thread
-per key channel) and head_dim_v a multiple of 64 (64 value columns per warp).  Opt-in, by
-the config ``{"tensor_cores": True}`` until their GPU tests have run: RWKV-6's bonus (on the
-GLA kernel), the mLSTM cell, the elu+1 / relu feature maps and the normaliser (on the
-scalar-gate kernel).  Every other linear spec keeps the SIMT kernels of
+chunkwise form on sm_80 or later, float16 or bfloat16, chunk_size 64, head_dim 64 or 128 (16-row
+m-tiles of the state split evenly over 4 warps) and head_dim_v a multiple of 16, with
+  * the additive update and gate None / "fixed" / "scalar" / "mlstm" (the scalar-gate kernel;
+    also the elu+1 / relu feature maps and the normaliser),
+  * gate "vector", with or without RWKV-6's bonus (the GLA kernel: head_dim 128, one scan thread
+    per key channel, and head_dim_v a multiple of 64, 64 value columns per warp),
+  * the delta rule with gate None / "scalar" (``attngen.linear.delta_tc``).
+Every other linear spec keeps the SIMT kernels of
 ``schedules/linear_cuda.py`` (or, in the recurrent form, takes ``attngen.linear.fused``).
 The calling convention is the family's (``attngen.linear``).
 """
@@ -36,15 +36,9 @@ CHUNK = 64  # 4 warps of 16 query rows
 PAD = 8  # elements of padding per shared-memory row: 16 B, one bank group
 
 
-# specs whose tensor-core path has not run on a GPU yet: served only where the config opts in
-# (knob ``tensor_cores``), a separate cache key, so the SIMT and tensor-core programs never share one
-OPT_IN = "config {'tensor_cores': True}, not yet GPU-checked"
 
-
-def unsupported_reason(spec: LinearAttention, target, opt_in: bool = False) -> Optional[str]:
-    """Why ``spec`` cannot take the tensor-core kernel on ``target`` (None: it can).  RWKV-6's
-    bonus (gate "vector"), the mLSTM cell, the elu+1 / relu feature maps and the normaliser are
-    served only with ``opt_in`` (``OPT_IN``)."""
+def unsupported_reason(spec: LinearAttention, target) -> Optional[str]:
+    """Why ``spec`` cannot take the tensor-core kernel on ``target`` (None: it can)."""
     if not target.is_cuda:
         return "not a CUDA target"
     digits = "".join(ch for ch in (target.arch or "")[3:] if ch.isdigit())
@@ -54,21 +48,17 @@ def unsupported_reason(spec: LinearAttention, target, opt_in: bool = False) -> O
         return f"the {spec.form} form"
     if spec.dtype not in MMA_DTYPE:
         return f"dtype {spec.dtype} (tensor cores take float16 or bfloat16)"
-    extended = spec.feature_map in ("elu1", "relu") or spec.normalize  # opt-in: not yet GPU-checked
+    extended = spec.feature_map in ("elu1", "relu") or spec.normalize  # the scalar-gate kernel's
     if spec.feature_map not in ("identity", "elu1", "relu"):
         return f"feature_map {spec.feature_map!r}"
     if extended and (spec.update == "delta" or spec.gate == "vector"):
         return f"feature_map {spec.feature_map!r} / normalize with the delta rule or gate 'vector'"
-    if extended and not opt_in:
-        return f"feature_map {spec.feature_map!r} / normalize (on the scalar-gate kernel with {OPT_IN})"
     if spec.update not in ("additive", "delta"):
         return f"the {spec.update} update"
     if spec.update == "delta" and spec.gate not in delta_tc.GATES:
         return f"gate {spec.gate!r} with the delta rule (None or 'scalar')"
-    if spec.bonus and not (opt_in and spec.gate == "vector"):
-        return f"RWKV-6's bonus (on the GLA kernel with gate 'vector' and {OPT_IN})"
-    if spec.gate == "mlstm" and not opt_in:
-        return f"gate 'mlstm' (on the scalar-gate kernel with {OPT_IN})"
+    if spec.bonus and spec.gate != "vector":
+        return "RWKV-6's bonus with a gate other than 'vector' (the GLA kernel takes it)"
     if spec.gate not in (None, "fixed", "scalar", "vector", "mlstm"):
         return f"gate {spec.gate!r}"
     if spec.chunk_size != CHUNK:
@@ -114,7 +104,7 @@ def schedule_name(spec: LinearAttention) -> str:
 def lower(spec: LinearAttention, target, config: Optional[Mapping] = None) -> Lowered:
     import tvm
 
-    reason = unsupported_reason(spec, target, opt_in=bool((config or {}).get("tensor_cores")))
+    reason = unsupported_reason(spec, target)
     if reason is not None:
         raise NotImplementedError(f"tensor-core linear attention: {reason}")
     if spec.update == "delta":

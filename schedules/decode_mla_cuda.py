@@ -13,9 +13,10 @@ Knobs:
                  while one is used; the bytes in flight per SM are what hides HBM latency
     l2_prefetch  0, 64, 128 or 256: the cp.async copies carry an L2 prefetch of that many bytes
                  (``.L2::256B``: L2 fetches the whole line of consecutive rows at once)
-    bulk_copy    True (sm_90): warp 0 loads each step with one cp.async.bulk (TMA, 1-D) per latent
-                 row on a per-stage mbarrier, instead of D / 8 16-byte cp.async per row spread over
-                 all threads; takes l2_prefetch 0 (the bulk copy has no prefetch qualifier)
+    bulk_copy    True (sm_90, the default there): each step loads with one cp.async.bulk (TMA,
+                 1-D) per latent row on a per-stage mbarrier, block_n / warps lanes of every warp
+                 issuing one row each, instead of D / 8 16-byte cp.async per row; takes
+                 l2_prefetch 0 (the bulk copy has no prefetch qualifier)
     max_split    most KV splits (1..256), the size of the partial-result scratch
     ctas_per_sm  CTAs per SM the run-time split count aims at (1..8); the count is rounded
                  down, so the grid never spills a small tail into another wave
@@ -71,10 +72,14 @@ def default(spec, target) -> dict:
     # stages of 64 keys 0.82-0.84; two CTAs per SM (4 warps x 2 or 3 stages, twice the splits)
     # 0.83-0.84; fewer stages where the arch has less shared memory.  Session 3 (H100, same
     # process): cp.async with .L2::128B 2628 GB/s against 2586 without (B64 L8192), 2396
-    # against 2354 (B8 L32768); .L2::256B the same at B64, 1% lower at B8
+    # against 2354 (B8 L32768); .L2::256B the same at B64, 1% lower at B8.  Session 5 (H200,
+    # same process, two runs): on sm_90 one cp.async.bulk per row, issued by 8 lanes of every
+    # warp, 0.1748-0.1752 ms against 0.1768 (B64 L8192) and 0.1884-0.1897 against 0.1950-0.1971
+    # paged 16 (issued by warp 0 alone it was 30% slower)
+    bulk = target.arch.startswith("sm_90")
     for warps, stages in ((4, 4), (4, 3), (8, 3), (8, 2), (4, 2)):
-        cfg = {"warps": warps, "stages": stages, "l2_prefetch": 128, "bulk_copy": False, "max_split": 64,
-               "ctas_per_sm": 1}
+        cfg = {"warps": warps, "stages": stages, "l2_prefetch": 0 if bulk else 128, "bulk_copy": bulk,
+               "max_split": 64, "ctas_per_sm": 1}
         if not _problems(spec, target, cfg):
             return cfg
     return {"warps": 4, "stages": 2, "l2_prefetch": 0, "bulk_copy": False, "max_split": 64,

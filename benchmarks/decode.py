@@ -4,7 +4,7 @@ next to the card's measured HBM bandwidth.
 
 Two steps, because the GPU hosts have only TVM's runtime:
 
-    python benchmarks/decode.py build DIR          # here: lower + compile every variant to DIR
+    python benchmarks/decode.py build DIR [CASE...]  # here: lower + compile every variant to DIR
     python benchmarks/decode.py run DIR [RESULTS [CASE...]]  # on the GPU (source .gpu/env.sh
                                                               # first); CASE: cases named exactly
     options of run: --tag T (results in <card>-decode-T.*), --no-flex (FlexAttention left out:
@@ -92,7 +92,8 @@ MLA_CASES = [
     MLACase("paged64 MLA B64 H16 L8192", 64, 8192, page_size=64),
     MLACase("paged16 MLA B64 H16 L8192", 64, 8192, page_size=16),
 ]
-MLA_SWEEP = [{"l2_prefetch": 0}, {"l2_prefetch": 256}]
+# the default on sm_90 is one cp.async.bulk per latent row; the 16-byte cp.async path beside it
+MLA_SWEEP = [{"bulk_copy": False, "l2_prefetch": 128}, {"stages": 5}, {"stages": 3, "ctas_per_sm": 2}]
 # H2O: the decode step plus its accumulated weights (one more read of K), against decode alone
 H2O_CASES = [Case("H2O B32 Hq32 Hkv8 L8192", 32, 8192)]
 
@@ -127,14 +128,16 @@ def _file(spec, config) -> str:
 # ----------------------------------------------------------------------------- build (no GPU)
 
 
-def build(out_dir: str) -> None:
+def build(out_dir: str, names=()) -> None:
+    """Every case's kernels, or only the cases named in ``names``."""
     from attngen.builder import lower
     from attngen.targets import get
 
     target = get("cuda-sm90a")
     os.makedirs(out_dir, exist_ok=True)
     done = set()
-    for case in CASES + MLA_CASES + H2O_CASES:
+    picked = [c for c in CASES + MLA_CASES + H2O_CASES if not names or c.name in names]
+    for case in picked:
         spec = spec_of(case)
         for label, cfg in variants(case):
             name = _file(spec, cfg)
@@ -147,7 +150,7 @@ def build(out_dir: str) -> None:
             export_kernel(low, target, out_dir, name)
             done.add(name)
             print("built", case.name, label, flush=True)
-    for case in H2O_CASES:
+    for case in (c for c in H2O_CASES if c in picked):
         from attngen import h2o
 
         spec = spec_of(case)
@@ -431,7 +434,7 @@ if __name__ == "__main__":
     if len(sys.argv) < 3 or sys.argv[1] not in ("build", "run"):
         sys.exit(__doc__)
     if sys.argv[1] == "build":
-        build(sys.argv[2])
+        build(sys.argv[2], sys.argv[3:])
     else:
         argv, tag, flex_on = list(sys.argv[2:]), "", True
         if "--tag" in argv:

@@ -13,6 +13,10 @@ Knobs:
                  while one is used; the bytes in flight per SM are what hides HBM latency
     l2_prefetch  0, 64, 128 or 256: the cp.async copies carry an L2 prefetch of that many bytes
                  (``.L2::256B``: L2 fetches the whole line of consecutive rows at once)
+    bulk_copy    True (sm_90, the default there): each step loads with one cp.async.bulk (TMA,
+                 1-D) per latent row on a per-stage mbarrier, block_n / warps lanes of every warp
+                 issuing one row each, instead of D / 8 16-byte cp.async per row; takes
+                 l2_prefetch 0 (the bulk copy has no prefetch qualifier)
     max_split    most KV splits (1..256), the size of the partial-result scratch
     ctas_per_sm  CTAs per SM the run-time split count aims at (1..8); the count is rounded
                  down, so the grid never spills a small tail into another wave
@@ -27,6 +31,7 @@ KNOBS = {
     "warps": "warps per CTA (4 or 8); a step is 8 * warps keys",
     "stages": "shared-memory buffers of one step (2..6): stages - 1 steps in flight",
     "l2_prefetch": "bytes of the cp.async L2 prefetch qualifier (0, 64, 128, 256)",
+    "bulk_copy": "one cp.async.bulk (TMA) per latent row on per-stage mbarriers (bool, sm_90)",
     "max_split": "most KV splits; the split count is chosen at run time (1..256)",
     "ctas_per_sm": "CTAs per SM the run-time split count aims at, rounded down (1..8)",
 }
@@ -67,12 +72,18 @@ def default(spec, target) -> dict:
     # stages of 64 keys 0.82-0.84; two CTAs per SM (4 warps x 2 or 3 stages, twice the splits)
     # 0.83-0.84; fewer stages where the arch has less shared memory.  Session 3 (H100, same
     # process): cp.async with .L2::128B 2628 GB/s against 2586 without (B64 L8192), 2396
-    # against 2354 (B8 L32768); .L2::256B the same at B64, 1% lower at B8
+    # against 2354 (B8 L32768); .L2::256B the same at B64, 1% lower at B8.  Session 5 (H200,
+    # same process, two runs): on sm_90 one cp.async.bulk per row, issued by 8 lanes of every
+    # warp, 0.1748-0.1752 ms against 0.1768 (B64 L8192) and 0.1884-0.1897 against 0.1950-0.1971
+    # paged 16 (issued by warp 0 alone it was 30% slower)
+    bulk = target.arch.startswith("sm_90")
     for warps, stages in ((4, 4), (4, 3), (8, 3), (8, 2), (4, 2)):
-        cfg = {"warps": warps, "stages": stages, "l2_prefetch": 128, "max_split": 64, "ctas_per_sm": 1}
+        cfg = {"warps": warps, "stages": stages, "l2_prefetch": 0 if bulk else 128, "bulk_copy": bulk,
+               "max_split": 64, "ctas_per_sm": 1}
         if not _problems(spec, target, cfg):
             return cfg
-    return {"warps": 4, "stages": 2, "l2_prefetch": 0, "max_split": 64, "ctas_per_sm": 1}  # validate() says why not
+    return {"warps": 4, "stages": 2, "l2_prefetch": 0, "bulk_copy": False, "max_split": 64,
+            "ctas_per_sm": 1}  # validate() says why not
 
 
 def validate(spec, target, config) -> None:
@@ -87,8 +98,15 @@ def _problems(spec, target, config) -> list:
         v = config.get(name)
         if not (isinstance(v, int) and not isinstance(v, bool) and v in allowed):
             out.append(f"{name} must be one of {list(allowed)}, got {v!r}")
+    if not isinstance(config.get("bulk_copy"), bool):
+        out.append(f"bulk_copy must be a bool, got {config.get('bulk_copy')!r}")
     if out:
         return out
+    if config["bulk_copy"] and not target.arch.startswith("sm_90"):
+        out.append(f"bulk_copy needs sm_90 (cp.async.bulk, mbarrier tx counts), target is {target.arch}")
+    if config["bulk_copy"] and config["l2_prefetch"]:
+        out.append(f"bulk_copy takes l2_prefetch 0 (the bulk copy has no prefetch qualifier), "
+                   f"got {config['l2_prefetch']}")
     out += shape_problems(spec)
     if spec.head_dim_v % (16 * config["warps"]):
         out.append(f"head_dim_v={spec.head_dim_v} does not split into {config['warps']} slices of 16k channels")

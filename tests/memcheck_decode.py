@@ -32,7 +32,8 @@ def cases():
                     "gqa8_q8_paged64+stages2", "paged_decode+ring4+prefetch", "decode+ring2", "decode+registers")]
     out += [(f"mla:{n}", mla.SPECS[s], c) for n, (s, c) in sorted(mla.CASES.items())
             if n in ("mla_decode", "mla_paged16", "mla_q2_causal_paged32", "mla_decode+warps4+stages4",
-                     "mla_paged64_bf16+warps4+stages3+2ctas", "mla_paged16+stages5+prefetch256")]
+                     "mla_paged64_bf16+warps4+stages3+2ctas", "mla_paged16+stages5+prefetch256",
+                     "mla_paged16+cp_async")]
     out += [(f"h2o_weights:{n}", h2o_tests.SPECS[n], None) for n in ("gqa4", "spec4_causal_paged16_sinks")]
     return out
 

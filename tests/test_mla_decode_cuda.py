@@ -42,14 +42,22 @@ SPECS = {
     "mla_h8_kv2_window": mla(num_heads=8, num_kv_heads=2, mask=masks.sliding_window(100)),
     "mla_sinks_softcap": mla(sinks=True, score_mod=GALLERY["softcap"].spec.score_mod),
 }
+BULK = {"bulk_copy": True, "l2_prefetch": 0}  # the default on sm_90
+CP_ASYNC = {"bulk_copy": False, "l2_prefetch": 128}
 VARIANTS = {
     "mla_decode+warps4+stages4": ("mla_decode", {"warps": 4, "stages": 4}),
     "mla_paged16+stages2": ("mla_paged16", {"stages": 2}),
     # two CTAs per SM (2 x 114 KB of shared memory): twice the splits
     "mla_paged64_bf16+warps4+stages3+2ctas": ("mla_paged64_bf16", {"warps": 4, "stages": 3, "ctas_per_sm": 2}),
     # cp.async with an L2 prefetch of whole 256-byte lines
-    "mla_decode+prefetch256": ("mla_decode", {"l2_prefetch": 256}),
-    "mla_paged16+stages5+prefetch256": ("mla_paged16", {"stages": 5, "l2_prefetch": 256}),
+    "mla_decode+prefetch256": ("mla_decode", {**CP_ASYNC, "l2_prefetch": 256}),
+    "mla_paged16+stages5+prefetch256": ("mla_paged16", {**CP_ASYNC, "stages": 5, "l2_prefetch": 256}),
+    # one cp.async.bulk per latent row on per-stage mbarriers (TMA, 1-D)
+    **{f"{name}+bulk": (name, BULK) for name in SPECS},
+    "mla_decode+bulk+warps8+stages3": ("mla_decode", {**BULK, "warps": 8, "stages": 3}),
+    # the 16-byte cp.async path (the default below sm_90)
+    "mla_paged16+cp_async": ("mla_paged16", CP_ASYNC),
+    "mla_q2_causal_paged32+cp_async": ("mla_q2_causal_paged32", CP_ASYNC),
 }
 CASES = {**{name: (name, {}) for name in SPECS}, **VARIANTS}
 LENGTHS = (1, 63, 64, 65, 4097, 32768)
@@ -85,6 +93,7 @@ def test_other_latent_specs_keep_the_generic_kernel(spec, why):
     ({"warps": 2}, "warps"), ({"stages": 7}, "stages"), ({"max_split": 0}, "max_split"),
     ({"ctas_per_sm": True}, "ctas_per_sm"), ({"warps": 8, "stages": 4}, "shared memory"),
     ({"block_q": 32}, "unknown knob"), ({"l2_prefetch": 512}, "l2_prefetch"),
+    ({"bulk_copy": 1}, "bulk_copy must be a bool"), ({"l2_prefetch": 128}, "takes l2_prefetch 0"),
 ])
 def test_invalid_mla_configs_are_rejected(config, message):
     if "block_q" in config:  # a generic-SIMT knob selects that kernel instead
@@ -94,6 +103,11 @@ def test_invalid_mla_configs_are_rejected(config, message):
         return
     with pytest.raises(ValueError, match=message):
         lower(SPECS["mla_decode"], SM90, config)
+
+
+def test_bulk_copy_needs_sm90():
+    with pytest.raises(ValueError, match="bulk_copy needs sm_90"):
+        lower(SPECS["mla_decode"], get_target("cuda-sm80"), {**BULK, "stages": 2})
 
 
 def test_split_count_fills_one_wave_without_a_tail():
@@ -109,12 +123,18 @@ def test_split_count_fills_one_wave_without_a_tail():
 @pytest.mark.parametrize("name, config", [("mla_decode", {}), ("mla_paged16", {}),
                                           ("mla_q2_causal_paged32", {}),
                                           ("mla_decode", {"warps": 4, "stages": 4}),
-                                          ("mla_paged16", {"stages": 5, "l2_prefetch": 256})])
+                                          ("mla_paged16", {**CP_ASYNC, "stages": 5, "l2_prefetch": 256}),
+                                          ("mla_decode", BULK), ("mla_paged16", BULK),
+                                          ("mla_decode", {**BULK, "warps": 8, "stages": 3})])
 def test_mla_kernel_compiles_to_tensor_cores_without_spills(name, config, tmp_path):
     low = lower(SPECS[name], SM90, config)
     source = next(m for m in compile_lowered(low, SM90).mod.imports if m.kind == "cuda").inspect_source()
     assert "mma.sync.aligned.m16n8k16" in source and "ldmatrix" in source and "cp.async" in source
-    assert ("cp.async.cg.shared.global.L2::256B" in source) == bool(config.get("l2_prefetch"))
+    cfg = {**load_schedule("decode_mla_cuda").default(SPECS[name], SM90), **config}
+    assert ("cp.async.cg.shared.global.L2::256B" in source) == (cfg["l2_prefetch"] == 256)
+    bulk = "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"
+    assert (bulk in source) == cfg["bulk_copy"]
+    assert ("cp.async.cg.shared.global" in source) != cfg["bulk_copy"]
     path = tmp_path / "kernel.cu"
     path.write_text(source)
     out = subprocess.run([NVCC, "-cubin", "-O3", "-arch=sm_90a", "--resource-usage", "-o",

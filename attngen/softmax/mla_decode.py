@@ -84,6 +84,6 @@ def context(spec: Attention, target, cfg, args, n_split: str) -> dict:
         mma_dtype=MMA_DTYPE[spec.dtype], head_dim=spec.head_dim, head_dim_v=spec.head_dim_v,
         num_kv_heads=spec.num_kv_heads, group=G, packed=G * QL, row_tiles=row_tiles(spec),
         warps=cfg["warps"], block_n=sched.block_n(cfg), stages=cfg["stages"], pad=sched.PAD,
-        l2_prefetch=cfg["l2_prefetch"],
+        l2_prefetch=cfg["l2_prefetch"], bulk_copy=cfg["bulk_copy"],
         n_split=n_split, kv_len_of_b=kv_len_of_b, k_at=k_at, row_q=row_q, row_head=row_head,
         visible=visible, logit=logit, kv_lo=lo, kv_hi=hi, neg=repr(NEG), ln2=repr(LN2))

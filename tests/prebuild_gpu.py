@@ -13,7 +13,7 @@ import time
 MODULES = ("test_softmax_gpu", "test_linear_gpu", "test_linear_tc", "test_linear_delta_tc",
            "test_linear_fused", "test_prefill_tc",
            "test_decode_cuda", "test_mla_decode_cuda", "test_h2o", "memcheck_decode",
-           "memcheck_prefill", "test_export")
+           "memcheck_prefill", "memcheck_linear", "test_export")
 
 
 def main() -> int:

@@ -179,7 +179,7 @@ def _load_module(entry: Path, target: Target, cubin: Optional[dict]):
 
 def _read_meta(path: Path):
     meta = json.loads(path.read_text())
-    args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in meta["args"])
+    args = tuple(Arg.from_json(a) for a in meta["args"])
     calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
     return args, calls, meta.get("cubin")
 

@@ -256,7 +256,7 @@ def load(path):
     module = load_module(lib, cubins)
     kernels = []
     for v in meta["variants"]:
-        args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in v["args"])
+        args = tuple(Arg.from_json(a) for a in v["args"])
         calls = tuple(Call(c["func"], tuple(c["args"])) for c in v["calls"])
         kernels.append(Kernel(spec, target, module, args, calls))
     op = AttentionOp(spec, target, kernels, dict(meta["table"]))

@@ -20,15 +20,24 @@ class Arg:
     """One buffer of the program.  ``shape`` holds ints and size names (``SIZE_NAMES`` or any
     extra size the family's ``sizes`` returns, e.g. ``num_pages``; ``q_len/128`` is the number
     of 128-row tiles, ``batch+1`` the length of cumulative offsets, see ``_size``); ``role`` is ``"in"``,
-    ``"out"`` or ``"scratch"`` (allocated by the driver, shared between calls)."""
+    ``"out"`` or ``"scratch"`` (allocated by the driver, shared between calls).  A ``zeroed``
+    scratch must be all zero when the program starts, and the program leaves it all zero
+    (counters such as the split-KV kernels' arrival count per output tile)."""
 
     name: str
     shape: tuple
     dtype: str
     role: str = "in"
+    zeroed: bool = False
 
     def concrete_shape(self, sizes: Mapping[str, int]) -> tuple:
         return tuple(_size(d, sizes) for d in self.shape)
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "Arg":
+        """The inverse of ``arg.__dict__`` as the build cache, exports and benchmark builds store
+        it (``zeroed`` absent in files written before it existed: False)."""
+        return cls(d["name"], tuple(d["shape"]), d["dtype"], d["role"], bool(d.get("zeroed", False)))
 
 
 def _size(d, sizes: Mapping[str, int]) -> int:

@@ -89,8 +89,6 @@ class Kernel:
 
     def run(self, inputs: Mapping, outputs: Optional[Mapping] = None) -> dict:
         """Run on ``inputs`` (by name); ``outputs`` may pre-allocate (e.g. poisoned) outputs."""
-        import torch
-
         tensors = self._convert_inputs(inputs)
         sizes = self.family.sizes(self.spec, tensors)
         check_int32_extents(self.args, sizes)
@@ -106,8 +104,7 @@ class Kernel:
                 _check_tensor(arg, given[arg.name], sizes, device)
                 tensors[arg.name] = given[arg.name]
             else:
-                tensors[arg.name] = torch.empty(arg.concrete_shape(sizes),
-                                                dtype=_torch_dtype(arg.dtype), device=device)
+                tensors[arg.name] = allocate(arg, sizes, device)
         if all(tensors[a.name].numel() == 0 for a in self.args if a.role == "out"):
             return {a.name: tensors[a.name] for a in self.args if a.role == "out"}  # nothing to do
         launched = {name: _aligned(t) for name, t in tensors.items()}
@@ -176,6 +173,19 @@ def _aligned(t):
 # the generated kernels index every buffer with int32 arithmetic (TVM's T.int32 shape variables):
 # an element offset past 2**31 - 1 would wrap silently (reliability.md B9)
 INT32_MAX = 2 ** 31 - 1
+
+
+def allocate(arg, sizes, device, fill=None):
+    """A new buffer for the output or scratch ``arg``: zeros where the program expects them
+    (``Arg.zeroed``), else filled with ``fill`` (e.g. NaN, to poison) or left uninitialised."""
+    import torch
+
+    shape, dtype = arg.concrete_shape(sizes), _torch_dtype(arg.dtype)
+    if arg.zeroed:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    if fill is not None:
+        return torch.full(shape, fill, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def check_int32_extents(args, sizes) -> None:

@@ -327,7 +327,7 @@ class Attention(_Spec):
 RESERVED_NAMES = ("q", "k", "v", "o", "lse", "kv_lens", "page_table", "sinks", "q_scale",
                   "k_scale", "q_int8", "k_int8", "k_mean", "lse_shift", "o_parts", "lse_parts",
                   "tile_state", "tile_list", "tile_count", "tile_seq", "cu_seqlens_q",
-                  "cu_seqlens_k")
+                  "cu_seqlens_k", "split_done")
 
 
 # ----------------------------------------------------------------------------- LinearAttention

@@ -50,7 +50,7 @@ def load_kernel(spec, target, build_dir: str, file: str):
         with open(cubin, "rb") as f:
             cubins = {meta["source_sha256"]: f.read()}
     module = load_module(Path(build_dir) / (file + ".so"), cubins)
-    args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in meta["args"])
+    args = tuple(Arg.from_json(a) for a in meta["args"])
     calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
     return Kernel(spec, target, module, args, calls)
 
@@ -87,16 +87,14 @@ def launcher(kernel, buffers: dict, funcs=None):
     """``fn()`` making ``kernel``'s calls (all, or those named in ``funcs``) on ``buffers`` (by
     name) with no input checks: the raw launches a timing wants.  Scratch buffers not given
     are allocated here, from the sizes the inputs imply."""
-    import torch
-
-    from attngen.kernel import _torch_dtype
+    from attngen.kernel import allocate
 
     sizes = kernel.family.sizes(kernel.spec, buffers)
     device = next(iter(buffers.values())).device
     buffers = dict(buffers)
     for a in kernel.args:
         if a.name not in buffers:
-            buffers[a.name] = torch.empty(a.concrete_shape(sizes), dtype=_torch_dtype(a.dtype), device=device)
+            buffers[a.name] = allocate(a, sizes, device)
     program = [(kernel._funcs[c.func], tuple(buffers[n] for n in c.args))
                for c in kernel.calls if funcs is None or c.func in funcs]
 

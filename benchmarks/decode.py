@@ -93,7 +93,8 @@ MLA_CASES = [
     MLACase("paged16 MLA B64 H16 L8192", 64, 8192, page_size=16),
 ]
 # the default on sm_90 is one cp.async.bulk per latent row; the 16-byte cp.async path beside it
-MLA_SWEEP = [{"bulk_copy": False, "l2_prefetch": 128}, {"stages": 5}, {"stages": 3, "ctas_per_sm": 2}]
+MLA_SWEEP = [{"bulk_copy": False, "l2_prefetch": 128}, {"stages": 5}, {"stages": 3, "ctas_per_sm": 2},
+             {"fused_combine": True}]
 # H2O: the decode step plus its accumulated weights (one more read of K), against decode alone
 H2O_CASES = [Case("H2O B32 Hq32 Hkv8 L8192", 32, 8192)]
 
@@ -144,7 +145,8 @@ def build(out_dir: str, names=()) -> None:
             if name in done:
                 continue
             low = lower(spec, target, cfg)
-            want = ["decode_mla" if spec.latent_kv else "decode", "decode_combine"]
+            want = (["decode_mla" if spec.latent_kv else "decode"]
+                    + ([] if cfg.get("fused_combine") else ["decode_combine"]))
             if [c.func for c in low.calls] != want:
                 raise RuntimeError(f"{case.name}: expected the decode kernels, got {low.calls}")
             export_kernel(low, target, out_dir, name)
@@ -190,6 +192,7 @@ def run(build_dir: str, results_dir: str, only=(), tag: str = "", with_flex: boo
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import flex_attention
 
+    from attngen.kernel import allocate
     from attngen.runtime import ensure_cuda_runtime
 
     ensure_cuda_runtime()
@@ -236,8 +239,7 @@ def run(build_dir: str, results_dir: str, only=(), tag: str = "", with_flex: boo
                 bufs["page_table"] = extra[-1]
             for a in kernel.args:
                 if a.role != "in":
-                    bufs[a.name] = torch.full(a.concrete_shape(sizes), float("nan"), device=dev,
-                                              dtype=getattr(torch, a.dtype))
+                    bufs[a.name] = allocate(a, sizes, dev, float("nan"))
             launches = [(kernel._funcs[c.func], [bufs[n] for n in c.args]) for c in kernel.calls]
 
             def attngen(launches=launches):
@@ -307,12 +309,12 @@ def _launcher(kernel, bufs):
 
 
 def _scratch(kernel, sizes, bufs, dev):
-    import torch
+    """NaN-poisoned outputs and scratch (zeros where the program expects them)."""
+    from attngen.kernel import allocate
 
     for a in kernel.args:
         if a.role != "in":
-            bufs[a.name] = torch.full(a.concrete_shape(sizes), float("nan"), device=dev,
-                                      dtype=getattr(torch, a.dtype))
+            bufs[a.name] = allocate(a, sizes, dev, float("nan"))
 
 
 def _time(rows, case, impls, hbm):

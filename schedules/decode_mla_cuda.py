@@ -17,6 +17,9 @@ Knobs:
                  1-D) per latent row on a per-stage mbarrier, block_n / warps lanes of every warp
                  issuing one row each, instead of D / 8 16-byte cp.async per row; takes
                  l2_prefetch 0 (the bulk copy has no prefetch qualifier)
+    fused_combine  True: no combine kernel; each CTA counts itself done on its output tile's
+                 counter (``split_done``, zero between calls) and the last one merges the splits'
+                 partials (methods.md 1.3) and writes O and the LSE
     max_split    most KV splits (1..256), the size of the partial-result scratch
     ctas_per_sm  CTAs per SM the run-time split count aims at (1..8); the count is rounded
                  down, so the grid never spills a small tail into another wave
@@ -32,6 +35,7 @@ KNOBS = {
     "stages": "shared-memory buffers of one step (2..6): stages - 1 steps in flight",
     "l2_prefetch": "bytes of the cp.async L2 prefetch qualifier (0, 64, 128, 256)",
     "bulk_copy": "one cp.async.bulk (TMA) per latent row on per-stage mbarriers (bool, sm_90)",
+    "fused_combine": "the last CTA of each output tile merges the splits: no combine kernel (bool)",
     "max_split": "most KV splits; the split count is chosen at run time (1..256)",
     "ctas_per_sm": "CTAs per SM the run-time split count aims at, rounded down (1..8)",
 }
@@ -62,8 +66,9 @@ def shape_problems(spec) -> list:
 
 def smem_bytes(spec, config) -> int:
     bn = block_n(config)
+    merge = 16 * (config["max_split"] + 2) * 4 + 4 if config.get("fused_combine") else 0  # weights, flag
     return (2 * (config["stages"] * bn * (spec.head_dim + PAD) + 16 * (bn + PAD))
-            + 2 * config["warps"] * 16 * 4)
+            + 2 * config["warps"] * 16 * 4 + merge)
 
 
 def default(spec, target) -> dict:
@@ -79,11 +84,11 @@ def default(spec, target) -> dict:
     bulk = target.arch.startswith("sm_90")
     for warps, stages in ((4, 4), (4, 3), (8, 3), (8, 2), (4, 2)):
         cfg = {"warps": warps, "stages": stages, "l2_prefetch": 0 if bulk else 128, "bulk_copy": bulk,
-               "max_split": 64, "ctas_per_sm": 1}
+               "fused_combine": False, "max_split": 64, "ctas_per_sm": 1}
         if not _problems(spec, target, cfg):
             return cfg
-    return {"warps": 4, "stages": 2, "l2_prefetch": 0, "bulk_copy": False, "max_split": 64,
-            "ctas_per_sm": 1}  # validate() says why not
+    return {"warps": 4, "stages": 2, "l2_prefetch": 0, "bulk_copy": False, "fused_combine": False,
+            "max_split": 64, "ctas_per_sm": 1}  # validate() says why not
 
 
 def validate(spec, target, config) -> None:
@@ -98,8 +103,9 @@ def _problems(spec, target, config) -> list:
         v = config.get(name)
         if not (isinstance(v, int) and not isinstance(v, bool) and v in allowed):
             out.append(f"{name} must be one of {list(allowed)}, got {v!r}")
-    if not isinstance(config.get("bulk_copy"), bool):
-        out.append(f"bulk_copy must be a bool, got {config.get('bulk_copy')!r}")
+    for name in ("bulk_copy", "fused_combine"):
+        if not isinstance(config.get(name), bool):
+            out.append(f"{name} must be a bool, got {config.get(name)!r}")
     if out:
         return out
     if config["bulk_copy"] and not target.arch.startswith("sm_90"):

@@ -44,6 +44,7 @@ SPECS = {
 }
 BULK = {"bulk_copy": True, "l2_prefetch": 0}  # the default on sm_90
 CP_ASYNC = {"bulk_copy": False, "l2_prefetch": 128}
+FUSED = {"fused_combine": True}
 VARIANTS = {
     "mla_decode+warps4+stages4": ("mla_decode", {"warps": 4, "stages": 4}),
     "mla_paged16+stages2": ("mla_paged16", {"stages": 2}),
@@ -55,6 +56,10 @@ VARIANTS = {
     # one cp.async.bulk per latent row on per-stage mbarriers (TMA, 1-D)
     **{f"{name}+bulk": (name, BULK) for name in SPECS},
     "mla_decode+bulk+warps8+stages3": ("mla_decode", {**BULK, "warps": 8, "stages": 3}),
+    # the last CTA of each output tile merges the splits (no combine kernel): many empty splits
+    # at length 1, two row tiles, 4 packed rows, the sink in the merge
+    **{f"{name}+fused": (name, FUSED) for name in ("mla_decode", "mla_paged16", "mla_q2_causal_paged32",
+                                                    "mla_h8_kv2_window", "mla_sinks_softcap")},
     # the 16-byte cp.async path (the default below sm_90)
     "mla_paged16+cp_async": ("mla_paged16", CP_ASYNC),
     "mla_q2_causal_paged32+cp_async": ("mla_q2_causal_paged32", CP_ASYNC),
@@ -94,6 +99,7 @@ def test_other_latent_specs_keep_the_generic_kernel(spec, why):
     ({"ctas_per_sm": True}, "ctas_per_sm"), ({"warps": 8, "stages": 4}, "shared memory"),
     ({"block_q": 32}, "unknown knob"), ({"l2_prefetch": 512}, "l2_prefetch"),
     ({"bulk_copy": 1}, "bulk_copy must be a bool"), ({"l2_prefetch": 128}, "takes l2_prefetch 0"),
+    ({"fused_combine": "yes"}, "fused_combine must be a bool"),
 ])
 def test_invalid_mla_configs_are_rejected(config, message):
     if "block_q" in config:  # a generic-SIMT knob selects that kernel instead
@@ -103,6 +109,29 @@ def test_invalid_mla_configs_are_rejected(config, message):
         return
     with pytest.raises(ValueError, match=message):
         lower(SPECS["mla_decode"], SM90, config)
+
+
+def test_fused_combine_is_one_kernel_with_a_zeroed_counter():
+    """fused_combine: decode_mla writes o and lse itself; its arrival counters (one per output
+    tile) are scratch the driver zero-fills and the kernel leaves zero."""
+    spec = SPECS["mla_q2_causal_paged32"]
+    low = lower(spec, SM90, FUSED)
+    assert [c.func for c in low.calls] == ["decode_mla"]
+    args = {a.name: a for a in low.args}
+    assert {"o", "lse", "split_done"} <= set(low.calls[0].args)
+    done = args["split_done"]
+    assert done.role == "scratch" and done.zeroed and done.dtype == "int32"
+    assert done.concrete_shape({"batch": 3}) == (3, spec.num_kv_heads * mla_decode.row_tiles(spec))
+    assert not any(a.zeroed for a in lower(spec, SM90).args)  # the two-kernel program has none
+    import torch
+
+    from attngen.family import Arg
+    from attngen.kernel import allocate
+
+    buf = allocate(done, {"batch": 3}, "cpu", float("nan"))  # zeros even where outputs get NaN
+    assert buf.dtype == torch.int32 and buf.shape == (3, 2) and not buf.any()
+    assert Arg.from_json(done.__dict__) == done  # the build cache and exports keep the flag
+    assert "sinks" in lower(SPECS["mla_sinks_softcap"], SM90, FUSED).calls[0].args
 
 
 def test_bulk_copy_needs_sm90():
@@ -125,7 +154,8 @@ def test_split_count_fills_one_wave_without_a_tail():
                                           ("mla_decode", {"warps": 4, "stages": 4}),
                                           ("mla_paged16", {**CP_ASYNC, "stages": 5, "l2_prefetch": 256}),
                                           ("mla_decode", BULK), ("mla_paged16", BULK),
-                                          ("mla_decode", {**BULK, "warps": 8, "stages": 3})])
+                                          ("mla_decode", {**BULK, "warps": 8, "stages": 3}),
+                                          ("mla_sinks_softcap", FUSED)])
 def test_mla_kernel_compiles_to_tensor_cores_without_spills(name, config, tmp_path):
     low = lower(SPECS[name], SM90, config)
     source = next(m for m in compile_lowered(low, SM90).mod.imports if m.kind == "cuda").inspect_source()

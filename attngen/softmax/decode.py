@@ -75,9 +75,13 @@ def lower_split_kv(spec: Attention, target, config, sched, split_kernel, count) 
 
     att = [a.name for a in sig.inputs(spec) if a.name != "sinks"] + ["o_parts", "lse_parts"]
     comb = ["o_parts", "lse_parts"] + (["sinks"] if spec.sinks else []) + ["o", "lse"]
-    kernels = [(name, template, split_context(spec, target, cfg, [by_name[n] for n in att], n_split), att),
-               ("decode_combine", "decode_combine.j2",
-                combine_context(spec, [by_name[n] for n in comb], n_split), comb)]
+    if cfg.get("fused_combine"):  # the last CTA of each output tile merges the splits itself
+        att = att + [n for n in comb if n not in att] + ["split_done"]
+        kernels = [(name, template, split_context(spec, target, cfg, [by_name[n] for n in att], n_split), att)]
+    else:
+        kernels = [(name, template, split_context(spec, target, cfg, [by_name[n] for n in att], n_split), att),
+                   ("decode_combine", "decode_combine.j2",
+                    combine_context(spec, [by_name[n] for n in comb], n_split), comb)]
     funcs = {fname: parse(render(tpl, name=fname, **ctx)) for fname, tpl, ctx, _ in kernels}
     mod = sched.schedule(tvm.IRModule(funcs), spec, target, cfg)
     calls = tuple(Call(fname, tuple(names)) for fname, _, _, names in kernels)
@@ -86,9 +90,14 @@ def lower_split_kv(spec: Attention, target, config, sched, split_kernel, count) 
 
 def program_args(spec: Attention, cfg) -> tuple:
     H, Dv, L, S = spec.num_heads, spec.head_dim_v, spec.phase.q_len, cfg["max_split"]
-    return sig.inputs(spec) + sig.outputs(spec) + (
-        Arg("o_parts", ("batch", H, L, S, Dv), "float32", "scratch"),
-        Arg("lse_parts", ("batch", H, L, S), "float32", "scratch"))
+    scratch = (Arg("o_parts", ("batch", H, L, S, Dv), "float32", "scratch"),
+               Arg("lse_parts", ("batch", H, L, S), "float32", "scratch"))
+    if cfg.get("fused_combine"):  # splits of each output tile that have finished (MLA: CTAs of a split)
+        from .mla_decode import row_tiles
+
+        scratch += (Arg("split_done", ("batch", spec.num_kv_heads * row_tiles(spec)), "int32", "scratch",
+                        zeroed=True),)
+    return sig.inputs(spec) + sig.outputs(spec) + scratch
 
 
 def split_count(spec: Attention, target, cfg) -> str:

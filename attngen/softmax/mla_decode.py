@@ -8,7 +8,9 @@ key row = [c_kv ; k_rope] (r_kv + d_R channels), value = c_kv (its first head_di
 time HBM takes to deliver the byte, so unlike ``decode.py`` this kernel runs both products
 on mma.sync.  Same calling convention and scratch as ``decode.py``: inputs and outputs as the
 family's, ``o_parts [batch, H, q_len, max_split, Dv]`` and ``lse_parts``; kernels, in call
-order: ``decode_mla``, ``decode_combine`` (the run-time split count is shared text).
+order: ``decode_mla``, ``decode_combine`` (the run-time split count is shared text); with the
+knob ``fused_combine``, ``decode_mla`` alone (its last CTA per output tile merges the splits,
+counting arrivals in the zero-filled scratch ``split_done``).
 """
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ def context(spec: Attention, target, cfg, args, n_split: str) -> dict:
         mma_dtype=MMA_DTYPE[spec.dtype], head_dim=spec.head_dim, head_dim_v=spec.head_dim_v,
         num_kv_heads=spec.num_kv_heads, group=G, packed=G * QL, row_tiles=row_tiles(spec),
         warps=cfg["warps"], block_n=sched.block_n(cfg), stages=cfg["stages"], pad=sched.PAD,
-        l2_prefetch=cfg["l2_prefetch"], bulk_copy=cfg["bulk_copy"],
+        l2_prefetch=cfg["l2_prefetch"], bulk_copy=cfg["bulk_copy"], fused_combine=cfg["fused_combine"],
+        max_split=cfg["max_split"], sinks=spec.sinks, kv_tiles=spec.num_kv_heads * row_tiles(spec),
         n_split=n_split, kv_len_of_b=kv_len_of_b, k_at=k_at, row_q=row_q, row_head=row_head,
         visible=visible, logit=logit, kv_lo=lo, kv_hi=hi, neg=repr(NEG), ln2=repr(LN2))

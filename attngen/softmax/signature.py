@@ -145,7 +145,7 @@ def buffer_name(arg_name: str) -> str:
     (so a user's tensor name can never shadow a kernel variable)."""
     ours = {"q", "k", "v", "o", "lse", "kv_lens", "page_table", "sinks", "o_parts", "lse_parts",
             "k_int8", "k_scale", "k_mean", "q_int8", "q_scale", "lse_shift", "tile_state",
-            "tile_list", "tile_count", "tile_seq", "cu_seqlens_q", "cu_seqlens_k"}
+            "tile_list", "tile_count", "tile_seq", "cu_seqlens_q", "cu_seqlens_k", "split_done"}
     return arg_name.upper() if arg_name in ours else f"rt_{arg_name}"
 
 

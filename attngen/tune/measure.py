@@ -51,7 +51,7 @@ def load_candidate(dirpath: Path, spec, target):
             raise RuntimeError(f"{dirpath / CUBIN}: sha256 does not match meta.json")
         cubins = {meta["cuda_source_sha256"]: cubin}
     module = load_module(dirpath / LIB, cubins)
-    args = tuple(Arg(a["name"], tuple(a["shape"]), a["dtype"], a["role"]) for a in meta["args"])
+    args = tuple(Arg.from_json(a) for a in meta["args"])
     calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
     return Kernel(spec, target, module, args, calls)
 
@@ -74,7 +74,7 @@ def workload(kernel, sizes: dict, rng: np.random.Generator, copies: int) -> list
     outputs and scratch allocated), as torch tensors on the kernel's device."""
     import torch
 
-    from ..kernel import _torch_dtype
+    from ..kernel import _torch_dtype, allocate
 
     fam, spec = kernel.family, kernel.spec
     device = "cuda" if kernel.target.is_cuda else "cpu"
@@ -86,8 +86,7 @@ def workload(kernel, sizes: dict, rng: np.random.Generator, copies: int) -> list
         actual = fam.sizes(spec, buffers)
         for a in kernel.args:
             if a.role != "in":
-                buffers[a.name] = torch.empty(a.concrete_shape(actual),
-                                              dtype=_torch_dtype(a.dtype), device=device)
+                buffers[a.name] = allocate(a, actual, device)
         sets.append(buffers)
     return sets
 
@@ -129,14 +128,11 @@ class Workloads:
 
 def _allocate(kernel, inputs: dict) -> dict:
     """Fresh output and scratch buffers of ``kernel`` for these inputs."""
-    import torch
-
-    from ..kernel import _torch_dtype
+    from ..kernel import allocate
 
     actual = kernel.family.sizes(kernel.spec, inputs)
     device = next(iter(inputs.values())).device
-    return {a.name: torch.empty(a.concrete_shape(actual), dtype=_torch_dtype(a.dtype), device=device)
-            for a in kernel.args if a.role != "in"}
+    return {a.name: allocate(a, actual, device) for a in kernel.args if a.role != "in"}
 
 
 def _signature(kernel, roles=("in", "out", "scratch")) -> tuple:

@@ -94,7 +94,7 @@ MLA_CASES = [
 ]
 # the default on sm_90 is one cp.async.bulk per latent row; the 16-byte cp.async path beside it
 MLA_SWEEP = [{"bulk_copy": False, "l2_prefetch": 128}, {"stages": 5}, {"stages": 3, "ctas_per_sm": 2},
-             {"fused_combine": True}]
+             {"fused_combine": True}, {"fused_combine": True, "stream_k": True}]
 # H2O: the decode step plus its accumulated weights (one more read of K), against decode alone
 H2O_CASES = [Case("H2O B32 Hq32 Hkv8 L8192", 32, 8192)]
 

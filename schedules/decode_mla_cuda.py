@@ -20,6 +20,9 @@ Knobs:
     fused_combine  True: no combine kernel; each CTA counts itself done on its output tile's
                  counter (``split_done``, zero between calls) and the last one merges the splits'
                  partials (methods.md 1.3) and writes O and the LSE
+    stream_k     True (with fused_combine): one wave of CTAs shares every output tile's keys
+                 evenly, a CTA's range crossing tiles where it must (B x 2 splits leaves 4 of
+                 132 SMs idle at B = 64; stream-K none); at most max_split partials per tile
     max_split    most KV splits (1..256), the size of the partial-result scratch
     ctas_per_sm  CTAs per SM the run-time split count aims at (1..8); the count is rounded
                  down, so the grid never spills a small tail into another wave
@@ -36,6 +39,7 @@ KNOBS = {
     "l2_prefetch": "bytes of the cp.async L2 prefetch qualifier (0, 64, 128, 256)",
     "bulk_copy": "one cp.async.bulk (TMA) per latent row on per-stage mbarriers (bool, sm_90)",
     "fused_combine": "the last CTA of each output tile merges the splits: no combine kernel (bool)",
+    "stream_k": "CTAs share the tiles' keys evenly, crossing tiles (bool; needs fused_combine)",
     "max_split": "most KV splits; the split count is chosen at run time (1..256)",
     "ctas_per_sm": "CTAs per SM the run-time split count aims at, rounded down (1..8)",
 }
@@ -84,11 +88,11 @@ def default(spec, target) -> dict:
     bulk = target.arch.startswith("sm_90")
     for warps, stages in ((4, 4), (4, 3), (8, 3), (8, 2), (4, 2)):
         cfg = {"warps": warps, "stages": stages, "l2_prefetch": 0 if bulk else 128, "bulk_copy": bulk,
-               "fused_combine": False, "max_split": 64, "ctas_per_sm": 1}
+               "fused_combine": False, "stream_k": False, "max_split": 64, "ctas_per_sm": 1}
         if not _problems(spec, target, cfg):
             return cfg
     return {"warps": 4, "stages": 2, "l2_prefetch": 0, "bulk_copy": False, "fused_combine": False,
-            "max_split": 64, "ctas_per_sm": 1}  # validate() says why not
+            "stream_k": False, "max_split": 64, "ctas_per_sm": 1}  # validate() says why not
 
 
 def validate(spec, target, config) -> None:
@@ -103,11 +107,16 @@ def _problems(spec, target, config) -> list:
         v = config.get(name)
         if not (isinstance(v, int) and not isinstance(v, bool) and v in allowed):
             out.append(f"{name} must be one of {list(allowed)}, got {v!r}")
-    for name in ("bulk_copy", "fused_combine"):
+    for name in ("bulk_copy", "fused_combine", "stream_k"):
         if not isinstance(config.get(name), bool):
             out.append(f"{name} must be a bool, got {config.get(name)!r}")
     if out:
         return out
+    if config["stream_k"] and not config["fused_combine"]:
+        out.append("stream_k needs fused_combine (a tile's partial count varies, decode_combine.j2 "
+                   "takes one count for all)")
+    if config["max_split"] < 2 and config["stream_k"]:
+        out.append("stream_k needs max_split >= 2 (a tile's keys may span two CTAs)")
     if config["bulk_copy"] and not target.arch.startswith("sm_90"):
         out.append(f"bulk_copy needs sm_90 (cp.async.bulk, mbarrier tx counts), target is {target.arch}")
     if config["bulk_copy"] and config["l2_prefetch"]:

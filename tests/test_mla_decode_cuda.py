@@ -45,6 +45,7 @@ SPECS = {
 BULK = {"bulk_copy": True, "l2_prefetch": 0}  # the default on sm_90
 CP_ASYNC = {"bulk_copy": False, "l2_prefetch": 128}
 FUSED = {"fused_combine": True}
+STREAM_K = {"fused_combine": True, "stream_k": True}
 VARIANTS = {
     "mla_decode+warps4+stages4": ("mla_decode", {"warps": 4, "stages": 4}),
     "mla_paged16+stages2": ("mla_paged16", {"stages": 2}),
@@ -60,6 +61,10 @@ VARIANTS = {
     # at length 1, two row tiles, 4 packed rows, the sink in the merge
     **{f"{name}+fused": (name, FUSED) for name in ("mla_decode", "mla_paged16", "mla_q2_causal_paged32",
                                                     "mla_h8_kv2_window", "mla_sinks_softcap")},
+    # stream-K: CTAs cross tile boundaries (two row tiles, GQA tiles, mixed lengths)
+    **{f"{name}+streamk": (name, STREAM_K) for name in ("mla_decode", "mla_paged16", "mla_q2_causal_paged32",
+                                                      "mla_h8_kv2_window", "mla_sinks_softcap")},
+    "mla_paged16+streamk+cp_async": ("mla_paged16", {**STREAM_K, **CP_ASYNC}),
     # the 16-byte cp.async path (the default below sm_90)
     "mla_paged16+cp_async": ("mla_paged16", CP_ASYNC),
     "mla_q2_causal_paged32+cp_async": ("mla_q2_causal_paged32", CP_ASYNC),
@@ -134,6 +139,53 @@ def test_fused_combine_is_one_kernel_with_a_zeroed_counter():
     assert "sinks" in lower(SPECS["mla_sinks_softcap"], SM90, FUSED).calls[0].args
 
 
+def stream_k_model(n_tiles, n_cta, n_keys):
+    """The stream-K schedule of templates/decode_mla.j2 in Python: {tile: [(cta, slot, nparts,
+    first key, end key)]} (tile t has n_keys[t] keys)."""
+    out = {}
+    for c in range(n_cta):
+        n_seg = ((c + 1) * n_tiles - 1) // n_cta - c * n_tiles // n_cta + 1
+        for seg in range(n_seg):
+            t = c * n_tiles // n_cta + seg
+            lo = max(c * n_tiles, t * n_cta) - t * n_cta
+            hi = min((c + 1) * n_tiles, (t + 1) * n_cta) - t * n_cta
+            slot = c - t * n_cta // n_tiles
+            nparts = ((t + 1) * n_cta - 1) // n_tiles - t * n_cta // n_tiles + 1
+            out.setdefault(t, []).append((c, slot, nparts, lo * n_keys[t] // n_cta, hi * n_keys[t] // n_cta))
+    return out
+
+
+@pytest.mark.parametrize("n_tiles, max_split", [(1, 64), (2, 64), (16, 4), (64, 64), (131, 2), (132, 2),
+                                                (133, 64), (1000, 64)])
+def test_stream_k_covers_every_key_once_in_balanced_ranges(n_tiles, max_split):
+    """Every key of every tile in exactly one CTA's range, each tile's partials in distinct slots
+    0..nparts - 1 (nparts <= max_split), and the CTAs' key counts within one item of even."""
+    rng = np.random.default_rng(n_tiles)
+    n_cta = max(min(132, n_tiles * (max_split - 1)), 1)
+    text = mla_decode.stream_k_ctas(SPECS["mla_decode"], SM90, {"ctas_per_sm": 1, "max_split": max_split})
+    assert eval(text.replace("T.max", "max").replace("T.min", "min"), {"B": n_tiles}) == n_cta
+    for n_keys in ([8192] * n_tiles, rng.integers(0, 5000, n_tiles).tolist()):
+        plan = stream_k_model(n_tiles, n_cta, n_keys)
+        assert sorted(plan) == list(range(n_tiles))
+        work = [0] * n_cta
+        for t, parts in plan.items():
+            nparts = parts[0][2]
+            assert all(p[2] == nparts for p in parts) and nparts <= max_split
+            assert sorted(p[1] for p in parts) == list(range(nparts)) == [p[1] for p in parts]
+            ranges = sorted((p[3], p[4]) for p in parts)
+            assert ranges[0][0] == 0 and ranges[-1][1] == n_keys[t]
+            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+            for c, _, _, lo, hi in parts:
+                work[c] += hi - lo
+        if len(set(n_keys)) == 1:  # equal lengths: every CTA within one item of the mean
+            assert max(work) - min(work) <= 2 * -(-n_keys[0] // n_cta)
+
+
+def test_stream_k_needs_fused_combine():
+    with pytest.raises(ValueError, match="stream_k needs fused_combine"):
+        lower(SPECS["mla_decode"], SM90, {"stream_k": True})
+
+
 def test_bulk_copy_needs_sm90():
     with pytest.raises(ValueError, match="bulk_copy needs sm_90"):
         lower(SPECS["mla_decode"], get_target("cuda-sm80"), {**BULK, "stages": 2})
@@ -155,7 +207,8 @@ def test_split_count_fills_one_wave_without_a_tail():
                                           ("mla_paged16", {**CP_ASYNC, "stages": 5, "l2_prefetch": 256}),
                                           ("mla_decode", BULK), ("mla_paged16", BULK),
                                           ("mla_decode", {**BULK, "warps": 8, "stages": 3}),
-                                          ("mla_sinks_softcap", FUSED)])
+                                          ("mla_sinks_softcap", FUSED), ("mla_decode", STREAM_K),
+                                          ("mla_paged16", {**STREAM_K, **CP_ASYNC})])
 def test_mla_kernel_compiles_to_tensor_cores_without_spills(name, config, tmp_path):
     low = lower(SPECS[name], SM90, config)
     source = next(m for m in compile_lowered(low, SM90).mod.imports if m.kind == "cuda").inspect_source()

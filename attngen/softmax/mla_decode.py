@@ -57,6 +57,15 @@ def split_count(spec: Attention, target, cfg) -> str:
     return f"T.max(T.min({want} // (B * {per_split}), {cfg['max_split']}), 1)"
 
 
+def stream_k_ctas(spec: Attention, target, cfg) -> str:
+    """TVMScript text (in ``B``) of the stream-K grid: one wave of ``ctas_per_sm`` CTAs per SM,
+    fewer where a tile would take more than ``max_split`` partials (a tile's keys touch at most
+    ceil(CTAs / tiles) + 1 CTAs)."""
+    tiles = spec.num_kv_heads * row_tiles(spec)
+    want = max(1, target.sm_count) * cfg["ctas_per_sm"]
+    return f"T.max(T.min({want}, B * {tiles} * {cfg['max_split'] - 1}), 1)"
+
+
 def context(spec: Attention, target, cfg, args, n_split: str) -> dict:
     from .decode import LN2, LOG2E, NEG
 
@@ -88,5 +97,6 @@ def context(spec: Attention, target, cfg, args, n_split: str) -> dict:
         warps=cfg["warps"], block_n=sched.block_n(cfg), stages=cfg["stages"], pad=sched.PAD,
         l2_prefetch=cfg["l2_prefetch"], bulk_copy=cfg["bulk_copy"], fused_combine=cfg["fused_combine"],
         max_split=cfg["max_split"], sinks=spec.sinks, kv_tiles=spec.num_kv_heads * row_tiles(spec),
+        stream_k=cfg["stream_k"], n_cta=stream_k_ctas(spec, target, cfg),
         n_split=n_split, kv_len_of_b=kv_len_of_b, k_at=k_at, row_q=row_q, row_head=row_head,
         visible=visible, logit=logit, kv_lo=lo, kv_hi=hi, neg=repr(NEG), ln2=repr(LN2))

@@ -36,7 +36,6 @@ CHUNK = 64  # 4 warps of 16 query rows
 PAD = 8  # elements of padding per shared-memory row: 16 B, one bank group
 
 
-
 def unsupported_reason(spec: LinearAttention, target) -> Optional[str]:
     """Why ``spec`` cannot take the tensor-core kernel on ``target`` (None: it can)."""
     if not target.is_cuda:

@@ -180,7 +180,7 @@ def _load_module(entry: Path, target: Target, cubin: Optional[dict]):
 def _read_meta(path: Path):
     meta = json.loads(path.read_text())
     args = tuple(Arg.from_json(a) for a in meta["args"])
-    calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
+    calls = tuple(Call.from_json(c) for c in meta["calls"])
     return args, calls, meta.get("cubin")
 
 
@@ -189,7 +189,7 @@ def _write_entry(entry: Path, ex, lowered: Lowered, target: Target):
     try:
         ex.export_library(str(tmp / _LIB))
         meta = {"args": [a.__dict__ for a in lowered.args],
-                "calls": [{"func": c.func, "args": list(c.args)} for c in lowered.calls]}
+                "calls": [c.to_json() for c in lowered.calls]}
         if target.is_cuda and shutil.which("nvcc"):
             from .export import compile_cubin, cuda_source_of
 

@@ -142,8 +142,7 @@ def export(spec, path, target="cuda", *, lengths: Optional[Sequence[int]] = None
         for gv, func in lowered.mod.functions.items():
             funcs[rename[gv.name_hint]] = func.with_attr("global_symbol", rename[gv.name_hint])
         variants.append({"config": cfg, "args": [a.__dict__ for a in lowered.args],
-                         "calls": [{"func": rename[c.func], "args": list(c.args)}
-                                   for c in lowered.calls]})
+                         "calls": [c.to_json(rename[c.func]) for c in lowered.calls]})
     # one module, one compile, one cubin: the driver calls each variant's functions by name
     ex = compile_lowered(Lowered(tvm.IRModule(funcs), (), (), pass_config, pipeline), target)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -257,7 +256,7 @@ def load(path):
     kernels = []
     for v in meta["variants"]:
         args = tuple(Arg.from_json(a) for a in v["args"])
-        calls = tuple(Call(c["func"], tuple(c["args"])) for c in v["calls"])
+        calls = tuple(Call.from_json(c) for c in v["calls"])
         kernels.append(Kernel(spec, target, module, args, calls))
     op = AttentionOp(spec, target, kernels, dict(meta["table"]))
     op.load_seconds = time.perf_counter() - started

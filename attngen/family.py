@@ -59,10 +59,22 @@ def _size(d, sizes: Mapping[str, int]) -> int:
 
 @dataclass(frozen=True)
 class Call:
-    """Call ``func`` of the built module with the program's buffers ``args`` (by name)."""
+    """Call ``func`` of the built module with the program's buffers ``args`` (by name).
+    ``fills`` names the scratch buffers the call computes from the sizes alone (no input
+    values, e.g. the tile map of a mask that reads no tensor): a driver may keep them from an
+    earlier call with the same sizes and skip this call."""
 
     func: str
     args: tuple
+    fills: tuple = ()
+
+    def to_json(self, func: str = "") -> dict:
+        return {"func": func or self.func, "args": list(self.args), "fills": list(self.fills)}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "Call":
+        """The inverse of ``to_json`` (``fills`` absent in files written before it: none)."""
+        return cls(d["func"], tuple(d["args"]), tuple(d.get("fills", ())))
 
 
 @dataclass

@@ -15,6 +15,7 @@ computed in the copy, then copied back).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Mapping, Optional
 
 import numpy as np
@@ -63,11 +64,16 @@ def _torch_dtype(name: str):
 
 
 class Kernel:
+    # sizes whose ``Call.fills`` buffers are kept, per kernel (a few KB each: tile maps)
+    KEEP_FILLS = 8
+
     def __init__(self, spec, target, module, args, calls):
         self.spec, self.target, self.module = spec, target, module
         self.args, self.calls = tuple(args), tuple(calls)
         self.family = family_of(spec)
         self._funcs = {c.func: module[c.func] for c in calls}
+        self._fills = tuple(dict.fromkeys(n for c in self.calls for n in c.fills))
+        self._kept = OrderedDict()  # (device, stream, sizes) -> the fills of an earlier run
 
     @property
     def input_names(self) -> tuple:
@@ -108,7 +114,16 @@ class Kernel:
         if all(tensors[a.name].numel() == 0 for a in self.args if a.role == "out"):
             return {a.name: tensors[a.name] for a in self.args if a.role == "out"}  # nothing to do
         launched = {name: _aligned(t) for name, t in tensors.items()}
-        self._launch(launched, device)
+        key = self._fills_key(sizes, device) if not set(self._fills) & set(given) else None
+        kept = self._kept.get(key) if key is not None else None
+        if kept is not None:  # buffers that follow from these sizes alone, from an earlier run
+            launched.update(kept)
+            self._kept.move_to_end(key)
+        self._launch(launched, device, skip_fills=kept is not None)
+        if key is not None and kept is None:
+            self._kept[key] = {n: launched[n] for n in self._fills}
+            if len(self._kept) > self.KEEP_FILLS:
+                self._kept.popitem(last=False)
         for arg in self.args:
             if arg.role != "in" and launched[arg.name] is not tensors[arg.name]:
                 tensors[arg.name].copy_(launched[arg.name])
@@ -142,16 +157,29 @@ class Kernel:
                                    f"tensors, got {next(iter(devices))}")
         return out
 
-    def _launch(self, tensors: dict, device) -> None:
+    def _fills_key(self, sizes, device):
+        """Where ``Call.fills`` buffers may be reused: same sizes, device and stream (a stream
+        orders the run that filled them before every later run on it), or None: no fills."""
+        if not self._fills:
+            return None
+        stream = None
+        if self.target.is_cuda:
+            import torch
+
+            stream = torch.cuda.current_stream(device).cuda_stream
+        return (str(device), stream, tuple(sorted(sizes.items())))
+
+    def _launch(self, tensors: dict, device, skip_fills: bool = False) -> None:
+        calls = [c for c in self.calls if not (skip_fills and c.fills)]
         if self.target.is_cuda:
             import torch
             import tvm_ffi
 
             with torch.cuda.device(device), tvm_ffi.use_torch_stream():
-                for call in self.calls:
+                for call in calls:
                     self._funcs[call.func](*(tensors[n] for n in call.args))
         else:
-            for call in self.calls:
+            for call in calls:
                 self._funcs[call.func](*(tensors[n] for n in call.args))
 
 

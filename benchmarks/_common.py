@@ -22,7 +22,7 @@ def export_kernel(low, target, out_dir: str, file: str) -> None:
     ex = compile_lowered(low, target)
     ex.export_library(os.path.join(out_dir, file + ".so"))
     meta = {"args": [a.__dict__ for a in low.args],
-            "calls": [{"func": c.func, "args": list(c.args)} for c in low.calls]}
+            "calls": [c.to_json() for c in low.calls]}
     if target.is_cuda and shutil.which("nvcc"):
         source = cuda_source_of(ex)
         with open(os.path.join(out_dir, file + ".cubin"), "wb") as f:
@@ -51,7 +51,7 @@ def load_kernel(spec, target, build_dir: str, file: str):
             cubins = {meta["source_sha256"]: f.read()}
     module = load_module(Path(build_dir) / (file + ".so"), cubins)
     args = tuple(Arg.from_json(a) for a in meta["args"])
-    calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
+    calls = tuple(Call.from_json(c) for c in meta["calls"])
     return Kernel(spec, target, module, args, calls)
 
 
@@ -83,10 +83,12 @@ def save_results(base: str, case_names, card: str, rows, checks, variants, markd
         f.write(markdown(card, rows, checks, variants))
 
 
-def launcher(kernel, buffers: dict, funcs=None):
+def launcher(kernel, buffers: dict, funcs=None, keep_fills: bool = False):
     """``fn()`` making ``kernel``'s calls (all, or those named in ``funcs``) on ``buffers`` (by
     name) with no input checks: the raw launches a timing wants.  Scratch buffers not given
-    are allocated here, from the sizes the inputs imply."""
+    are allocated here, from the sizes the inputs imply.  ``keep_fills``: as the driver does on
+    a repeated call with the same sizes, calls that only fill buffers from the sizes
+    (``Call.fills``, e.g. a static mask's tile map) run the first time only."""
     from attngen.kernel import allocate
 
     sizes = kernel.family.sizes(kernel.spec, buffers)
@@ -95,11 +97,13 @@ def launcher(kernel, buffers: dict, funcs=None):
     for a in kernel.args:
         if a.name not in buffers:
             buffers[a.name] = allocate(a, sizes, device)
-    program = [(kernel._funcs[c.func], tuple(buffers[n] for n in c.args))
-               for c in kernel.calls if funcs is None or c.func in funcs]
+    calls = [c for c in kernel.calls if funcs is None or c.func in funcs]
+    program = [(kernel._funcs[c.func], tuple(buffers[n] for n in c.args)) for c in calls]
+    repeat = [p for c, p in zip(calls, program) if not (keep_fills and c.fills)]
+    runs = [program]
 
     def run():
-        for f, args in program:
+        for f, args in runs.pop() if runs else repeat:
             f(*args)
 
     return run

@@ -94,7 +94,9 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
     else:
         funcs["attention"] = parse(render("attention_tc.j2", name="attention", **ctx))
     mod = sched.schedule(tvm.IRModule(funcs), spec, target, cfg)
-    return Lowered(mod, args, tuple(Call(f, names) for f in funcs))
+    fills = tuple(a.name for a in tile_map.scratch(spec, block_m, cfg["block_n"])) if (
+        cfg["tile_map"] and tile_map.static(spec)) else ()
+    return Lowered(mod, args, tuple(Call(f, names, fills if f in tile_map.KERNELS else ()) for f in funcs))
 
 
 def context(spec: Attention, cfg, args) -> dict:

@@ -7,10 +7,12 @@ dilated and BigBird masks the band is a hull (often the whole causal triangle) w
 its tiles empty.  For those, two small kernels run before the attention kernel: ``tile_state``
 classifies every tile of the band (empty / partial / full) by counting its visible elements,
 ``tile_list`` compacts each row tile's non-empty tiles into a list with a full flag; the
-attention kernel then loops over that list.  The map is computed on the GPU from the runtime
-tensors at every call (like FlexAttention's ``create_block_mask``, without an N x N tensor):
-its cost is one predicate evaluation per element of the band, against the ~4 d multiply-adds
-the attention spends on each visible element.
+attention kernel then loops over that list.  The map is computed on the GPU (like
+FlexAttention's ``create_block_mask``, without an N x N tensor): its cost is one predicate
+evaluation per element of the band, against the ~4 d multiply-adds the attention spends on
+each visible element.  A mask that reads runtime tensors (document ids, a block layout) gets
+its map at every call; one that does not (global + local, prefix-LM, dilated) gets it once per
+size and device (``static``: the driver keeps it, ``attngen.kernel``).
 """
 from __future__ import annotations
 
@@ -28,6 +30,15 @@ def needed(spec: Attention) -> bool:
     from .tensorcore import exact_interval
 
     return spec.layout != "thd" and not exact_interval(spec.mask.expr)
+
+
+def static(spec: Attention) -> bool:
+    """Whether the map follows from the sizes alone: the mask reads no runtime tensor and the
+    lengths are the tensors' (no per-sequence ``kv_lens``).  Such a map is computed once per
+    size and device (``Call.fills``), like a BlockMask built once and reused."""
+    from .signature import has_kv_lens
+
+    return not has_kv_lens(spec) and not E.tensors(predicate.mask_expr(spec))
 
 
 def map_heads(spec: Attention) -> int:

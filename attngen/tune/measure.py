@@ -52,7 +52,7 @@ def load_candidate(dirpath: Path, spec, target):
         cubins = {meta["cuda_source_sha256"]: cubin}
     module = load_module(dirpath / LIB, cubins)
     args = tuple(Arg.from_json(a) for a in meta["args"])
-    calls = tuple(Call(c["func"], tuple(c["args"])) for c in meta["calls"])
+    calls = tuple(Call.from_json(c) for c in meta["calls"])
     return Kernel(spec, target, module, args, calls)
 
 

@@ -60,21 +60,24 @@ def _size(d, sizes: Mapping[str, int]) -> int:
 @dataclass(frozen=True)
 class Call:
     """Call ``func`` of the built module with the program's buffers ``args`` (by name).
-    ``fills`` names the scratch buffers the call computes from the sizes alone (no input
-    values, e.g. the tile map of a mask that reads no tensor): a driver may keep them from an
-    earlier call with the same sizes and skip this call."""
+    ``fills`` names the scratch buffers the call computes for the later calls, from the sizes
+    and the mask's tensors (the tile map); ``static``: from the sizes alone (a mask that reads
+    no tensor).  A driver may skip such calls: static ones with buffers kept from an earlier
+    call of the same sizes, the others with a plan built from the same mask tensors."""
 
     func: str
     args: tuple
     fills: tuple = ()
+    static: bool = False
 
     def to_json(self, func: str = "") -> dict:
-        return {"func": func or self.func, "args": list(self.args), "fills": list(self.fills)}
+        return {"func": func or self.func, "args": list(self.args), "fills": list(self.fills),
+                "static": self.static}
 
     @classmethod
     def from_json(cls, d: Mapping) -> "Call":
         """The inverse of ``to_json`` (``fills`` absent in files written before it: none)."""
-        return cls(d["func"], tuple(d["args"]), tuple(d.get("fills", ())))
+        return cls(d["func"], tuple(d["args"]), tuple(d.get("fills", ())), bool(d.get("static", False)))
 
 
 @dataclass

@@ -16,6 +16,7 @@ computed in the copy, then copied back).
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 import numpy as np
@@ -63,8 +64,17 @@ def _torch_dtype(name: str):
     return getattr(torch, _TORCH_DTYPES[name])
 
 
+@dataclass(frozen=True)
+class Plan:
+    """The tile map of one set of sizes and mask tensors (``Kernel.plan``)."""
+
+    sizes: tuple
+    device: str
+    buffers: dict = field(compare=False)
+
+
 class Kernel:
-    # sizes whose ``Call.fills`` buffers are kept, per kernel (a few KB each: tile maps)
+    # sizes whose static ``Call.fills`` buffers are kept, per kernel (a few KB each: tile maps)
     KEEP_FILLS = 8
 
     def __init__(self, spec, target, module, args, calls):
@@ -73,7 +83,8 @@ class Kernel:
         self.family = family_of(spec)
         self._funcs = {c.func: module[c.func] for c in calls}
         self._fills = tuple(dict.fromkeys(n for c in self.calls for n in c.fills))
-        self._kept = OrderedDict()  # (device, stream, sizes) -> the fills of an earlier run
+        self._static = bool(self._fills) and all(c.static for c in self.calls if c.fills)
+        self._kept = OrderedDict()  # (device, stream, sizes) -> the static fills of an earlier run
 
     @property
     def input_names(self) -> tuple:
@@ -93,8 +104,45 @@ class Kernel:
         values = tuple(out[n] for n in self.output_names)
         return values[0] if len(values) == 1 else values
 
-    def run(self, inputs: Mapping, outputs: Optional[Mapping] = None) -> dict:
-        """Run on ``inputs`` (by name); ``outputs`` may pre-allocate (e.g. poisoned) outputs."""
+    def run(self, inputs: Mapping, outputs: Optional[Mapping] = None, plan: Optional["Plan"] = None) -> dict:
+        """Run on ``inputs`` (by name); ``outputs`` may pre-allocate (e.g. poisoned) outputs;
+        ``plan`` (``plan()`` of inputs with the same sizes and mask tensors) stands for the
+        calls that fill the tile map."""
+        tensors, sizes, device, given = self._prepare(inputs, outputs)
+        if all(tensors[a.name].numel() == 0 for a in self.args if a.role == "out"):
+            return {a.name: tensors[a.name] for a in self.args if a.role == "out"}  # nothing to do
+        launched = {name: _aligned(t) for name, t in tensors.items()}
+        key = self._fills_key(sizes, device) if self._static and not set(self._fills) & set(given) else None
+        fills = self._planned(plan, sizes, device) if plan is not None else self._kept.get(key)
+        if fills is not None:  # the map of an earlier run with these sizes, or the caller's plan
+            launched.update(fills)
+            if key in self._kept:
+                self._kept.move_to_end(key)
+        self._launch(launched, device, skip_fills=fills is not None)
+        if key is not None and fills is None:
+            self._kept[key] = {n: launched[n] for n in self._fills}
+            if len(self._kept) > self.KEEP_FILLS:
+                self._kept.popitem(last=False)
+        for arg in self.args:
+            if arg.role != "in" and launched[arg.name] is not tensors[arg.name]:
+                tensors[arg.name].copy_(launched[arg.name])
+        return {a.name: tensors[a.name] for a in self.args if a.role == "out"}
+
+    def plan(self, inputs: Mapping) -> "Plan":
+        """Run only the calls that fill the tile map (``Call.fills``) on ``inputs``: the plan
+        stands for them in ``run(..., plan=...)`` on inputs of the same sizes and the same mask
+        tensors (e.g. every layer of a forward pass with one set of document ids), as a
+        FlexAttention BlockMask is built once and reused."""
+        if not self._fills:
+            raise ValueError(f"{self.spec!r}: this program has no tile map to plan")
+        tensors, sizes, device, _ = self._prepare(inputs, None)
+        launched = {name: _aligned(t) for name, t in tensors.items()}
+        self._launch(launched, device, only_fills=True)
+        return Plan(tuple(sorted(sizes.items())), str(device), {n: launched[n] for n in self._fills})
+
+    # -- helpers --
+    def _prepare(self, inputs: Mapping, outputs: Optional[Mapping]):
+        """Checked inputs and allocated outputs and scratch: (tensors, sizes, device, given)."""
         tensors = self._convert_inputs(inputs)
         sizes = self.family.sizes(self.spec, tensors)
         check_int32_extents(self.args, sizes)
@@ -111,25 +159,16 @@ class Kernel:
                 tensors[arg.name] = given[arg.name]
             else:
                 tensors[arg.name] = allocate(arg, sizes, device)
-        if all(tensors[a.name].numel() == 0 for a in self.args if a.role == "out"):
-            return {a.name: tensors[a.name] for a in self.args if a.role == "out"}  # nothing to do
-        launched = {name: _aligned(t) for name, t in tensors.items()}
-        key = self._fills_key(sizes, device) if not set(self._fills) & set(given) else None
-        kept = self._kept.get(key) if key is not None else None
-        if kept is not None:  # buffers that follow from these sizes alone, from an earlier run
-            launched.update(kept)
-            self._kept.move_to_end(key)
-        self._launch(launched, device, skip_fills=kept is not None)
-        if key is not None and kept is None:
-            self._kept[key] = {n: launched[n] for n in self._fills}
-            if len(self._kept) > self.KEEP_FILLS:
-                self._kept.popitem(last=False)
-        for arg in self.args:
-            if arg.role != "in" and launched[arg.name] is not tensors[arg.name]:
-                tensors[arg.name].copy_(launched[arg.name])
-        return {a.name: tensors[a.name] for a in self.args if a.role == "out"}
+        return tensors, sizes, device, given
 
-    # -- helpers --
+    def _planned(self, plan: "Plan", sizes, device) -> dict:
+        if not isinstance(plan, Plan) or set(plan.buffers) != set(self._fills):
+            raise KernelInputError("plan: not a plan of this kernel (build it with kernel.plan(inputs))")
+        if plan.sizes != tuple(sorted(sizes.items())) or plan.device != str(device):
+            raise KernelInputError(f"plan: built for sizes {dict(plan.sizes)} on {plan.device}, the inputs "
+                                   f"have {sizes} on {device}")
+        return plan.buffers
+
     def _convert_inputs(self, inputs: Mapping) -> dict:
         import torch
 
@@ -169,8 +208,8 @@ class Kernel:
             stream = torch.cuda.current_stream(device).cuda_stream
         return (str(device), stream, tuple(sorted(sizes.items())))
 
-    def _launch(self, tensors: dict, device, skip_fills: bool = False) -> None:
-        calls = [c for c in self.calls if not (skip_fills and c.fills)]
+    def _launch(self, tensors: dict, device, skip_fills: bool = False, only_fills: bool = False) -> None:
+        calls = [c for c in self.calls if not (skip_fills and c.fills) and not (only_fills and not c.fills)]
         if self.target.is_cuda:
             import torch
             import tvm_ffi

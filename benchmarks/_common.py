@@ -86,9 +86,9 @@ def save_results(base: str, case_names, card: str, rows, checks, variants, markd
 def launcher(kernel, buffers: dict, funcs=None, keep_fills: bool = False):
     """``fn()`` making ``kernel``'s calls (all, or those named in ``funcs``) on ``buffers`` (by
     name) with no input checks: the raw launches a timing wants.  Scratch buffers not given
-    are allocated here, from the sizes the inputs imply.  ``keep_fills``: as the driver does on
-    a repeated call with the same sizes, calls that only fill buffers from the sizes
-    (``Call.fills``, e.g. a static mask's tile map) run the first time only."""
+    are allocated here, from the sizes the inputs imply.  ``keep_fills``: the calls that fill the
+    tile map (``Call.fills``) run the first time only, as the driver runs a repeated call with
+    the same sizes (a mask that reads no tensor) or with a plan (``Kernel.plan``)."""
     from attngen.kernel import allocate
 
     sizes = kernel.family.sizes(kernel.spec, buffers)

@@ -17,12 +17,12 @@ the compiler or a filled build cache where they run).
 expression) picks a subset of the cases.  TFLOP/s count only unmasked work:
 4 * B * H * Nq * Nk * d times the visible fraction of the mask (counted exactly, on the GPU,
 from the same mask FlexAttention gets).  Times: CUDA events around each call after warm-up,
-median of the repetitions.  attngen is timed as a repeated call with the same sizes runs it: a
-mask that reads no tensor (global + local) has its tile map computed on the first call only
-(``Call.fills``, kept by the driver), one that reads tensors (document ids) at every call;
-FlexAttention's BlockMask is built once, outside the timing.  Every case is also checked
-against FlexAttention's output (or SDPA's where Flex is absent) so that a fast wrong kernel
-cannot pass unnoticed.
+median of the repetitions.  The tile map is built once, outside the timing, as FlexAttention's
+BlockMask is: a mask that reads no tensor (global + local) has it kept by the driver per size
+(``Call.fills``), one that reads tensors (document ids) takes a plan built once
+(``Kernel.plan``, reused across calls with the same ids); what building it costs per call is
+in the checks (``map_ms``).  Every case is also checked against FlexAttention's output (or
+SDPA's where Flex is absent) so that a fast wrong kernel cannot pass unnoticed.
 """
 from __future__ import annotations
 
@@ -283,7 +283,7 @@ def run(build_dir: str, results_dir: str) -> None:
             o = o_packed.transpose(0, 1)[None]  # compared as [1, H, N, D] below
             lse = feed["lse"]
         kernel = load_kernel(spec, target, build_dir, _file(case))
-        fn = launcher(kernel, feed, keep_fills=True)  # a static mask's map: the first call only
+        fn = launcher(kernel, feed, keep_fills=True)  # the map: the first call only (kept / planned)
         map_calls = [c.func for c in kernel.calls if c.func.startswith("tile_")]
 
         mask_mod = _mask_mod(case, doc_ids)

@@ -1,16 +1,18 @@
-"""Buffers a program computes from the sizes alone (``Call.fills``: the tile map of a mask that
-reads no tensor) are computed once per size, device and stream and kept by the driver
-(``Kernel.run``) and by the benchmarks' raw launcher; a mask that reads tensors recomputes its map
-at every call.  The driver logic runs here on the CPU with Python stand-ins for the kernels."""
+"""The tile map's buffers (``Call.fills``): a mask that reads no tensor (``static``) has them
+computed once per size, device and stream and kept by the driver (``Kernel.run``); a mask that
+reads tensors recomputes them at every call, unless the caller passes a plan built once
+(``Kernel.plan``, like a FlexAttention BlockMask); the benchmarks' raw launcher keeps them after
+its first call.  The driver logic runs here on the CPU with Python stand-ins for the kernels."""
 import sys
 
+import pytest
 import torch
 
 from attngen import Attention, Paged, masks
 from attngen.builder import lower
 from attngen.family import Arg, Call
 from attngen.gallery import GALLERY
-from attngen.kernel import Kernel
+from attngen.kernel import Kernel, KernelInputError
 from attngen.softmax import signature as sig, tile_map
 from attngen.targets import get
 
@@ -19,7 +21,7 @@ SPEC = Attention(num_heads=2, head_dim=16, dtype="float32")
 MAP = Arg("tile_map_x", ("batch", "q_len"), "int32", "scratch")
 
 
-def stand_in():
+def stand_in(static: bool = True):
     """A kernel whose first call fills MAP from the sizes (counting its runs) and whose second
     writes o = q + MAP (broadcast), so a stale or missing map shows in o."""
     ran = []
@@ -34,7 +36,7 @@ def stand_in():
 
     args = sig.program_args(SPEC) + (MAP,)
     names = ("q", "k", "v", MAP.name, "o", "lse")
-    calls = (Call("fill", names, fills=(MAP.name,)), Call("attend", names))
+    calls = (Call("fill", names, fills=(MAP.name,), static=static), Call("attend", names))
     return Kernel(SPEC, get("cpu"), {"fill": fill, "attend": attend}, args, calls), ran
 
 
@@ -64,10 +66,41 @@ def test_the_kept_sizes_are_bounded_and_a_given_buffer_is_not_replaced():
     assert given.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
+def want_o(x):
+    n = x["q"].shape[2]
+    return x["q"] + torch.arange(2 * n, dtype=torch.float32).view(2, 1, n, 1)
+
+
+def test_a_map_that_reads_tensors_runs_every_call_unless_planned():
+    kernel, ran = stand_in(static=False)
+    x = inputs(5)
+    for _ in range(2):
+        assert torch.equal(kernel.run(x)["o"], want_o(x))
+    assert len(ran) == 2 and not kernel._kept
+    plan = kernel.plan(x)  # the fill calls only
+    assert len(ran) == 3
+    for _ in range(2):
+        assert torch.equal(kernel.run(inputs(5) | {"q": x["q"]}, plan=plan)["o"], want_o(x))
+    assert len(ran) == 3
+    with pytest.raises(KernelInputError, match="built for sizes"):
+        kernel.run(inputs(6), plan=plan)
+    with pytest.raises(KernelInputError, match="not a plan of this kernel"):
+        kernel.run(x, plan={MAP.name: plan.buffers[MAP.name]})
+
+
+def test_a_program_without_a_map_has_nothing_to_plan():
+    low = lower(GALLERY["causal"].spec, SM90)
+    assert not any(c.fills for c in low.calls)
+    kernel = Kernel(SPEC, get("cpu"), {}, sig.program_args(SPEC), ())
+    with pytest.raises(ValueError, match="no tile map to plan"):
+        kernel.plan(inputs(3))
+
+
 def test_calls_keep_their_fills_through_json():
-    call = Call("tile_state", ("q", "tile_state"), ("tile_state",))
+    call = Call("tile_state", ("q", "tile_state"), ("tile_state",), True)
     assert Call.from_json(call.to_json()) == call
     assert Call.from_json({"func": "f", "args": ["q"]}) == Call("f", ("q",))  # older files
+    assert Call.from_json(Call("f", ("q",), ("m",)).to_json()).static is False
     assert Call.from_json(call.to_json("renamed")).func == "renamed"
 
 
@@ -78,9 +111,10 @@ def test_only_maps_of_masks_that_read_no_tensor_are_kept():
         assert tile_map.static(spec) == static, name
         low = lower(spec, SM90)
         assert [c.fills for c in low.calls][-1] == ()  # the attention kernel itself always runs
-        fills = {c.func: c.fills for c in low.calls}
-        want = ("tile_state", "tile_list", "tile_count") if static else ()
-        assert fills["tile_state"] == fills["tile_list"] == want, name
+        maps = [c for c in low.calls if c.func in tile_map.KERNELS]
+        assert [c.func for c in maps] == ["tile_state", "tile_list"], name
+        for c in maps:
+            assert c.fills == ("tile_state", "tile_list", "tile_count") and c.static == static, name
     # a paged cache has per-sequence lengths: its map follows the kv_lens tensor
     assert tile_map.static(Attention(num_heads=2, head_dim=64, mask=masks.global_local(16, 128)))
     assert not tile_map.static(Attention(num_heads=2, head_dim=64, mask=masks.global_local(16, 128),

@@ -94,9 +94,11 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
     else:
         funcs["attention"] = parse(render("attention_tc.j2", name="attention", **ctx))
     mod = sched.schedule(tvm.IRModule(funcs), spec, target, cfg)
-    fills = tuple(a.name for a in tile_map.scratch(spec, block_m, cfg["block_n"])) if (
-        cfg["tile_map"] and tile_map.static(spec)) else ()
-    return Lowered(mod, args, tuple(Call(f, names, fills if f in tile_map.KERNELS else ()) for f in funcs))
+    # the map's calls fill its buffers: kept per size where the mask reads no tensor, else by plan
+    fills = tuple(a.name for a in tile_map.scratch(spec, block_m, cfg["block_n"])) if cfg["tile_map"] else ()
+    static = bool(fills) and tile_map.static(spec)
+    return Lowered(mod, args, tuple(Call(f, names, fills, static) if f in tile_map.KERNELS else Call(f, names)
+                                    for f in funcs))
 
 
 def context(spec: Attention, cfg, args) -> dict:

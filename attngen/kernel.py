@@ -132,7 +132,8 @@ class Kernel:
         """Run only the calls that fill the tile map (``Call.fills``) on ``inputs``: the plan
         stands for them in ``run(..., plan=...)`` on inputs of the same sizes and the same mask
         tensors (e.g. every layer of a forward pass with one set of document ids), as a
-        FlexAttention BlockMask is built once and reused."""
+        FlexAttention BlockMask is built once and reused.  The map is written on the current
+        stream: a run on another stream must wait for it (``torch.cuda.synchronize``)."""
         if not self._fills:
             raise ValueError(f"{self.spec!r}: this program has no tile map to plan")
         tensors, sizes, device, _ = self._prepare(inputs, None)

@@ -48,7 +48,9 @@ def prebuild(target: str = "cuda-sm90a") -> None:
         ensure_cached(spec, target, config)
 
 
-def main() -> int:
+def run(checked) -> int:
+    """Check every (label, spec, batch, config) of ``checked`` at each of ``SHAPES`` against
+    float64 (memcheck_linear.py runs its cases through this too): 1 if any was wrong."""
     import torch
 
     from attngen.builder import build
@@ -56,7 +58,7 @@ def main() -> int:
 
     rng = np.random.default_rng(0)
     bad = 0
-    for label, spec, batch, config in cases():
+    for label, spec, batch, config in checked:
         kernel = build(spec, "cuda", config)
         for length in SHAPES:
             ok = check_length(kernel, length, batch=batch, rng=rng).passed
@@ -64,6 +66,10 @@ def main() -> int:
             print(f"{label} length {length} batch {batch}: {'ok' if ok else 'WRONG'}", flush=True)
             bad += not ok
     return 1 if bad else 0
+
+
+def main() -> int:
+    return run(cases())
 
 
 if __name__ == "__main__":

@@ -3,8 +3,6 @@ computed once per size, device and stream and kept by the driver (``Kernel.run``
 reads tensors recomputes them at every call, unless the caller passes a plan built once
 (``Kernel.plan``, like a FlexAttention BlockMask); the benchmarks' raw launcher keeps them after
 its first call.  The driver logic runs here on the CPU with Python stand-ins for the kernels."""
-import sys
-
 import pytest
 import torch
 
@@ -122,7 +120,6 @@ def test_only_maps_of_masks_that_read_no_tensor_are_kept():
 
 
 def test_the_benchmark_launcher_keeps_fills_like_the_driver():
-    sys.path.insert(0, ".")
     from benchmarks._common import launcher
 
     kernel, ran = stand_in()

@@ -92,9 +92,12 @@ MLA_CASES = [
     MLACase("paged64 MLA B64 H16 L8192", 64, 8192, page_size=64),
     MLACase("paged16 MLA B64 H16 L8192", 64, 8192, page_size=16),
 ]
-# the default on sm_90 is one cp.async.bulk per latent row; the 16-byte cp.async path beside it
-MLA_SWEEP = [{"bulk_copy": False, "l2_prefetch": 128}, {"stages": 5}, {"stages": 3, "ctas_per_sm": 2},
-             {"fused_combine": True}, {"fused_combine": True, "stream_k": True}]
+# the default on sm_90: one cp.async.bulk per latent row, Q K^T over 4 mma chains, 2 barriers per
+# step; beside it the 16-byte cp.async path, session 5's default (2 chains, 3 barriers), and the
+# split merge folded into the decode kernel (fused_combine, with and without stream-K)
+MLA_SWEEP = [{"bulk_copy": False, "l2_prefetch": 128, "step_barriers": 3, "qk_chains": 2},
+             {"qk_chains": 2, "step_barriers": 3}, {"fused_combine": True},
+             {"fused_combine": True, "stream_k": True}]
 # H2O: the decode step plus its accumulated weights (one more read of K), against decode alone
 H2O_CASES = [Case("H2O B32 Hq32 Hkv8 L8192", 32, 8192)]
 

@@ -26,6 +26,11 @@ Knobs:
     max_split    most KV splits (1..256), the size of the partial-result scratch
     ctas_per_sm  CTAs per SM the run-time split count aims at (1..8); the count is rounded
                  down, so the grid never spills a small tail into another wave
+    step_barriers  3, or 2 with bulk_copy: CTA barriers per key step; with 2 a step starts on its
+                 stage's mbarrier alone and the refill waits for the row-maximum barrier
+    qk_chains    2 or 4: Q K^T's k-steps accumulate into that many interleaved mma chains (a
+                 warp is alone on its scheduler, so only independent chains hide mma latency;
+                 4 costs 8 registers)
 Validity: the buffers fit the opt-in shared memory of the arch; D a multiple of 32 (one
 ldmatrix.x4 of K covers 32 channels), Dv a multiple of 16 * warps (whole 16-channel slices).
 """
@@ -42,6 +47,8 @@ KNOBS = {
     "stream_k": "CTAs share the tiles' keys evenly, crossing tiles (bool; needs fused_combine)",
     "max_split": "most KV splits; the split count is chosen at run time (1..256)",
     "ctas_per_sm": "CTAs per SM the run-time split count aims at, rounded down (1..8)",
+    "qk_chains": "interleaved mma accumulator chains of Q K^T (2 or 4)",
+    "step_barriers": "CTA barriers per key step (3, or 2 with bulk_copy)",
 }
 
 # values the tuner tries where powers of two around the default do not apply (a default of 0)
@@ -70,7 +77,7 @@ def shape_problems(spec) -> list:
 
 def smem_bytes(spec, config) -> int:
     bn = block_n(config)
-    merge = 16 * (config["max_split"] + 2) * 4 + 4 if config.get("fused_combine") else 0  # weights, flag
+    merge = 2 * 16 * config["max_split"] * 4 + 8 if config.get("fused_combine") else 0  # lse, weights, flag
     return (2 * (config["stages"] * bn * (spec.head_dim + PAD) + 16 * (bn + PAD))
             + 2 * config["warps"] * 16 * 4 + merge)
 
@@ -85,14 +92,19 @@ def default(spec, target) -> dict:
     # same process, two runs): on sm_90 one cp.async.bulk per row, issued by 8 lanes of every
     # warp, 0.1748-0.1752 ms against 0.1768 (B64 L8192) and 0.1884-0.1897 against 0.1950-0.1971
     # paged 16 (issued by warp 0 alone it was 30% slower)
+    # Session 6 (H200, same process, two machines; benchmarks/NOTES-decode.md): on sm_90 Q K^T
+    # over 4 mma chains and 2 barriers per step, 0.1702 ms against 0.1740 (B64 L8192), 0.0976
+    # against 0.0997 (B8 L32768), 0.1788 against 0.1823 (paged 16); fused_combine and stream_k
+    # lose there (one CTA merging 16 splits at B8 costs more than the combine launch)
     bulk = target.arch.startswith("sm_90")
     for warps, stages in ((4, 4), (4, 3), (8, 3), (8, 2), (4, 2)):
         cfg = {"warps": warps, "stages": stages, "l2_prefetch": 0 if bulk else 128, "bulk_copy": bulk,
-               "fused_combine": False, "stream_k": False, "max_split": 64, "ctas_per_sm": 1}
+               "fused_combine": False, "stream_k": False, "max_split": 64, "ctas_per_sm": 1,
+               "qk_chains": 4 if bulk else 2, "step_barriers": 2 if bulk else 3}
         if not _problems(spec, target, cfg):
             return cfg
     return {"warps": 4, "stages": 2, "l2_prefetch": 0, "bulk_copy": False, "fused_combine": False,
-            "stream_k": False, "max_split": 64, "ctas_per_sm": 1}  # validate() says why not
+            "stream_k": False, "max_split": 64, "ctas_per_sm": 1, "qk_chains": 2, "step_barriers": 3}  # validate() says why not
 
 
 def validate(spec, target, config) -> None:
@@ -103,7 +115,8 @@ def _problems(spec, target, config) -> list:
     out = []
     for name, allowed in (("warps", (4, 8)), ("stages", range(2, 7)), ("l2_prefetch", (0, 64, 128, 256)),
                           ("max_split", range(1, 257)),
-                          ("ctas_per_sm", range(1, 9))):
+                          ("ctas_per_sm", range(1, 9)), ("qk_chains", (2, 4)),
+                          ("step_barriers", (2, 3))):
         v = config.get(name)
         if not (isinstance(v, int) and not isinstance(v, bool) and v in allowed):
             out.append(f"{name} must be one of {list(allowed)}, got {v!r}")
@@ -117,6 +130,9 @@ def _problems(spec, target, config) -> list:
                    "takes one count for all)")
     if config["max_split"] < 2 and config["stream_k"]:
         out.append("stream_k needs max_split >= 2 (a tile's keys may span two CTAs)")
+    if config["step_barriers"] == 2 and not config["bulk_copy"]:
+        out.append("step_barriers=2 needs bulk_copy (cp.async rows become visible to the other "
+                   "threads only through the barrier it drops)")
     if config["bulk_copy"] and not target.arch.startswith("sm_90"):
         out.append(f"bulk_copy needs sm_90 (cp.async.bulk, mbarrier tx counts), target is {target.arch}")
     if config["bulk_copy"] and config["l2_prefetch"]:

@@ -43,7 +43,8 @@ SPECS = {
     "mla_sinks_softcap": mla(sinks=True, score_mod=GALLERY["softcap"].spec.score_mod),
 }
 BULK = {"bulk_copy": True, "l2_prefetch": 0}  # the default on sm_90
-CP_ASYNC = {"bulk_copy": False, "l2_prefetch": 128}
+B3 = {"step_barriers": 3, "qk_chains": 2}  # session 5's default on sm_90: 3 barriers per step, 2 chains
+CP_ASYNC = {"bulk_copy": False, "l2_prefetch": 128, "step_barriers": 3, "qk_chains": 2}  # the default below sm_90
 FUSED = {"fused_combine": True}
 STREAM_K = {"fused_combine": True, "stream_k": True}
 VARIANTS = {
@@ -54,8 +55,8 @@ VARIANTS = {
     # cp.async with an L2 prefetch of whole 256-byte lines
     "mla_decode+prefetch256": ("mla_decode", {**CP_ASYNC, "l2_prefetch": 256}),
     "mla_paged16+stages5+prefetch256": ("mla_paged16", {**CP_ASYNC, "stages": 5, "l2_prefetch": 256}),
-    # one cp.async.bulk per latent row on per-stage mbarriers (TMA, 1-D)
-    **{f"{name}+bulk": (name, BULK) for name in SPECS},
+    # one cp.async.bulk per latent row on per-stage mbarriers (TMA, 1-D), 3 barriers per step
+    **{f"{name}+b3": (name, {**BULK, **B3}) for name in SPECS},
     "mla_decode+bulk+warps8+stages3": ("mla_decode", {**BULK, "warps": 8, "stages": 3}),
     # the last CTA of each output tile merges the splits (no combine kernel): many empty splits
     # at length 1, two row tiles, 4 packed rows, the sink in the merge
@@ -65,6 +66,11 @@ VARIANTS = {
     **{f"{name}+streamk": (name, STREAM_K) for name in ("mla_decode", "mla_paged16", "mla_q2_causal_paged32",
                                                       "mla_h8_kv2_window", "mla_sinks_softcap")},
     "mla_paged16+streamk+cp_async": ("mla_paged16", {**STREAM_K, **CP_ASYNC}),
+    # the default's two knobs apart: Q K^T over 2 mma chains; 3 barriers per step
+    "mla_decode+qk2": ("mla_decode", {"qk_chains": 2}),
+    "mla_q2_causal_paged32+fused+qk2": ("mla_q2_causal_paged32", {**FUSED, "qk_chains": 2}),
+    "mla_h8_kv2_window+b3": ("mla_h8_kv2_window", {"step_barriers": 3}),
+    "mla_q2_causal_paged32+streamk+b3": ("mla_q2_causal_paged32", {**STREAM_K, **B3}),
     # the 16-byte cp.async path (the default below sm_90)
     "mla_paged16+cp_async": ("mla_paged16", CP_ASYNC),
     "mla_q2_causal_paged32+cp_async": ("mla_q2_causal_paged32", CP_ASYNC),
@@ -105,6 +111,8 @@ def test_other_latent_specs_keep_the_generic_kernel(spec, why):
     ({"block_q": 32}, "unknown knob"), ({"l2_prefetch": 512}, "l2_prefetch"),
     ({"bulk_copy": 1}, "bulk_copy must be a bool"), ({"l2_prefetch": 128}, "takes l2_prefetch 0"),
     ({"fused_combine": "yes"}, "fused_combine must be a bool"),
+    ({"qk_chains": 3}, "qk_chains must be one of"),
+    ({"step_barriers": 2, "bulk_copy": False, "l2_prefetch": 128}, "step_barriers=2 needs bulk_copy"),
 ])
 def test_invalid_mla_configs_are_rejected(config, message):
     if "block_q" in config:  # a generic-SIMT knob selects that kernel instead
@@ -208,7 +216,10 @@ def test_split_count_fills_one_wave_without_a_tail():
                                           ("mla_decode", BULK), ("mla_paged16", BULK),
                                           ("mla_decode", {**BULK, "warps": 8, "stages": 3}),
                                           ("mla_sinks_softcap", FUSED), ("mla_decode", STREAM_K),
-                                          ("mla_paged16", {**STREAM_K, **CP_ASYNC})])
+                                          ("mla_paged16", {**STREAM_K, **CP_ASYNC}),
+                                          ("mla_decode", {**FUSED, "qk_chains": 4}),
+                                          ("mla_paged16", {**B3, **BULK}),
+                                          ("mla_paged16", {**FUSED, "qk_chains": 2})])
 def test_mla_kernel_compiles_to_tensor_cores_without_spills(name, config, tmp_path):
     low = lower(SPECS[name], SM90, config)
     source = next(m for m in compile_lowered(low, SM90).mod.imports if m.kind == "cuda").inspect_source()

@@ -75,10 +75,11 @@ def context(spec: Attention, target, cfg, args, n_split: str) -> dict:
     if spec.is_paged:
         P = spec.kv_layout.page_size
         kv_len_of_b = f"T.max(T.min(KV_LENS[vb], MP * {P}), 0)"
-        k_at = f"PAGE_TABLE[vb, kc // {P}], vhk, kc % {P}"
+        page_of = f"PAGE_TABLE[vb, kc // {P}]"
+        k_at, k_at_pg = f"{page_of}, vhk, kc % {P}", f"pg[0], vhk, kc % {P}"
     else:
         kv_len_of_b = "T.max(T.min(KV_LENS[vb], LK), 0)"
-        k_at = "vb, vhk, kc"
+        k_at, k_at_pg, page_of = "vb, vhk, kc", "", ""
     names = {"b": "vb", "h": row_head, "q_idx": row_q, "kv_idx": "key", "q_len": str(QL), "kv_len": "kvl"}
     mask = predicate.mask_expr(spec)
     visible = "T.bool(True)" if mask.same(E.true()) else predicate.tir(mask, names, spec)
@@ -97,6 +98,6 @@ def context(spec: Attention, target, cfg, args, n_split: str) -> dict:
         warps=cfg["warps"], block_n=sched.block_n(cfg), stages=cfg["stages"], pad=sched.PAD,
         l2_prefetch=cfg["l2_prefetch"], bulk_copy=cfg["bulk_copy"], fused_combine=cfg["fused_combine"],
         max_split=cfg["max_split"], sinks=spec.sinks, kv_tiles=spec.num_kv_heads * row_tiles(spec),
-        stream_k=cfg["stream_k"], n_cta=stream_k_ctas(spec, target, cfg),
-        n_split=n_split, kv_len_of_b=kv_len_of_b, k_at=k_at, row_q=row_q, row_head=row_head,
+        stream_k=cfg["stream_k"], qk_chains=cfg["qk_chains"], step_barriers=cfg["step_barriers"], n_cta=stream_k_ctas(spec, target, cfg),
+        n_split=n_split, kv_len_of_b=kv_len_of_b, k_at=k_at, k_at_pg=k_at_pg, page_of=page_of, row_q=row_q, row_head=row_head,
         visible=visible, logit=logit, kv_lo=lo, kv_hi=hi, neg=repr(NEG), ln2=repr(LN2))

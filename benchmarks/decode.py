@@ -97,7 +97,9 @@ MLA_CASES = [
 # split merge folded into the decode kernel (fused_combine, with and without stream-K)
 MLA_SWEEP = [{"bulk_copy": False, "l2_prefetch": 128, "step_barriers": 3, "qk_chains": 2},
              {"qk_chains": 2, "step_barriers": 3}, {"fused_combine": True},
-             {"fused_combine": True, "stream_k": True}]
+             {"fused_combine": True, "stream_k": True}, {"qk_split": "channels"},
+             {"qk_split": "channels", "stages": 3}, {"qk_split": "channels", "stages": 2, "ctas_per_sm": 2},
+             {"qk_split": "channels", "fused_combine": True}]
 # H2O: the decode step plus its accumulated weights (one more read of K), against decode alone
 H2O_CASES = [Case("H2O B32 Hq32 Hkv8 L8192", 32, 8192)]
 

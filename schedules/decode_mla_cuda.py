@@ -26,6 +26,13 @@ Knobs:
     max_split    most KV splits (1..256), the size of the partial-result scratch
     ctas_per_sm  CTAs per SM the run-time split count aims at (1..8); the count is rounded
                  down, so the grid never spills a small tail into another wave
+    qk_split     "keys" or "channels" (with bulk_copy): how Q K^T is shared among the warps.  keys:
+                 warp w takes keys 8w..8w+7 over all D channels (Q's fragments for all of D in
+                 registers), the row maxima and P cross shared memory, 2-3 barriers per step.
+                 channels: warp w takes D / warps channels of every key (a quarter of Q's
+                 registers, one mma chain per 8-key n-tile); the partial S meet in shared memory
+                 and every warp adds them all, so it holds the whole S and builds P V's A fragments
+                 from registers: one barrier per step; qk_chains and step_barriers do not apply
     step_barriers  3, or 2 with bulk_copy: CTA barriers per key step; with 2 a step starts on its
                  stage's mbarrier alone and the refill waits for the row-maximum barrier
     qk_chains    2 or 4: Q K^T's k-steps accumulate into that many interleaved mma chains (a
@@ -49,6 +56,7 @@ KNOBS = {
     "ctas_per_sm": "CTAs per SM the run-time split count aims at, rounded down (1..8)",
     "qk_chains": "interleaved mma accumulator chains of Q K^T (2 or 4)",
     "step_barriers": "CTA barriers per key step (3, or 2 with bulk_copy)",
+    "qk_split": "how warps share Q K^T: 'keys' (8 keys each) or 'channels' (D / warps each; bulk_copy)",
 }
 
 # values the tuner tries where powers of two around the default do not apply (a default of 0)
@@ -78,6 +86,8 @@ def shape_problems(spec) -> list:
 def smem_bytes(spec, config) -> int:
     bn = block_n(config)
     merge = 2 * 16 * config["max_split"] * 4 + 8 if config.get("fused_combine") else 0  # lse, weights, flag
+    if config.get("qk_split") == "channels":  # partial S, two parities
+        merge += 2 * config["warps"] * 4 * config["warps"] * 32 * 4
     return (2 * (config["stages"] * bn * (spec.head_dim + PAD) + 16 * (bn + PAD))
             + 2 * config["warps"] * 16 * 4 + merge)
 
@@ -100,11 +110,12 @@ def default(spec, target) -> dict:
     for warps, stages in ((4, 4), (4, 3), (8, 3), (8, 2), (4, 2)):
         cfg = {"warps": warps, "stages": stages, "l2_prefetch": 0 if bulk else 128, "bulk_copy": bulk,
                "fused_combine": False, "stream_k": False, "max_split": 64, "ctas_per_sm": 1,
-               "qk_chains": 4 if bulk else 2, "step_barriers": 2 if bulk else 3}
+               "qk_chains": 4 if bulk else 2, "step_barriers": 2 if bulk else 3, "qk_split": "keys"}
         if not _problems(spec, target, cfg):
             return cfg
     return {"warps": 4, "stages": 2, "l2_prefetch": 0, "bulk_copy": False, "fused_combine": False,
-            "stream_k": False, "max_split": 64, "ctas_per_sm": 1, "qk_chains": 2, "step_barriers": 3}  # validate() says why not
+            "stream_k": False, "max_split": 64, "ctas_per_sm": 1, "qk_chains": 2, "step_barriers": 3,
+            "qk_split": "keys"}  # validate() says why not
 
 
 def validate(spec, target, config) -> None:
@@ -130,6 +141,15 @@ def _problems(spec, target, config) -> list:
                    "takes one count for all)")
     if config["max_split"] < 2 and config["stream_k"]:
         out.append("stream_k needs max_split >= 2 (a tile's keys may span two CTAs)")
+    if config["qk_split"] not in ("keys", "channels"):
+        out.append(f"qk_split must be 'keys' or 'channels', got {config['qk_split']!r}")
+    elif config["qk_split"] == "channels":
+        if not config["bulk_copy"]:
+            out.append("qk_split='channels' needs bulk_copy (its one barrier per step comes after "
+                       "the first reads of the step's rows)")
+        if spec.head_dim % (16 * config["warps"]):
+            out.append(f"qk_split='channels': head_dim={spec.head_dim} does not split into "
+                       f"{config['warps']} slices of 16k channels")
     if config["step_barriers"] == 2 and not config["bulk_copy"]:
         out.append("step_barriers=2 needs bulk_copy (cp.async rows become visible to the other "
                    "threads only through the barrier it drops)")

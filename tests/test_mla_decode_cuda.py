@@ -47,6 +47,7 @@ B3 = {"step_barriers": 3, "qk_chains": 2}  # session 5's default on sm_90: 3 bar
 CP_ASYNC = {"bulk_copy": False, "l2_prefetch": 128, "step_barriers": 3, "qk_chains": 2}  # the default below sm_90
 FUSED = {"fused_combine": True}
 STREAM_K = {"fused_combine": True, "stream_k": True}
+CHANNELS = {"qk_split": "channels"}
 VARIANTS = {
     "mla_decode+warps4+stages4": ("mla_decode", {"warps": 4, "stages": 4}),
     "mla_paged16+stages2": ("mla_paged16", {"stages": 2}),
@@ -71,6 +72,12 @@ VARIANTS = {
     "mla_q2_causal_paged32+fused+qk2": ("mla_q2_causal_paged32", {**FUSED, "qk_chains": 2}),
     "mla_h8_kv2_window+b3": ("mla_h8_kv2_window", {"step_barriers": 3}),
     "mla_q2_causal_paged32+streamk+b3": ("mla_q2_causal_paged32", {**STREAM_K, **B3}),
+    # Q K^T shared by channels: one barrier per step, P from registers (two row tiles, 4 packed
+    # rows, the window, sinks + softcap, stream-K, two CTAs per SM of 2 stages)
+    **{f"{name}+channels": (name, CHANNELS) for name in ("mla_decode", "mla_paged16", "mla_h8_kv2_window")},
+    "mla_q2_causal_paged32+channels+fused": ("mla_q2_causal_paged32", {**CHANNELS, **FUSED}),
+    "mla_sinks_softcap+channels+streamk": ("mla_sinks_softcap", {**CHANNELS, **STREAM_K}),
+    "mla_paged64_bf16+channels+2ctas": ("mla_paged64_bf16", {**CHANNELS, "stages": 2, "ctas_per_sm": 2}),
     # the 16-byte cp.async path (the default below sm_90)
     "mla_paged16+cp_async": ("mla_paged16", CP_ASYNC),
     "mla_q2_causal_paged32+cp_async": ("mla_q2_causal_paged32", CP_ASYNC),
@@ -113,6 +120,10 @@ def test_other_latent_specs_keep_the_generic_kernel(spec, why):
     ({"fused_combine": "yes"}, "fused_combine must be a bool"),
     ({"qk_chains": 3}, "qk_chains must be one of"),
     ({"step_barriers": 2, "bulk_copy": False, "l2_prefetch": 128}, "step_barriers=2 needs bulk_copy"),
+    ({"qk_split": "heads"}, "qk_split must be 'keys' or 'channels'"),
+    ({"qk_split": "channels", "bulk_copy": False, "l2_prefetch": 128, "step_barriers": 3},
+     "qk_split='channels' needs bulk_copy"),
+    ({"qk_split": "channels", "warps": 8, "stages": 3}, "does not split into 8 slices"),
 ])
 def test_invalid_mla_configs_are_rejected(config, message):
     if "block_q" in config:  # a generic-SIMT knob selects that kernel instead
@@ -219,7 +230,9 @@ def test_split_count_fills_one_wave_without_a_tail():
                                           ("mla_paged16", {**STREAM_K, **CP_ASYNC}),
                                           ("mla_decode", {**FUSED, "qk_chains": 4}),
                                           ("mla_paged16", {**B3, **BULK}),
-                                          ("mla_paged16", {**FUSED, "qk_chains": 2})])
+                                          ("mla_paged16", {**FUSED, "qk_chains": 2}),
+                                          ("mla_q2_causal_paged32", {**CHANNELS, **STREAM_K}),
+                                          ("mla_paged16", {**CHANNELS, "stages": 2, "ctas_per_sm": 2})])
 def test_mla_kernel_compiles_to_tensor_cores_without_spills(name, config, tmp_path):
     low = lower(SPECS[name], SM90, config)
     source = next(m for m in compile_lowered(low, SM90).mod.imports if m.kind == "cuda").inspect_source()

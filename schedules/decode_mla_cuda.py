@@ -56,11 +56,11 @@ KNOBS = {
     "ctas_per_sm": "CTAs per SM the run-time split count aims at, rounded down (1..8)",
     "qk_chains": "interleaved mma accumulator chains of Q K^T (2 or 4)",
     "step_barriers": "CTA barriers per key step (3, or 2 with bulk_copy)",
-    "qk_split": "how warps share Q K^T: 'keys' (8 keys each) or 'channels' (D / warps each; bulk_copy)",
+    "qk_split": 'how warps share Q K^T: "keys" (8 keys each) or "channels" (D / warps each; bulk_copy)',
 }
 
 # values the tuner tries where powers of two around the default do not apply (a default of 0)
-CANDIDATES = {"l2_prefetch": (0, 128, 256)}
+CANDIDATES = {"l2_prefetch": (0, 128, 256), "qk_chains": (2, 4), "step_barriers": (2, 3)}
 PAD = 8  # elements per shared-memory row: 16 B, so ldmatrix's 8 row addresses hit distinct banks
 SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024,
               "sm_90a": 227 * 1024}

@@ -9,6 +9,7 @@ Two steps, because the GPU hosts have only TVM's runtime:
                                                               # first); CASE: cases named exactly
     options of run: --tag T (results in <card>-decode-T.*), --no-flex (FlexAttention left out:
     its compile costs ~20 s of device time per shape, and no floor is stated against it)
+    DECODE_SWEEP=0 (both steps): the default config alone, no knob sweep
 
 ``run`` writes ``RESULTS/<card>-decode.json`` ({"card", "hbm", "rows": [{"case", "impl",
 "ms", "gbps", ...}], "checks"}) and a markdown table beside it.  ``gbps`` is the bytes of K
@@ -116,8 +117,9 @@ def spec_of(case):
 
 
 def variants(case) -> list:
-    """(label, config) pairs built for a case: the default config, then the sweep."""
-    if case in H2O_CASES:
+    """(label, config) pairs built for a case: the default config, then the sweep (left out
+    with ``DECODE_SWEEP=0``, for both build and run)."""
+    if case in H2O_CASES or os.environ.get("DECODE_SWEEP") == "0":
         return [("attngen", {})]
     sweep = MLA_SWEEP if isinstance(case, MLACase) else SWEEP
     return [("attngen", {})] + [("attngen[" + ",".join(f"{k}={v}" for k, v in cfg.items()) + "]", cfg)

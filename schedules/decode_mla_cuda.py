@@ -33,6 +33,9 @@ Knobs:
                  registers, one mma chain per 8-key n-tile); the partial S meet in shared memory
                  and every warp adds them all, so it holds the whole S and builds P V's A fragments
                  from registers: one barrier per step; qk_chains and step_barriers do not apply
+    lazy_rescale True: a row's reference max moves only when the step's max passes it by more
+                 than 8 (log2 units; P <= 256), and a warp skips the O rescale when no row of
+                 it moved (FlashAttention-4's conditional rescaling; same result)
     step_barriers  3, or 2 with bulk_copy: CTA barriers per key step; with 2 a step starts on its
                  stage's mbarrier alone and the refill waits for the row-maximum barrier
     qk_chains    2 or 4: Q K^T's k-steps accumulate into that many interleaved mma chains (a
@@ -56,6 +59,7 @@ KNOBS = {
     "ctas_per_sm": "CTAs per SM the run-time split count aims at, rounded down (1..8)",
     "qk_chains": "interleaved mma accumulator chains of Q K^T (2 or 4)",
     "step_barriers": "CTA barriers per key step (3, or 2 with bulk_copy)",
+    "lazy_rescale": "move a row's reference max only past +8 (log2), skip the O rescale otherwise (bool)",
     "qk_split": 'how warps share Q K^T: "keys" (8 keys each) or "channels" (D / warps each; bulk_copy)',
 }
 
@@ -110,12 +114,13 @@ def default(spec, target) -> dict:
     for warps, stages in ((4, 4), (4, 3), (8, 3), (8, 2), (4, 2)):
         cfg = {"warps": warps, "stages": stages, "l2_prefetch": 0 if bulk else 128, "bulk_copy": bulk,
                "fused_combine": False, "stream_k": False, "max_split": 64, "ctas_per_sm": 1,
-               "qk_chains": 4 if bulk else 2, "step_barriers": 2 if bulk else 3, "qk_split": "keys"}
+               "qk_chains": 4 if bulk else 2, "step_barriers": 2 if bulk else 3, "qk_split": "keys",
+               "lazy_rescale": False}
         if not _problems(spec, target, cfg):
             return cfg
     return {"warps": 4, "stages": 2, "l2_prefetch": 0, "bulk_copy": False, "fused_combine": False,
             "stream_k": False, "max_split": 64, "ctas_per_sm": 1, "qk_chains": 2, "step_barriers": 3,
-            "qk_split": "keys"}  # validate() says why not
+            "qk_split": "keys", "lazy_rescale": False}  # validate() says why not
 
 
 def validate(spec, target, config) -> None:
@@ -131,7 +136,7 @@ def _problems(spec, target, config) -> list:
         v = config.get(name)
         if not (isinstance(v, int) and not isinstance(v, bool) and v in allowed):
             out.append(f"{name} must be one of {list(allowed)}, got {v!r}")
-    for name in ("bulk_copy", "fused_combine", "stream_k"):
+    for name in ("bulk_copy", "fused_combine", "stream_k", "lazy_rescale"):
         if not isinstance(config.get(name), bool):
             out.append(f"{name} must be a bool, got {config.get(name)!r}")
     if out:

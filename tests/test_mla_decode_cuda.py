@@ -48,6 +48,7 @@ CP_ASYNC = {"bulk_copy": False, "l2_prefetch": 128, "step_barriers": 3, "qk_chai
 FUSED = {"fused_combine": True}
 STREAM_K = {"fused_combine": True, "stream_k": True}
 CHANNELS = {"qk_split": "channels"}
+LAZY = {"lazy_rescale": True}
 VARIANTS = {
     "mla_decode+warps4+stages4": ("mla_decode", {"warps": 4, "stages": 4}),
     "mla_paged16+stages2": ("mla_paged16", {"stages": 2}),
@@ -78,6 +79,10 @@ VARIANTS = {
     "mla_q2_causal_paged32+channels+fused": ("mla_q2_causal_paged32", {**CHANNELS, **FUSED}),
     "mla_sinks_softcap+channels+streamk": ("mla_sinks_softcap", {**CHANNELS, **STREAM_K}),
     "mla_paged64_bf16+channels+2ctas": ("mla_paged64_bf16", {**CHANNELS, "stages": 2, "ctas_per_sm": 2}),
+    # the reference max moves only past +8 (log2); the O rescale skipped by a warp vote
+    "mla_decode+lazy": ("mla_decode", LAZY),
+    "mla_q2_causal_paged32+lazy+fused": ("mla_q2_causal_paged32", {**LAZY, **FUSED}),
+    "mla_paged16+lazy+channels": ("mla_paged16", {**LAZY, **CHANNELS}),
     # the 16-byte cp.async path (the default below sm_90)
     "mla_paged16+cp_async": ("mla_paged16", CP_ASYNC),
     "mla_q2_causal_paged32+cp_async": ("mla_q2_causal_paged32", CP_ASYNC),
@@ -124,6 +129,7 @@ def test_other_latent_specs_keep_the_generic_kernel(spec, why):
     ({"qk_split": "channels", "bulk_copy": False, "l2_prefetch": 128, "step_barriers": 3},
      "qk_split='channels' needs bulk_copy"),
     ({"qk_split": "channels", "warps": 8, "stages": 3}, "does not split into 8 slices"),
+    ({"lazy_rescale": 1}, "lazy_rescale must be a bool"),
 ])
 def test_invalid_mla_configs_are_rejected(config, message):
     if "block_q" in config:  # a generic-SIMT knob selects that kernel instead
@@ -232,7 +238,8 @@ def test_split_count_fills_one_wave_without_a_tail():
                                           ("mla_paged16", {**B3, **BULK}),
                                           ("mla_paged16", {**FUSED, "qk_chains": 2}),
                                           ("mla_q2_causal_paged32", {**CHANNELS, **STREAM_K}),
-                                          ("mla_paged16", {**CHANNELS, "stages": 2, "ctas_per_sm": 2})])
+                                          ("mla_paged16", {**CHANNELS, "stages": 2, "ctas_per_sm": 2}),
+                                          ("mla_decode", LAZY), ("mla_paged16", {**LAZY, **CHANNELS})])
 def test_mla_kernel_compiles_to_tensor_cores_without_spills(name, config, tmp_path):
     low = lower(SPECS[name], SM90, config)
     source = next(m for m in compile_lowered(low, SM90).mod.imports if m.kind == "cuda").inspect_source()
@@ -260,6 +267,42 @@ def test_mla_decode_on_gpu(case):
     for length in LENGTHS:
         result = check_length(kernel, length, batch=4 if length <= 4097 else 2, rng=rng)
         assert result.passed, (f"length {length}, seed {rng.bit_generator.seed_seq.entropy}", result.errors)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", [LAZY, {**LAZY, **CHANNELS}, {}])
+def test_a_growing_max_moves_the_reference_on_gpu(config):
+    """Random keys keep a row's max within 8 (log2 units) of its first step's, so the lazy
+    reference would never move after it; here the latent rows grow along the sequence (the
+    logits' spread from ~1 to ~40), so the reference moves many times and P, l and O go
+    through every rescale path."""
+    spec = SPECS["mla_decode"]
+    kernel = build(spec, "cuda", config)
+    rng = np.random.default_rng(np.random.SeedSequence())
+    fam, length = kernel.family, 4097
+    sizes = {"batch": 3, "heads": spec.num_heads, "q_len": 1, "kv_len": length}
+    inputs = fam.sample(spec, sizes, rng)
+    grown = inputs["k"] * (1 + 12 * np.arange(inputs["k"].shape[2]) / length)[:, None]
+    inputs["k"] = grown.astype(spec.dtype).astype(inputs["k"].dtype)  # on the kernel's grid again
+    _run_against_reference(kernel, inputs, f"seed {rng.bit_generator.seed_seq.entropy}")
+
+
+def _run_against_reference(kernel, inputs, label):
+    import torch
+
+    from attngen import tolerance
+    from attngen.check import poisoned
+
+    spec, fam = kernel.spec, kernel.family
+    ref = fam.reference(spec, inputs)
+    feed = {k: torch.from_numpy(np.ascontiguousarray(v)).cuda() for k, v in inputs.items()}
+    for arg in kernel.args:
+        if arg.role == "in":
+            feed[arg.name] = feed[arg.name].to(getattr(torch, arg.dtype))
+    out = kernel.run(feed, poisoned(kernel, fam.sizes(spec, feed)))
+    for name, expected in ref.items():
+        err = tolerance.errors(out[name].detach().to("cpu", torch.float64).numpy(), expected)
+        assert tolerance.passes(err, spec.dtype), (label, name, err)
 
 
 def test_the_tuner_searches_the_mla_knobs():

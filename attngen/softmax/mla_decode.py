@@ -99,6 +99,6 @@ def context(spec: Attention, target, cfg, args, n_split: str) -> dict:
         l2_prefetch=cfg["l2_prefetch"], bulk_copy=cfg["bulk_copy"], fused_combine=cfg["fused_combine"],
         max_split=cfg["max_split"], sinks=spec.sinks, kv_tiles=spec.num_kv_heads * row_tiles(spec),
         stream_k=cfg["stream_k"], qk_chains=cfg["qk_chains"], step_barriers=cfg["step_barriers"],
-        qk_split=cfg["qk_split"], n_cta=stream_k_ctas(spec, target, cfg), n_split=n_split,
+        qk_split=cfg["qk_split"], lazy_rescale=cfg["lazy_rescale"], n_cta=stream_k_ctas(spec, target, cfg), n_split=n_split,
         kv_len_of_b=kv_len_of_b, k_at=k_at, k_at_pg=k_at_pg, page_of=page_of, row_q=row_q, row_head=row_head,
         visible=visible, logit=logit, kv_lo=lo, kv_hi=hi, neg=repr(NEG), ln2=repr(LN2))

@@ -94,13 +94,13 @@ MLA_CASES = [
     MLACase("paged16 MLA B64 H16 L8192", 64, 8192, page_size=16),
 ]
 # the default on sm_90: one cp.async.bulk per latent row, Q K^T over 4 mma chains, 2 barriers per
-# step; beside it the 16-byte cp.async path, session 5's default (2 chains, 3 barriers), and the
-# split merge folded into the decode kernel (fused_combine, with and without stream-K)
+# step; beside it the 16-byte cp.async path (sm_80's), session 5's default (2 chains, 3
+# barriers), the conditional rescale, Q K^T by channels with 2 CTAs per SM, and the split merge
+# in the decode kernel (stream_k, slower in every session-6 run, is left out)
+CHANNELS_2CTAS = {"qk_split": "channels", "stages": 2, "ctas_per_sm": 2}
 MLA_SWEEP = [{"bulk_copy": False, "l2_prefetch": 128, "step_barriers": 3, "qk_chains": 2},
-             {"qk_chains": 2, "step_barriers": 3}, {"fused_combine": True},
-             {"fused_combine": True, "stream_k": True}, {"qk_split": "channels"},
-             {"qk_split": "channels", "stages": 3}, {"qk_split": "channels", "stages": 2, "ctas_per_sm": 2},
-             {"qk_split": "channels", "fused_combine": True}]
+             {"qk_chains": 2, "step_barriers": 3}, {"lazy_rescale": True}, CHANNELS_2CTAS,
+             {**CHANNELS_2CTAS, "lazy_rescale": True}, {"fused_combine": True}]
 # H2O: the decode step plus its accumulated weights (one more read of K), against decode alone
 H2O_CASES = [Case("H2O B32 Hq32 Hkv8 L8192", 32, 8192)]
 

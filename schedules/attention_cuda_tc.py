@@ -23,6 +23,9 @@ builtins.  What remains to choose is the instruction and the tile shape:
                      memory for every 16 channels; wide heads need the registers for O)
     tile_map         visit only the key tiles a per-tile map (attngen/softmax/tile_map.py) lists;
                      on by default for masks that are not one interval of keys per row
+    lazy_rescale     (wgmma; off unless asked) FlashAttention-4's conditional rescaling: a row's
+                     reference max moves only when a tile's max passes it by more than 8 in log2
+                     units (P <= 256), and a warp skips the O rescale when none of its rows moved
 
 Limits checked by ``validate``: the Q, K and V tiles (rows padded by 8 elements) fit the
 target's dynamic shared memory; the K and V tiles split into whole 16-byte copies per thread;
@@ -35,6 +38,7 @@ from attngen import knobs
 KNOBS = {
     "mma": 'tensor-core instruction: "mma_sync" or "wgmma" (sm_90a)',
     "overlap": "wgmma: issue S(j) and PV(j - 1) together, softmax under PV (bool)",
+    "lazy_rescale": "wgmma: move a row's reference max only past +8 (log2), skip the O rescale otherwise (bool)",
     "warps": "warps per CTA (1, 2, 4 or 8)",
     "m_tiles": "16-row m-tiles per warp (1 or 2)",
     "block_n": "keys per shared-memory K/V tile (16, 32, 64 or 128)",
@@ -159,7 +163,7 @@ def _problems(spec, target, config) -> list:
     out = []
     w, bn = config["warps"], config["block_n"]
     mma = config.get("mma", "mma_sync")
-    for flag in ("q_in_registers", "tile_map", "overlap"):
+    for flag in ("q_in_registers", "tile_map", "overlap", "lazy_rescale"):
         if not isinstance(config.get(flag, False), bool):
             out.append(f"{flag} must be a bool, got {config.get(flag)!r}")
     if mma not in ("mma_sync", "wgmma"):
@@ -181,6 +185,8 @@ def _problems(spec, target, config) -> list:
         return _wgmma_problems(spec, target, config)
     if config.get("overlap"):
         out.append("overlap needs mma='wgmma'")
+    if config.get("lazy_rescale"):
+        out.append("lazy_rescale needs mma='wgmma'")
     threads = 32 * w
     for what, width in (("K", spec.head_dim), ("V", spec.head_dim_v)):
         if (bn * width // 8) % threads:

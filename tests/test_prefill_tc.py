@@ -167,6 +167,10 @@ def test_knobs_are_validated():
         sched.validate(doc, SM90, {**sched.default(doc, SM90), "block_n": 16})
     with pytest.raises(ValueError, match="tile_map must be a bool"):
         sched.validate(spec, SM90, {**sched.default(spec, SM90), "tile_map": 1})
+    with pytest.raises(ValueError, match="lazy_rescale needs mma='wgmma'"):
+        sched.validate(spec, SM90, {**sched.default(spec, SM90), "lazy_rescale": True})
+    with pytest.raises(ValueError, match="lazy_rescale must be a bool"):
+        sched.validate(doc, SM90, {**sched.default(doc, SM90), "lazy_rescale": "yes"})
     with pytest.raises(ValueError, match="registers"):
         sched.validate(spec, SM90, {"warps": 4, "block_n": 128, "q_in_registers": True, "m_tiles": 1, "tile_map": False})
     with pytest.raises(ValueError, match="warps"):
@@ -304,12 +308,16 @@ EXTRA_WGMMA = {**{n: s for n, s in EXTRA.items()
                "d128_empty_rows": Attention(num_heads=2, head_dim=128, mask=LATE_START)}
 LONG_WGMMA = ["causal", "gqa", "sliding_window", "document", "softcap"]
 PLAIN_WGMMA = ["causal", "document"]
+LAZY = {"mma": "wgmma", "lazy_rescale": True}  # FlashAttention-4's conditional rescaling
+LAZY_WGMMA = ["causal", "sliding_window", "document", "softcap", "sinks"]
 
 
 def _wgmma_builds():
     out = [(GALLERY[n].spec, WGMMA) for n in GALLERY_WGMMA]
     out += [(s, WGMMA) for s in EXTRA_WGMMA.values()] + [(s, WGMMA) for s in PACKED.values()]
     out += [(GALLERY[n].spec, WGMMA_PLAIN) for n in PLAIN_WGMMA]
+    out += [(GALLERY[n].spec, LAZY) for n in LAZY_WGMMA]
+    out += [(GALLERY[n].spec, {**LAZY, "overlap": False}) for n in PLAIN_WGMMA]
     # where wgmma is the default on sm_90a, mma.sync (sm_80's kernel) is checked by name
     return out + [(GALLERY[n].spec, MMA_SYNC) for n in GALLERY_WGMMA] + \
         [(s, MMA_SYNC) for s in {**EXTRA_WGMMA, **PACKED}.values()]
@@ -343,6 +351,42 @@ def test_wgmma_long_on_gpu(name):
 @pytest.mark.parametrize("name", PLAIN_WGMMA)
 def test_wgmma_plain_schedule_on_gpu(name):
     _check(GALLERY[name].spec, (1, 65, 1000), WGMMA_PLAIN)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", LAZY_WGMMA)
+def test_wgmma_lazy_rescale_on_gpu(name):
+    _check(GALLERY[name].spec, (1, 65, 1000, 4096), LAZY)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", [LAZY, {**LAZY, "overlap": False}, WGMMA])
+def test_wgmma_growing_max_on_gpu(config):
+    """Random keys keep a row's max within 8 (log2 units) of its first tile's, so the lazy
+    reference would rarely move; here the keys grow along the sequence (logits' spread from
+    ~1 to ~13 standard deviations), so it moves on many tiles and every rescale path runs."""
+    import torch
+
+    from attngen import tolerance
+    from attngen.check import poisoned
+
+    spec = GALLERY["causal"].spec
+    kernel = build(spec, "cuda", config)
+    rng = np.random.default_rng(np.random.SeedSequence())
+    length = 2000
+    inputs = kernel.family.sample(spec, {"batch": 1, "heads": spec.num_heads, "q_len": length,
+                                         "kv_len": length}, rng)
+    grown = inputs["k"] * (1 + 12 * np.arange(length) / length)[:, None]
+    inputs["k"] = grown.astype(spec.dtype).astype(inputs["k"].dtype)  # on the kernel's grid again
+    ref = kernel.family.reference(spec, inputs)
+    feed = {k: torch.from_numpy(np.ascontiguousarray(v)).cuda() for k, v in inputs.items()}
+    for arg in kernel.args:
+        if arg.role == "in":
+            feed[arg.name] = feed[arg.name].to(getattr(torch, arg.dtype))
+    out = kernel.run(feed, poisoned(kernel, kernel.family.sizes(spec, feed)))
+    for name, expected in ref.items():
+        err = tolerance.errors(out[name].detach().to("cpu", torch.float64).numpy(), expected)
+        assert tolerance.passes(err, spec.dtype), (name, err, rng.bit_generator.seed_seq.entropy)
 
 
 @pytest.mark.gpu

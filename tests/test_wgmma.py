@@ -195,6 +195,8 @@ def test_prefill_wgmma_needs_sm90a():
     ("softcap", {}),                  # score mod (tanh.approx), GQA
     ("thd causal sinks d64", {}),     # packed sequences, sinks, d64
     ("bshd document d64", {}),        # tile map, token-major layout
+    ("causal", {"lazy_rescale": True}),                    # conditional rescale, overlap
+    ("thd causal sinks d64", {"lazy_rescale": True, "overlap": False}),
 ])
 def test_prefill_wgmma_builds_async_without_stack(name, cfg, tmp_path):
     from attngen.builder import compile_lowered, lower

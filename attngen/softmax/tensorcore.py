@@ -169,7 +169,8 @@ def wgmma_context(spec: Attention, cfg, ctx) -> dict:
                                        first_row="wq_last", last_row="wq0")
         wg_lo, wg_hi = lo or "0", hi or "kvl"
     return {**ctx, "mma_dtype": WGMMA_DTYPE[spec.dtype], "warpgroups": cfg["warps"] // 4,
-            "overlap": cfg["overlap"], "wg_full_lo": wg_lo, "wg_full_hi": wg_hi}
+            "overlap": cfg["overlap"], "lazy_rescale": cfg.get("lazy_rescale", False),
+            "wg_full_lo": wg_lo, "wg_full_hi": wg_hi}
 
 
 def layout_access(spec: Attention) -> dict:

@@ -37,7 +37,8 @@ def cases():
                      "mla_q2_causal_paged32+streamk", "mla_paged16+streamk+cp_async",
                      "mla_paged16+fused", "mla_paged16+b3", "mla_q2_causal_paged32+streamk+b3",
                      "mla_paged16+channels", "mla_q2_causal_paged32+channels+fused",
-                     "mla_paged64_bf16+channels+2ctas")]
+                     "mla_paged64_bf16+channels+2ctas", "mla_q2_causal_paged32+lazy+fused",
+                     "mla_paged16+lazy+channels")]
     out += [(f"h2o_weights:{n}", h2o_tests.SPECS[n], None) for n in ("gqa4", "spec4_causal_paged16_sinks")]
     return out
 

@@ -42,11 +42,18 @@ def poisoned(kernel, sizes) -> dict:
 
 
 def check_length(kernel, length: int, batch: int, rng: np.random.Generator) -> Result:
+    spec = kernel.spec
+    sizes = {"batch": batch, "heads": spec.num_heads, "q_len": length, "kv_len": length}
+    return check_inputs(kernel, kernel.family.sample(spec, sizes, rng), length)
+
+
+def check_inputs(kernel, inputs: dict, length: int = 0) -> Result:
+    """Run ``kernel`` on ``inputs`` (numpy arrays on the kernel's dtype grid, as the family's
+    ``sample`` draws them or a test shapes them) with poisoned outputs, against the float64
+    reference of exactly those values."""
     import torch
 
     spec, fam = kernel.spec, kernel.family
-    sizes = {"batch": batch, "heads": spec.num_heads, "q_len": length, "kv_len": length}
-    inputs = fam.sample(spec, sizes, rng)
     ref = fam.reference(spec, inputs)
     device = "cuda" if kernel.target.is_cuda else "cpu"
     feed = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}

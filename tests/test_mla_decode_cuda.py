@@ -15,7 +15,7 @@ import pytest
 
 from attngen import Attention, Decode, Paged, masks
 from attngen.builder import build, compile_lowered, ensure_cached, lower
-from attngen.check import check_length
+from attngen.check import check_inputs, check_length
 from attngen.gallery import GALLERY
 from attngen.resources import load_schedule
 from attngen.softmax import decode, mla_decode
@@ -284,25 +284,8 @@ def test_a_growing_max_moves_the_reference_on_gpu(config):
     inputs = fam.sample(spec, sizes, rng)
     grown = inputs["k"] * (1 + 12 * np.arange(inputs["k"].shape[2]) / length)[:, None]
     inputs["k"] = grown.astype(spec.dtype).astype(inputs["k"].dtype)  # on the kernel's grid again
-    _run_against_reference(kernel, inputs, f"seed {rng.bit_generator.seed_seq.entropy}")
-
-
-def _run_against_reference(kernel, inputs, label):
-    import torch
-
-    from attngen import tolerance
-    from attngen.check import poisoned
-
-    spec, fam = kernel.spec, kernel.family
-    ref = fam.reference(spec, inputs)
-    feed = {k: torch.from_numpy(np.ascontiguousarray(v)).cuda() for k, v in inputs.items()}
-    for arg in kernel.args:
-        if arg.role == "in":
-            feed[arg.name] = feed[arg.name].to(getattr(torch, arg.dtype))
-    out = kernel.run(feed, poisoned(kernel, fam.sizes(spec, feed)))
-    for name, expected in ref.items():
-        err = tolerance.errors(out[name].detach().to("cpu", torch.float64).numpy(), expected)
-        assert tolerance.passes(err, spec.dtype), (label, name, err)
+    result = check_inputs(kernel, inputs, length)
+    assert result.passed, (f"seed {rng.bit_generator.seed_seq.entropy}", result.errors)
 
 
 def test_the_tuner_searches_the_mla_knobs():

@@ -14,7 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from attngen import Attention, Decode, expr as E, masks
+from attngen import Attention, Decode, Paged, expr as E, masks
 from attngen.builder import build, ensure_cached, compile_lowered, lower
 from attngen.check import check_length
 from attngen.gallery import GALLERY
@@ -74,11 +74,32 @@ def test_supported_gallery_prefill_takes_tensor_cores():
 
 # (mla_decode is not the prefill kernel's either, but it has tensor cores of its own:
 # tests/test_mla_decode_cuda.py)
-@pytest.mark.parametrize("name", ["sage", "paged_prefill", "decode"])
+@pytest.mark.parametrize("name", ["sage", "decode"])
 def test_unsupported_specs_keep_simt(name):
     spec = GALLERY[name].spec
     assert tensorcore.unsupported_reason(spec, SM90) is not None
     assert not _is_tc(lower(spec, SM90))
+
+
+PAGED_TC = {"paged_prefill+wgmma": (GALLERY["paged_prefill"].spec, {"mma": "wgmma"}),
+            "paged_prefill+mma_sync": (GALLERY["paged_prefill"].spec, {"mma": "mma_sync"}),
+            # a sliding window over 32-key pages, bf16, GQA 8
+            "paged32_window_bf16+wgmma": (Attention(num_heads=16, num_kv_heads=2, head_dim=128, dtype="bfloat16",
+                                                    mask=masks.sliding_window(100), kv_layout=Paged(32)),
+                                          {"mma": "wgmma"})}
+
+
+def test_paged_prefill_takes_tensor_cores_when_the_config_names_the_instruction():
+    """A paged cache keeps the SIMT kernel by default until the tensor-core path's GPU checks
+    pass; `mma` in the config selects it, the page table read per 16-byte row chunk."""
+    spec = GALLERY["paged_prefill"].spec
+    assert tensorcore.unsupported_reason(spec, SM90) is None
+    assert not _is_tc(lower(spec, SM90))
+    for spec, config in PAGED_TC.values():
+        low = lower(spec, SM90, config)
+        assert _is_tc(low) and "PAGE_TABLE[b, " in low.mod.script()
+    reason = tensorcore.unsupported_reason
+    assert "tile map" in reason(Attention(num_heads=2, head_dim=64, mask=masks.document(), kv_layout=Paged(16)), SM90)
 
 
 def test_reasons_name_the_field():
@@ -186,7 +207,7 @@ def test_knobs_are_validated():
 @pytest.mark.parametrize("name,arch", [("causal", "sm_90a"), ("mla_prefill", "sm_90a"),
                                        ("document", "sm_90a"), ("d256", "sm_90a"),
                                        ("prefix_lm", "sm_90a"),
-                                       ("causal_bf16", "sm_80")])
+                                       ("causal_bf16", "sm_80"), ("paged_prefill", "sm_80")])
 def test_registers_without_stack_or_spills(name, arch, tmp_path):
     target = get_target("cuda-sm80" if arch == "sm_80" else "cuda-sm90a")
     spec = GALLERY[name].spec if name in GALLERY else EXTRA[name]
@@ -213,6 +234,8 @@ def prebuild(target: str = "cuda-sm90a") -> None:
         ensure_cached(GALLERY[name].spec, target, config)
     for spec in PACKED.values():
         ensure_cached(spec, target)
+    for spec, config in PAGED_TC.values():
+        ensure_cached(spec, target, config)
     for spec, config in _wgmma_builds():
         ensure_cached(spec, target, config)
 
@@ -351,6 +374,14 @@ def test_wgmma_long_on_gpu(name):
 @pytest.mark.parametrize("name", PLAIN_WGMMA)
 def test_wgmma_plain_schedule_on_gpu(name):
     _check(GALLERY[name].spec, (1, 65, 1000), WGMMA_PLAIN)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(PAGED_TC))
+def test_paged_prefill_tensor_cores_on_gpu(name):
+    """Shuffled pages, mixed cache lengths (the family's sample), query lengths 1 .. 1000."""
+    spec, config = PAGED_TC[name]
+    _check(spec, (1, 63, 64, 65, 1000), config, batch=3)
 
 
 @pytest.mark.gpu

@@ -197,6 +197,7 @@ def test_prefill_wgmma_needs_sm90a():
     ("bshd document d64", {}),        # tile map, token-major layout
     ("causal", {"lazy_rescale": True}),                    # conditional rescale, overlap
     ("thd causal sinks d64", {"lazy_rescale": True, "overlap": False}),
+    ("paged_prefill", {}),            # K/V rows through the page table
 ])
 def test_prefill_wgmma_builds_async_without_stack(name, cfg, tmp_path):
     from attngen.builder import compile_lowered, lower

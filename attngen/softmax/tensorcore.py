@@ -7,10 +7,11 @@ of key tiles a query tile can see (``kv_range``), and which of those tiles are f
 every row's visible interval, so no mask arithmetic).  ``schedules/attention_cuda_tc.py``
 chooses the tile sizes.
 
-Scope (``supported``): contiguous prefill on sm_80 and later, fp16 or bf16, QK and V head dims
-multiples of 16 up to 256 (they may differ), any mask and score mod the expression language
-writes, GQA/MQA, sinks.  Decode, paged or latent caches and quantized specs keep the SIMT
-kernel.
+Scope (``supported``): prefill on sm_80 and later, fp16 or bf16, QK and V head dims multiples
+of 16 up to 256 (they may differ), any mask and score mod the expression language writes,
+GQA/MQA, sinks; contiguous K/V, or a paged cache (bhsd queries, masks without a tile map),
+which ``lower.py`` sends here only when the config names ``mma`` until its GPU checks pass.
+Decode, latent caches and quantized specs keep the SIMT kernel.
 """
 from __future__ import annotations
 
@@ -35,8 +36,12 @@ def unsupported_reason(spec: Attention, target) -> Optional[str]:
         return f"mma.sync.m16n8k16 with bf16 needs sm_80 or later, target is {target.arch}"
     if spec.dtype not in MMA_DTYPE:
         return f"dtype {spec.dtype} (tensor cores take float16 or bfloat16)"
-    if spec.is_decode or spec.is_paged:
-        return "a KV cache (decode or paged layout)"
+    if spec.is_decode:
+        return "a KV cache being decoded (the decode kernels serve it)"
+    if spec.is_paged and spec.layout != "bhsd":
+        return f"a paged cache with layout {spec.layout!r} (paged prefill takes bhsd queries)"
+    if spec.is_paged and tile_map.needed(spec):
+        return "a paged cache with a mask that needs a tile map (the map's grid is per contiguous cache)"
     if spec.latent_kv:
         return "latent_kv"
     if spec.quant is not None:
@@ -191,8 +196,18 @@ def layout_access(spec: Attention) -> dict:
             return lambda r, c: f"{buf}[b, {r}, {head}, {c}]"
         return lambda r, c: f"{buf}[b, {head}, {r}, {c}]"
 
+    if spec.is_paged:
+        # key row r of sequence b: slot r % P of page PAGE_TABLE[b, r // P] of the pool (rows
+        # are clamped to [0, kvl) by the templates, so only the sequence's pages are read)
+        P = spec.kv_layout.page_size
+
+        def pool(buf: str):
+            return lambda r, c: f"{buf}[PAGE_TABLE[b, ({r}) // {P}], hk, T.floormod({r}, {P}), {c}]"
+        return dict(packed=False, q_at=at("Q", "h"), k_at=pool("K"), v_at=pool("V"),
+                    o_at=at("O", "h"), lse_at=lambda r: f"LSE[b, h, {r}]",
+                    kv_len=f"T.max(T.min(KV_LENS[b], MP * {P}), 0)")
     return dict(packed=False, q_at=at("Q", "h"), k_at=at("K", "hk"), v_at=at("V", "hk"),
-                o_at=at("O", "h"), lse_at=lambda r: f"LSE[b, h, {r}]")
+                o_at=at("O", "h"), lse_at=lambda r: f"LSE[b, h, {r}]", kv_len="LK")
 
 
 def exact_interval(mask: E.Expr) -> bool:

@@ -179,6 +179,9 @@ def _problems(spec, target, config) -> list:
         out.append(f"tile_map needs block_n >= 32 (a key per lane), got {bn}")
     if config.get("tile_map") and spec.layout == "thd":
         out.append("tile_map needs one tile grid per batch: not with packed sequences (layout 'thd')")
+    if config.get("tile_map") and spec.is_paged:
+        out.append("tile_map needs a contiguous cache (its grid is sized by the cache length LK): "
+                   "not with a paged one")
     if out:
         return out
     if mma == "wgmma":

@@ -100,6 +100,8 @@ def test_paged_prefill_takes_tensor_cores_when_the_config_names_the_instruction(
         assert _is_tc(low) and "PAGE_TABLE[b, " in low.mod.script()
     reason = tensorcore.unsupported_reason
     assert "tile map" in reason(Attention(num_heads=2, head_dim=64, mask=masks.document(), kv_layout=Paged(16)), SM90)
+    with pytest.raises(ValueError, match="tile_map needs a contiguous cache"):
+        lower(GALLERY["paged_prefill"].spec, SM90, {"mma": "wgmma", "tile_map": True})
 
 
 def test_reasons_name_the_field():

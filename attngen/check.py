@@ -41,28 +41,35 @@ def poisoned(kernel, sizes) -> dict:
     return out
 
 
+def feed(kernel, inputs: dict) -> dict:
+    """Numpy ``inputs`` as torch tensors on the kernel's device, each input in its dtype."""
+    import torch
+
+    device = "cuda" if kernel.target.is_cuda else "cpu"
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device=device) for k, v in inputs.items()}
+    for arg in kernel.args:
+        if arg.role == "in":
+            tensors[arg.name] = tensors[arg.name].to(getattr(torch, arg.dtype))
+    return tensors
+
+
 def check_length(kernel, length: int, batch: int, rng: np.random.Generator) -> Result:
     spec = kernel.spec
     sizes = {"batch": batch, "heads": spec.num_heads, "q_len": length, "kv_len": length}
     return check_inputs(kernel, kernel.family.sample(spec, sizes, rng), length)
 
 
-def check_inputs(kernel, inputs: dict, length: int = 0) -> Result:
+def check_inputs(kernel, inputs: dict, length: int = 0, plan=None) -> Result:
     """Run ``kernel`` on ``inputs`` (numpy arrays on the kernel's dtype grid, as the family's
     ``sample`` draws them or a test shapes them) with poisoned outputs, against the float64
-    reference of exactly those values."""
+    reference of exactly those values; ``plan`` as ``Kernel.run`` takes it."""
     import torch
 
     spec, fam = kernel.spec, kernel.family
     ref = fam.reference(spec, inputs)
-    device = "cuda" if kernel.target.is_cuda else "cpu"
-    feed = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
-    feed = {k: v.to(device=device) for k, v in feed.items()}
-    sizes = fam.sizes(spec, feed)
-    for arg in kernel.args:
-        if arg.role == "in":
-            feed[arg.name] = feed[arg.name].to(getattr(torch, arg.dtype))
-    out = kernel.run(feed, poisoned(kernel, sizes))
+    tensors = feed(kernel, inputs)
+    sizes = fam.sizes(spec, tensors)
+    out = kernel.run(tensors, poisoned(kernel, sizes), plan=plan)
     result = Result(length, sizes)
     ok = True
     for name, expected in ref.items():

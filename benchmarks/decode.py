@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks._common import card_name, export_kernel, load_kernel, median_ms  # noqa: E402
+from benchmarks._common import card_name, export_kernel, launcher, load_kernel, median_ms  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,6 @@ def run(build_dir: str, results_dir: str, only=(), tag: str = "", with_flex: boo
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import flex_attention
 
-    from attngen.kernel import allocate
     from attngen.runtime import ensure_cuda_runtime
 
     ensure_cuda_runtime()
@@ -244,15 +243,8 @@ def run(build_dir: str, results_dir: str, only=(), tag: str = "", with_flex: boo
             bufs = {"q": q, "k": k_in, "v": v_in, "kv_lens": kv_lens}
             if case.page_size:
                 bufs["page_table"] = extra[-1]
-            for a in kernel.args:
-                if a.role != "in":
-                    bufs[a.name] = allocate(a, sizes, dev, float("nan"))
-            launches = [(kernel._funcs[c.func], [bufs[n] for n in c.args]) for c in kernel.calls]
-
-            def attngen(launches=launches):
-                for fn, args in launches:
-                    fn(*args)
-
+            _scratch(kernel, sizes, bufs, dev)
+            attngen = launcher(kernel, bufs)
             attngen()
             torch.cuda.synchronize()
             err = float((bufs["o"].float() - ref).norm() / ref.norm())
@@ -305,16 +297,6 @@ def _row(case, impl, ms, hbm, info) -> dict:
             **info}
 
 
-def _launcher(kernel, bufs):
-    """The kernel's raw launches on preallocated buffers (no driver checks in the timing)."""
-    launches = [(kernel._funcs[c.func], [bufs[n] for n in c.args]) for c in kernel.calls]
-
-    def go():
-        for fn, args in launches:
-            fn(*args)
-    return go
-
-
 def _scratch(kernel, sizes, bufs, dev):
     """NaN-poisoned outputs and scratch (zeros where the program expects them)."""
     from attngen.kernel import allocate
@@ -335,6 +317,24 @@ def _time(rows, case, impls, hbm):
         print(f"  {impl:34s} {ms:8.4f} ms {rows[-1]['gbps']:7.0f} GB/s", flush=True)
 
 
+def mla_inputs(case: MLACase):
+    """The case's kernel inputs (by name) and its contiguous latent cache [B, 1, L, D]: paged,
+    the same rows cut into pages scattered over the pool in a random order."""
+    import torch
+
+    dev, B, H, L, D = "cuda", case.batch, case.heads, case.kv_len, case.latent + case.rope
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(B, H, 1, D, device=dev, dtype=torch.float16, generator=gen)
+    kv = torch.randn(B, 1, L, D, device=dev, dtype=torch.float16, generator=gen)
+    bufs = {"q": q, "k": kv, "kv_lens": torch.full((B,), L, device=dev, dtype=torch.int32)}
+    if case.page_size:
+        P, mp = case.page_size, L // case.page_size
+        perm = torch.randperm(B * mp, device=dev, generator=gen)
+        bufs["page_table"] = perm.to(torch.int32).reshape(B, mp)
+        bufs["k"] = torch.empty_like(kv).view(B * mp, 1, P, D).index_copy_(0, perm, kv.view(B * mp, 1, P, D))
+    return bufs, kv
+
+
 def run_mla(build_dir, case: MLACase, hbm, rows, checks) -> None:
     """attngen's MLA decode (default and sweep) against the same absorbed math in torch: S = q
     [c; k_rope]^T (one bmm over the latent cache, every head at once), fp32 softmax, O = P c."""
@@ -342,18 +342,8 @@ def run_mla(build_dir, case: MLACase, hbm, rows, checks) -> None:
 
     dev, spec = "cuda", spec_of(case)
     B, H, L, D, Dv = case.batch, case.heads, case.kv_len, case.latent + case.rope, case.latent
-    gen = torch.Generator(device=dev).manual_seed(0)
-    q = torch.randn(B, H, 1, D, device=dev, dtype=torch.float16, generator=gen)
-    kv = torch.randn(B, 1, L, D, device=dev, dtype=torch.float16, generator=gen)
-    kv_lens = torch.full((B,), L, device=dev, dtype=torch.int32)
-    bufs = {"q": q, "kv_lens": kv_lens}
-    if case.page_size:
-        P, mp = case.page_size, L // case.page_size
-        perm = torch.randperm(B * mp, device=dev, generator=gen)
-        bufs["page_table"] = perm.to(torch.int32).reshape(B, mp)
-        bufs["k"] = torch.empty_like(kv).view(B * mp, 1, P, D).index_copy_(0, perm, kv.view(B * mp, 1, P, D))
-    else:
-        bufs["k"] = kv
+    bufs, kv = mla_inputs(case)
+    q = bufs["q"]
     scale = spec.scale
 
     def torch_absorbed():
@@ -367,7 +357,7 @@ def run_mla(build_dir, case: MLACase, hbm, rows, checks) -> None:
         kernel = _load(build_dir, spec, cfg)
         sizes = kernel.family.sizes(spec, bufs)
         _scratch(kernel, sizes, bufs, dev)
-        go = _launcher(kernel, dict(bufs))
+        go = launcher(kernel, bufs)
         go()
         torch.cuda.synchronize()
         o = bufs["o"].view(B, H, Dv).float()
@@ -402,7 +392,7 @@ def run_h2o(build_dir, case: Case, hbm, rows, checks) -> None:
     sizes = kernel.family.sizes(spec, bufs)
     _scratch(kernel, sizes, bufs, dev)
     _scratch(weights, sizes, bufs, dev)
-    decode, weigh = _launcher(kernel, bufs), _launcher(weights, bufs)
+    decode, weigh = launcher(kernel, bufs), launcher(weights, bufs)
 
     def step():
         decode()

@@ -256,31 +256,20 @@ def test_kept_and_planned_tile_maps_on_gpu(name):
     """Calls after the first with the same sizes: longformer's mask reads no tensor, so the driver
     reuses the map it kept; document's reads the ids, so a plan built once from them serves
     calls with fresh q, k, v and the same ids.  Float64 references, NaN-poisoned outputs."""
-    import torch
-
-    from attngen import tolerance
-    from attngen.check import poisoned
+    from attngen.check import check_inputs, feed
 
     spec = GALLERY[name].spec
     kernel = build(spec, "cuda")
     fam = kernel.family
     rng = np.random.default_rng(np.random.SeedSequence())
-
-    def feed(x):
-        out = {k: torch.from_numpy(np.ascontiguousarray(v)).cuda() for k, v in x.items()}
-        return {a.name: out[a.name].to(getattr(torch, a.dtype)) for a in kernel.args if a.role == "in"}
-
     for length in (65, 1000):
         sizes = {"batch": 2, "heads": spec.num_heads, "q_len": length, "kv_len": length}
         first = fam.sample(spec, sizes, rng)
-        plan = None if tile_map.static(spec) else kernel.plan(feed(first))
+        plan = None if tile_map.static(spec) else kernel.plan(feed(kernel, first))
         for _ in range(3):
             x = {**fam.sample(spec, sizes, rng), **{t.name: first[t.name] for t in spec.runtime_tensors}}
-            f = feed(x)
-            out = kernel.run(f, poisoned(kernel, fam.sizes(spec, f)), plan=plan)
-            for out_name, expected in fam.reference(spec, x).items():
-                err = tolerance.errors(out[out_name].double().cpu().numpy(), expected)
-                assert tolerance.passes(err, spec.dtype), (name, length, out_name, err)
+            result = check_inputs(kernel, x, length, plan=plan)
+            assert result.passed, (name, length, result.errors)
     assert bool(kernel._kept) == tile_map.static(spec)
 
 

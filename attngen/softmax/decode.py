@@ -75,13 +75,13 @@ def lower_split_kv(spec: Attention, target, config, sched, split_kernel, count) 
 
     att = [a.name for a in sig.inputs(spec) if a.name != "sinks"] + ["o_parts", "lse_parts"]
     comb = ["o_parts", "lse_parts"] + (["sinks"] if spec.sinks else []) + ["o", "lse"]
-    if cfg.get("fused_combine"):  # the last CTA of each output tile merges the splits itself
+    fused = cfg.get("fused_combine")  # the last CTA of each output tile merges the splits itself
+    if fused:
         att = att + [n for n in comb if n not in att] + ["split_done"]
-        kernels = [(name, template, split_context(spec, target, cfg, [by_name[n] for n in att], n_split), att)]
-    else:
-        kernels = [(name, template, split_context(spec, target, cfg, [by_name[n] for n in att], n_split), att),
-                   ("decode_combine", "decode_combine.j2",
-                    combine_context(spec, [by_name[n] for n in comb], n_split, cfg["max_split"]), comb)]
+    kernels = [(name, template, split_context(spec, target, cfg, [by_name[n] for n in att], n_split), att)]
+    if not fused:
+        kernels.append(("decode_combine", "decode_combine.j2",
+                        combine_context(spec, [by_name[n] for n in comb], n_split, cfg["max_split"]), comb))
     funcs = {fname: parse(render(tpl, name=fname, **ctx)) for fname, tpl, ctx, _ in kernels}
     mod = sched.schedule(tvm.IRModule(funcs), spec, target, cfg)
     calls = tuple(Call(fname, tuple(names)) for fname, _, _, names in kernels)

@@ -138,6 +138,10 @@ def build(spec, target="cpu", config: Optional[Mapping] = None, *, use_cache: bo
     if use_cache and (entry / _META).is_file():
         args, calls, cubin = _read_meta(entry / _META)
         return Kernel(spec, target, _load_module(entry, target, cubin), args, calls)
+    if os.environ.get("TVM_USE_RUNTIME_LIB") == "1":  # importing TVM's compiler would fail obscurely
+        raise RuntimeError(f"no kernel {entry.name} (config {config}) in the build cache {cache_dir()}, "
+                           "and this TVM is runtime-only (TVM_USE_RUNTIME_LIB=1): "
+                           "build it first with attngen.builder.ensure_cached where TVM is installed")
     lowered = lower(spec, target, config)
     ex = compile_lowered(lowered, target)
     if use_cache:

@@ -110,7 +110,19 @@ def default(spec, target) -> dict:
     # over 4 mma chains and 2 barriers per step, 0.1702 ms against 0.1740 (B64 L8192), 0.0976
     # against 0.0997 (B8 L32768), 0.1788 against 0.1823 (paged 16); fused_combine and stream_k
     # lose there (one CTA merging 16 splits at B8 costs more than the combine launch)
+    # Session 7 (H200, same process): a paged cache on sm_90 takes Q K^T split by channels (167
+    # registers) at 2 CTAs per SM of 2 stages each: 0.1711 ms against 0.1760 (paged 16, B64
+    # L8192; 1.03x the contiguous default's 0.1654, session 6 1.03x too, where the keys split
+    # measured 1.05-1.06x): two warps per scheduler hide the page-table indirection the lone
+    # warp waits on.  On a contiguous cache it is no faster at B64 and 4% slower at B8 L32768.
+    # lazy_rescale measured the same as the default (0.1661 against 0.1654 ms at B64)
     bulk = target.arch.startswith("sm_90")
+    if bulk and spec.is_paged:
+        cfg = {"warps": 4, "stages": 2, "l2_prefetch": 0, "bulk_copy": True, "fused_combine": False,
+               "stream_k": False, "max_split": 64, "ctas_per_sm": 2, "qk_chains": 4,
+               "step_barriers": 2, "qk_split": "channels", "lazy_rescale": False}
+        if not _problems(spec, target, cfg):
+            return cfg
     for warps, stages in ((4, 4), (4, 3), (8, 3), (8, 2), (4, 2)):
         cfg = {"warps": warps, "stages": stages, "l2_prefetch": 0 if bulk else 128, "bulk_copy": bulk,
                "fused_combine": False, "stream_k": False, "max_split": 64, "ctas_per_sm": 1,

@@ -86,3 +86,13 @@ def test_a_hit_in_a_fresh_process_imports_no_tvm(tmp_path):
                            timeout=300) for _ in range(2)]
     assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr[-2000:]
     assert [r.stdout.strip() for r in runs] == ["True", "False"]  # built (compiler), then a hit
+
+
+def test_a_miss_on_a_runtime_only_host_says_what_to_do(monkeypatch, tmp_path):
+    """Where TVM is runtime-only, a cache miss would import TVM's compiler and fail on a
+    duplicate callback; it names the missing entry and how to build it instead."""
+    monkeypatch.setenv("ATTNGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TVM_USE_RUNTIME_LIB", "1")
+    with pytest.raises(RuntimeError, match=r"in the build cache .*runtime-only.*ensure_cached"):
+        build(SPEC, "cpu", {"block_q": 64})
+    assert not any((tmp_path / "kernels").iterdir())

@@ -43,8 +43,9 @@ SPECS = {
     "mla_sinks_softcap": mla(sinks=True, score_mod=GALLERY["softcap"].spec.score_mod),
 }
 BULK = {"bulk_copy": True, "l2_prefetch": 0}  # the default on sm_90
-B3 = {"step_barriers": 3, "qk_chains": 2}  # session 5's default on sm_90: 3 barriers per step, 2 chains
-CP_ASYNC = {"bulk_copy": False, "l2_prefetch": 128, "step_barriers": 3, "qk_chains": 2}  # the default below sm_90
+KEYS = {"qk_split": "keys", "stages": 4, "ctas_per_sm": 1}  # a contiguous cache's split (paged: channels)
+B3 = {**KEYS, "step_barriers": 3, "qk_chains": 2}  # session 5's default on sm_90: 3 barriers per step, 2 chains
+CP_ASYNC = {**KEYS, "bulk_copy": False, "l2_prefetch": 128, "step_barriers": 3, "qk_chains": 2}  # below sm_90
 FUSED = {"fused_combine": True}
 STREAM_K = {"fused_combine": True, "stream_k": True}
 CHANNELS = {"qk_split": "channels"}
@@ -52,6 +53,8 @@ LAZY = {"lazy_rescale": True}
 VARIANTS = {
     "mla_decode+warps4+stages4": ("mla_decode", {"warps": 4, "stages": 4}),
     "mla_paged16+stages2": ("mla_paged16", {"stages": 2}),
+    # session 6's paged default: Q K^T split by keys, one CTA per SM
+    **{f"{name}+keys": (name, KEYS) for name in ("mla_paged16", "mla_paged64_bf16", "mla_q2_causal_paged32")},
     # two CTAs per SM (2 x 114 KB of shared memory): twice the splits
     "mla_paged64_bf16+warps4+stages3+2ctas": ("mla_paged64_bf16", {"warps": 4, "stages": 3, "ctas_per_sm": 2}),
     # cp.async with an L2 prefetch of whole 256-byte lines
@@ -70,7 +73,7 @@ VARIANTS = {
     "mla_paged16+streamk+cp_async": ("mla_paged16", {**STREAM_K, **CP_ASYNC}),
     # the default's two knobs apart: Q K^T over 2 mma chains; 3 barriers per step
     "mla_decode+qk2": ("mla_decode", {"qk_chains": 2}),
-    "mla_q2_causal_paged32+fused+qk2": ("mla_q2_causal_paged32", {**FUSED, "qk_chains": 2}),
+    "mla_q2_causal_paged32+fused+qk2": ("mla_q2_causal_paged32", {**KEYS, **FUSED, "qk_chains": 2}),
     "mla_h8_kv2_window+b3": ("mla_h8_kv2_window", {"step_barriers": 3}),
     "mla_q2_causal_paged32+streamk+b3": ("mla_q2_causal_paged32", {**STREAM_K, **B3}),
     # Q K^T shared by channels: one barrier per step, P from registers (two row tiles, 4 packed
@@ -88,6 +91,7 @@ VARIANTS = {
     "mla_q2_causal_paged32+cp_async": ("mla_q2_causal_paged32", CP_ASYNC),
 }
 CASES = {**{name: (name, {}) for name in SPECS}, **VARIANTS}
+GROWING = [LAZY, {**LAZY, **CHANNELS}, {}]  # configs of the growing-max test
 LENGTHS = (1, 63, 64, 65, 4097, 32768)
 
 
@@ -95,6 +99,8 @@ def prebuild(target: str = "cuda") -> None:
     """Fill the build cache for a GPU host that has only TVM's runtime."""
     for spec_name, config in CASES.values():
         ensure_cached(SPECS[spec_name], target, config)
+    for config in GROWING:
+        ensure_cached(SPECS["mla_decode"], target, config)
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -236,7 +242,7 @@ def test_split_count_fills_one_wave_without_a_tail():
                                           ("mla_paged16", {**STREAM_K, **CP_ASYNC}),
                                           ("mla_decode", {**FUSED, "qk_chains": 4}),
                                           ("mla_paged16", {**B3, **BULK}),
-                                          ("mla_paged16", {**FUSED, "qk_chains": 2}),
+                                          ("mla_paged16", {**KEYS, **FUSED, "qk_chains": 2}),
                                           ("mla_q2_causal_paged32", {**CHANNELS, **STREAM_K}),
                                           ("mla_paged16", {**CHANNELS, "stages": 2, "ctas_per_sm": 2}),
                                           ("mla_decode", LAZY), ("mla_paged16", {**LAZY, **CHANNELS})])
@@ -270,7 +276,7 @@ def test_mla_decode_on_gpu(case):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("config", [LAZY, {**LAZY, **CHANNELS}, {}])
+@pytest.mark.parametrize("config", GROWING)
 def test_a_growing_max_moves_the_reference_on_gpu(config):
     """Random keys keep a row's max within 8 (log2 units) of its first step's, so the lazy
     reference would never move after it; here the latent rows grow along the sequence (the

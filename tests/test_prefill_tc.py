@@ -89,12 +89,13 @@ PAGED_TC = {"paged_prefill+wgmma": (GALLERY["paged_prefill"].spec, {"mma": "wgmm
                                           {"mma": "wgmma"})}
 
 
-def test_paged_prefill_takes_tensor_cores_when_the_config_names_the_instruction():
-    """A paged cache keeps the SIMT kernel by default until the tensor-core path's GPU checks
-    pass; `mma` in the config selects it, the page table read per 16-byte row chunk."""
+def test_paged_prefill_takes_tensor_cores():
+    """A paged cache takes the tensor-core kernel by default, the page table read per 16-byte
+    row chunk; a SIMT knob in the config still selects the SIMT kernel."""
     spec = GALLERY["paged_prefill"].spec
     assert tensorcore.unsupported_reason(spec, SM90) is None
-    assert not _is_tc(lower(spec, SM90))
+    assert _is_tc(lower(spec, SM90)) and _is_tc(lower(spec, "cuda-sm80"))
+    assert not _is_tc(lower(spec, SM90, {"block_q": 32}))
     for spec, config in PAGED_TC.values():
         low = lower(spec, SM90, config)
         assert _is_tc(low) and "PAGE_TABLE[b, " in low.mod.script()

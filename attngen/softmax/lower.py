@@ -62,12 +62,9 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
     if decode.supports(spec, target, config):
         return decode.lower(spec, target, config)
     # -- tensor-core prefill (issue 3): CUDA prefill specs it supports take attention_tc.j2,
-    # unless the config names a SIMT knob; everything else keeps the SIMT kernel below.  A paged
-    # cache takes it only when the config names the instruction (`mma`): its GPU checks are to
-    # come, and until they pass the SIMT kernel, checked on GPUs, stays the default
+    # unless the config names a SIMT knob; everything else keeps the SIMT kernel below
     from . import tensorcore
-    if tensorcore.supported(spec, target) and not set(config or {}) & {"block_q", "block_k"} \
-            and (not spec.is_paged or "mma" in (config or {})):
+    if tensorcore.supported(spec, target) and not set(config or {}) & {"block_q", "block_k"}:
         return tensorcore.lower(spec, target, config)
     sched = schedule_module(target)
     cfg = {**sched.default(spec, target), **dict(config or {})}

@@ -9,8 +9,8 @@ chooses the tile sizes.
 
 Scope (``supported``): prefill on sm_80 and later, fp16 or bf16, QK and V head dims multiples
 of 16 up to 256 (they may differ), any mask and score mod the expression language writes,
-GQA/MQA, sinks; contiguous K/V, or a paged cache (bhsd queries, masks without a tile map),
-which ``lower.py`` sends here only when the config names ``mma`` until its GPU checks pass.
+GQA/MQA, sinks; contiguous K/V, or a paged cache (bhsd queries, masks without a tile map;
+K/V rows read through the page table).
 Decode, latent caches and quantized specs keep the SIMT kernel.
 """
 from __future__ import annotations

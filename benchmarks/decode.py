@@ -67,7 +67,7 @@ CASES = [
 # knob settings tried besides the default (the 4-stage cp.async ring): the register path (v4),
 # deeper rings (stages x keys per thread: the bytes in flight per CTA) and the L2 prefetch
 SWEEP = [{"ring_stages": 0}, {"ring_stages": 2, "keys_per_thread": 4}, {"ring_stages": 3, "keys_per_thread": 2},
-         {"ring_stages": 4, "keys_per_thread": 2, "l2_prefetch": 256}]
+         {"ring_stages": 4, "keys_per_thread": 2, "l2_prefetch": 256}, {"pdl": False}]
 
 
 @dataclass(frozen=True)
@@ -94,13 +94,16 @@ MLA_CASES = [
     MLACase("paged16 MLA B64 H16 L8192", 64, 8192, page_size=16),
 ]
 # the default on sm_90: one cp.async.bulk per latent row, Q K^T over 4 mma chains, 2 barriers per
-# step; beside it the 16-byte cp.async path (sm_80's), session 5's default (2 chains, 3
-# barriers), the conditional rescale, Q K^T by channels with 2 CTAs per SM, and the split merge
-# in the decode kernel (stream_k, slower in every session-6 run, is left out)
+# step (a paged cache: Q K^T by channels, 2 CTAs per SM); beside it the 16-byte cp.async path
+# (sm_80's), session 5's default (2 chains, 3 barriers), the conditional rescale, either split of
+# Q K^T, the split merge in the decode kernel, and the combine launched without PDL (stream_k,
+# slower in every session-6 run, is left out)
 CHANNELS_2CTAS = {"qk_split": "channels", "stages": 2, "ctas_per_sm": 2}
-MLA_SWEEP = [{"bulk_copy": False, "l2_prefetch": 128, "step_barriers": 3, "qk_chains": 2},
-             {"qk_chains": 2, "step_barriers": 3}, {"lazy_rescale": True}, CHANNELS_2CTAS,
-             {**CHANNELS_2CTAS, "lazy_rescale": True}, {"fused_combine": True}]
+KEYS = {"qk_split": "keys", "stages": 4, "ctas_per_sm": 1}
+MLA_SWEEP = [{**KEYS, "bulk_copy": False, "l2_prefetch": 128, "step_barriers": 3, "qk_chains": 2},
+             {**KEYS, "qk_chains": 2, "step_barriers": 3}, KEYS, {"lazy_rescale": True}, CHANNELS_2CTAS,
+             {**CHANNELS_2CTAS, "lazy_rescale": True}, {"fused_combine": True}, {"pdl": False},
+             {**CHANNELS_2CTAS, "pdl": False}]
 # H2O: the decode step plus its accumulated weights (one more read of K), against decode alone
 H2O_CASES = [Case("H2O B32 Hq32 Hkv8 L8192", 32, 8192)]
 

@@ -40,6 +40,9 @@ Knobs:
                      many bytes (ignored without the ring)
     max_split        most KV splits (1..256), the size of the partial-result scratch
     ctas_per_sm      CTAs per SM the split heuristic aims at (1..64)
+    pdl              True (sm_90, the default there): the combine is launched with programmatic
+                     dependent launch and waits on griddepcontrol.wait; this kernel signals it
+                     after its main loop, so the combine's launch overlaps this kernel's end
 Validity: the cross-group merge fits the static shared-memory limit (48 KiB), and with the
 ring both fit the arch's shared memory per CTA.
 """
@@ -57,6 +60,7 @@ KNOBS = {
     "l2_prefetch": "bytes of the ring's cp.async L2 prefetch qualifier (0, 64, 128, 256)",
     "max_split": "most KV splits; the split count is chosen at run time (1..256)",
     "ctas_per_sm": "CTAs per SM the run-time split count aims at (1..64)",
+    "pdl": "launch the combine with programmatic dependent launch (bool, sm_90)",
 }
 
 # values the tuner tries where powers of two around the default do not apply (a default of 0)
@@ -102,8 +106,12 @@ def default(spec, target) -> dict:
     # shapes, paged 16 within 3%; the register path measured 0.61-1.05 in the same runs, and
     # a 2 x 4-key ring put paged 16 11% under contiguous on the H200.  Where the ring cannot
     # launch or fit (4-warp CTAs of many rows, arches without cp.async) the register path.
+    # Session 7 (H200, same process): the combine launched with PDL on sm_90, 0.2602-0.2610 ms
+    # against 0.2623-0.2641 (B32 L8192), 0.2701 against 0.2754 (B8 L32768), 0.9535 against
+    # 0.9565 (B64 MHA L4096); paged 16 the same or better in three of four runs
     cfg = {"warps": 8, "keys_per_thread": 4 if rows <= 4 else 2, "rows": rows, "stages": 1,
-           "butterfly": 1, "ring_stages": 0, "l2_prefetch": 0, "max_split": 32, "ctas_per_sm": 8}
+           "butterfly": 1, "ring_stages": 0, "l2_prefetch": 0, "max_split": 32, "ctas_per_sm": 8,
+           "pdl": target.arch.startswith("sm_90")}
     while cfg["warps"] > 1 and merge_smem_bytes(spec, cfg) > STATIC_SMEM_BYTES:
         cfg["warps"] //= 2  # many rows: fewer groups to merge
     ring = {**cfg, "ring_stages": 4, "keys_per_thread": 2}
@@ -125,6 +133,10 @@ def validate(spec, target, config) -> None:
             out.append(f"{name} must be an int in [{lo}, {hi}], got {v!r}")
     if config.get("l2_prefetch") not in (0, 64, 128, 256):
         out.append(f"l2_prefetch must be one of [0, 64, 128, 256], got {config.get('l2_prefetch')!r}")
+    if not isinstance(config.get("pdl"), bool):
+        out.append(f"pdl must be a bool, got {config.get('pdl')!r}")
+    elif config["pdl"] and not target.arch.startswith("sm_90"):
+        out.append(f"pdl needs sm_90 (griddepcontrol), target is {target.arch}")
     if not out:
         smem = merge_smem_bytes(spec, config)
         if smem > STATIC_SMEM_BYTES:

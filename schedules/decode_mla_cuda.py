@@ -38,6 +38,10 @@ Knobs:
                  it moved (FlashAttention-4's conditional rescaling; same result)
     step_barriers  3, or 2 with bulk_copy: CTA barriers per key step; with 2 a step starts on its
                  stage's mbarrier alone and the refill waits for the row-maximum barrier
+    pdl          True (sm_90, the default there): decode_combine is launched with programmatic
+                 dependent launch and waits on griddepcontrol.wait; this kernel signals it after
+                 its main loop, so the combine's launch overlaps this kernel's end (no effect
+                 with fused_combine)
     qk_chains    2 or 4: Q K^T's k-steps accumulate into that many interleaved mma chains (a
                  warp is alone on its scheduler, so only independent chains hide mma latency;
                  4 costs 8 registers)
@@ -61,6 +65,7 @@ KNOBS = {
     "step_barriers": "CTA barriers per key step (3, or 2 with bulk_copy)",
     "lazy_rescale": "move a row's reference max only past +8 (log2), skip the O rescale otherwise (bool)",
     "qk_split": 'how warps share Q K^T: "keys" (8 keys each) or "channels" (D / warps each; bulk_copy)',
+    "pdl": "launch decode_combine with programmatic dependent launch (bool, sm_90)",
 }
 
 # values the tuner tries where powers of two around the default do not apply (a default of 0)
@@ -115,24 +120,26 @@ def default(spec, target) -> dict:
     # L8192; 1.03x the contiguous default's 0.1654, session 6 1.03x too, where the keys split
     # measured 1.05-1.06x): two warps per scheduler hide the page-table indirection the lone
     # warp waits on.  On a contiguous cache it is no faster at B64 and 4% slower at B8 L32768.
-    # lazy_rescale measured the same as the default (0.1661 against 0.1654 ms at B64)
+    # lazy_rescale measured the same as the default (0.1661 against 0.1654 ms at B64).  The
+    # combine launched with PDL: 0.1645 ms against 0.1668 (B64), 0.0953 against 0.0968 (B8
+    # L32768), 0.1697 against 0.1712 (paged 16), one H200, same process
     bulk = target.arch.startswith("sm_90")
     if bulk and spec.is_paged:
         cfg = {"warps": 4, "stages": 2, "l2_prefetch": 0, "bulk_copy": True, "fused_combine": False,
                "stream_k": False, "max_split": 64, "ctas_per_sm": 2, "qk_chains": 4,
-               "step_barriers": 2, "qk_split": "channels", "lazy_rescale": False}
+               "step_barriers": 2, "qk_split": "channels", "lazy_rescale": False, "pdl": True}
         if not _problems(spec, target, cfg):
             return cfg
     for warps, stages in ((4, 4), (4, 3), (8, 3), (8, 2), (4, 2)):
         cfg = {"warps": warps, "stages": stages, "l2_prefetch": 0 if bulk else 128, "bulk_copy": bulk,
                "fused_combine": False, "stream_k": False, "max_split": 64, "ctas_per_sm": 1,
                "qk_chains": 4 if bulk else 2, "step_barriers": 2 if bulk else 3, "qk_split": "keys",
-               "lazy_rescale": False}
+               "lazy_rescale": False, "pdl": bulk}
         if not _problems(spec, target, cfg):
             return cfg
     return {"warps": 4, "stages": 2, "l2_prefetch": 0, "bulk_copy": False, "fused_combine": False,
             "stream_k": False, "max_split": 64, "ctas_per_sm": 1, "qk_chains": 2, "step_barriers": 3,
-            "qk_split": "keys", "lazy_rescale": False}  # validate() says why not
+            "qk_split": "keys", "lazy_rescale": False, "pdl": False}  # validate() says why not
 
 
 def validate(spec, target, config) -> None:
@@ -148,7 +155,7 @@ def _problems(spec, target, config) -> list:
         v = config.get(name)
         if not (isinstance(v, int) and not isinstance(v, bool) and v in allowed):
             out.append(f"{name} must be one of {list(allowed)}, got {v!r}")
-    for name in ("bulk_copy", "fused_combine", "stream_k", "lazy_rescale"):
+    for name in ("bulk_copy", "fused_combine", "stream_k", "lazy_rescale", "pdl"):
         if not isinstance(config.get(name), bool):
             out.append(f"{name} must be a bool, got {config.get(name)!r}")
     if out:
@@ -170,6 +177,8 @@ def _problems(spec, target, config) -> list:
     if config["step_barriers"] == 2 and not config["bulk_copy"]:
         out.append("step_barriers=2 needs bulk_copy (cp.async rows become visible to the other "
                    "threads only through the barrier it drops)")
+    if config["pdl"] and not target.arch.startswith("sm_90"):
+        out.append(f"pdl needs sm_90 (griddepcontrol), target is {target.arch}")
     if config["bulk_copy"] and not target.arch.startswith("sm_90"):
         out.append(f"bulk_copy needs sm_90 (cp.async.bulk, mbarrier tx counts), target is {target.arch}")
     if config["bulk_copy"] and config["l2_prefetch"]:

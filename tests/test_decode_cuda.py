@@ -23,6 +23,7 @@ from attngen.targets import get as get_target
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 SM90 = get_target("cuda-sm90a")
+PDL_TAG = "tirx.use_programtic_dependent_launch"  # sic: TVM's spelling
 
 SPECS = {
     "decode": GALLERY["decode"].spec,                   # GQA 4, contiguous
@@ -60,6 +61,8 @@ VARIANTS = {
     "paged_decode+ring4+prefetch": ("paged_decode", {"ring_stages": 4, "keys_per_thread": 2,
                                                      "l2_prefetch": 256}),
     "mha_bf16+ring3+prefetch": ("mha_bf16", {"ring_stages": 3, "l2_prefetch": 128}),
+    # the combine launched plainly, after the split kernel has completed (the default below sm_90)
+    "decode+no_pdl": ("decode", {"pdl": False}),
 }
 CASES = {**{name: (name, {}) for name in SPECS}, **VARIANTS}
 LENGTHS = (1, 63, 64, 65, 4097, 32768)
@@ -109,10 +112,35 @@ def test_generic_simt_knobs_select_the_generic_kernel():
     ({"butterfly": 2}, "butterfly"),
     ({"ring_stages": 1}, "ring_stages"),
     ({"l2_prefetch": 32}, "l2_prefetch"),
+    ({"pdl": 1}, "pdl must be a bool"),
 ])
 def test_invalid_decode_configs_are_rejected(config, message):
     with pytest.raises(ValueError, match=message):
         lower(SPECS["spec_decode"], SM90, config)
+
+
+@pytest.mark.parametrize("name", ["decode", "mla"])
+def test_the_combine_is_a_programmatic_dependent_launch_on_sm90(name, tmp_path):
+    """On sm_90 the split kernel signals its dependents after the main loop and the combine,
+    launched with PDL, waits for it before its first read; the tag reaches the built module
+    (TVM appends it to the launch parameters it derives).  Below sm_90 neither is there."""
+    from attngen.builder import compile_lowered
+
+    spec = GALLERY["mla_decode" if name == "mla" else "decode"].spec
+    low = lower(spec, SM90)
+    combine = low.mod["decode_combine"]
+    assert list(combine.attrs["tirx.kernel_launch_params"]) == [PDL_TAG]
+    assert "kernel_launch_params" not in low.mod[low.calls[0].func].attrs
+    script = low.mod.script()
+    assert script.count('griddepcontrol("launch_dependents"') == 1 and script.count('griddepcontrol("wait"') == 1
+    if NVCC is not None:
+        compile_lowered(low, SM90).mod.export_library(str(tmp_path / "k.so"))
+        assert PDL_TAG.encode() in (tmp_path / "k.so").read_bytes()
+    plain = lower(spec, get_target("cuda-sm80"))
+    assert "griddepcontrol" not in plain.mod.script()
+    assert "kernel_launch_params" not in plain.mod["decode_combine"].attrs
+    with pytest.raises(ValueError, match="pdl needs sm_90"):
+        lower(spec, get_target("cuda-sm80"), {"pdl": True})
 
 
 def test_a_small_ring_next_to_a_large_merge_is_rejected():

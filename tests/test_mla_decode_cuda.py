@@ -86,6 +86,8 @@ VARIANTS = {
     "mla_decode+lazy": ("mla_decode", LAZY),
     "mla_q2_causal_paged32+lazy+fused": ("mla_q2_causal_paged32", {**LAZY, **FUSED}),
     "mla_paged16+lazy+channels": ("mla_paged16", {**LAZY, **CHANNELS}),
+    # the combine launched plainly, after the split kernel has completed
+    "mla_decode+no_pdl": ("mla_decode", {"pdl": False}),
     # the 16-byte cp.async path (the default below sm_90)
     "mla_paged16+cp_async": ("mla_paged16", CP_ASYNC),
     "mla_q2_causal_paged32+cp_async": ("mla_q2_causal_paged32", CP_ASYNC),

@@ -81,7 +81,8 @@ def lower_split_kv(spec: Attention, target, config, sched, split_kernel, count) 
     kernels = [(name, template, split_context(spec, target, cfg, [by_name[n] for n in att], n_split), att)]
     if not fused:
         kernels.append(("decode_combine", "decode_combine.j2",
-                        combine_context(spec, [by_name[n] for n in comb], n_split, cfg["max_split"]), comb))
+                        combine_context(spec, [by_name[n] for n in comb], n_split, cfg["max_split"],
+                                        cfg.get("pdl", False)), comb))
     funcs = {fname: parse(render(tpl, name=fname, **ctx)) for fname, tpl, ctx, _ in kernels}
     mod = sched.schedule(tvm.IRModule(funcs), spec, target, cfg)
     calls = tuple(Call(fname, tuple(names)) for fname, _, _, names in kernels)
@@ -153,7 +154,7 @@ def decode_context(spec: Attention, target, cfg, args, n_split: str) -> dict:
         packed=packed, rows=rows, row_tiles=-(-packed // rows), warps=cfg["warps"],
         lanes=lanes, vec=vec, kpw=kpw, groups=groups, keys_per_thread=cfg["keys_per_thread"],
         chunk=groups * cfg["keys_per_thread"], stages=cfg["stages"], ring_stages=sched.ring_stages(cfg),
-        l2_prefetch=cfg["l2_prefetch"],
+        l2_prefetch=cfg["l2_prefetch"], pdl=cfg["pdl"],
         shuffle_offsets=offsets, butterfly=butterfly, butterfly_steps=steps, own_row=own_row,
         row_lane=row_lane,
         n_split=n_split, kv_len_of_b=kv_len_of_b, k_at=at, v_at=at, row_q=row_q,
@@ -161,7 +162,7 @@ def decode_context(spec: Attention, target, cfg, args, n_split: str) -> dict:
         q_prescale=repr(q_prescale), neg=repr(NEG), ln2=repr(LN2))
 
 
-def combine_context(spec: Attention, args, n_split: str, max_split: int) -> dict:
+def combine_context(spec: Attention, args, n_split: str, max_split: int, pdl: bool = False) -> dict:
     return dict(params=sig.tir_params(args, spec), size_vars=sig.size_vars(args), dtype=spec.dtype,
                 num_heads=spec.num_heads, head_dim_v=spec.head_dim_v, q_len=spec.phase.q_len,
-                n_split=n_split, max_split=max_split, sinks=spec.sinks)
+                n_split=n_split, max_split=max_split, sinks=spec.sinks, pdl=pdl)

@@ -97,7 +97,7 @@ def context(spec: Attention, target, cfg, args, n_split: str) -> dict:
         num_kv_heads=spec.num_kv_heads, group=G, packed=G * QL, row_tiles=row_tiles(spec),
         warps=cfg["warps"], block_n=sched.block_n(cfg), stages=cfg["stages"], pad=sched.PAD,
         **{k: cfg[k] for k in ("l2_prefetch", "bulk_copy", "fused_combine", "max_split", "stream_k",
-                               "qk_chains", "step_barriers", "qk_split", "lazy_rescale")},
+                               "qk_chains", "step_barriers", "qk_split", "lazy_rescale", "pdl")},
         sinks=spec.sinks, kv_tiles=spec.num_kv_heads * row_tiles(spec),
         n_cta=stream_k_ctas(spec, target, cfg), n_split=n_split, kv_len_of_b=kv_len_of_b, k_at=k_at,
         k_at_pg=k_at_pg, page_of=page_of, row_q=row_q, row_head=row_head,

@@ -108,7 +108,8 @@ def default(spec, target) -> dict:
     # launch or fit (4-warp CTAs of many rows, arches without cp.async) the register path.
     # Session 7 (H200, same process): the combine launched with PDL on sm_90, 0.2602-0.2610 ms
     # against 0.2623-0.2641 (B32 L8192), 0.2701 against 0.2754 (B8 L32768), 0.9535 against
-    # 0.9565 (B64 MHA L4096); paged 16 the same or better in three of four runs
+    # 0.9565 (B64 MHA L4096); paged 16 the same or better in three of four runs, and 8.6% slower
+    # once (B32: 0.2917 against 0.2687 ms; 0.2660 against 0.2666 when re-run on that machine)
     cfg = {"warps": 8, "keys_per_thread": 4 if rows <= 4 else 2, "rows": rows, "stages": 1,
            "butterfly": 1, "ring_stages": 0, "l2_prefetch": 0, "max_split": 32, "ctas_per_sm": 8,
            "pdl": target.arch.startswith("sm_90")}

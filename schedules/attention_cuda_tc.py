@@ -26,6 +26,11 @@ builtins.  What remains to choose is the instruction and the tile shape:
     lazy_rescale     (wgmma; off unless asked) FlashAttention-4's conditional rescaling: a row's
                      reference max moves only when a tile's max passes it by more than 8 in log2
                      units (P <= 256), and a warp skips the O rescale when none of its rows moved
+    tma              (wgmma, contiguous bhsd / bshd; off until checked on a GPU) a producer warp
+                     loads Q, K and V by the bulk tensor copy on mbarriers; the warpgroups wait
+                     on those and release each buffer on its own mbarrier: no CTA barrier and no
+                     consumer-issued copy in the loop (FlashAttention-3's producer / consumer
+                     split, without its warpgroup ping-pong)
 
 Limits checked by ``validate``: the Q, K and V tiles (rows padded by 8 elements) fit the
 target's dynamic shared memory; the K and V tiles split into whole 16-byte copies per thread;
@@ -39,6 +44,7 @@ KNOBS = {
     "mma": 'tensor-core instruction: "mma_sync" or "wgmma" (sm_90a)',
     "overlap": "wgmma: issue S(j) and PV(j - 1) together, softmax under PV (bool)",
     "lazy_rescale": "wgmma: move a row's reference max only past +8 (log2), skip the O rescale otherwise (bool)",
+    "tma": "wgmma: a producer warp loads Q/K/V by TMA on mbarriers, no CTA barrier in the loop (bool)",
     "warps": "warps per CTA (1, 2, 4 or 8)",
     "m_tiles": "16-row m-tiles per warp (1 or 2)",
     "block_n": "keys per shared-memory K/V tile (16, 32, 64 or 128)",
@@ -163,7 +169,7 @@ def _problems(spec, target, config) -> list:
     out = []
     w, bn = config["warps"], config["block_n"]
     mma = config.get("mma", "mma_sync")
-    for flag in ("q_in_registers", "tile_map", "overlap", "lazy_rescale"):
+    for flag in ("q_in_registers", "tile_map", "overlap", "lazy_rescale", "tma"):
         if not isinstance(config.get(flag, False), bool):
             out.append(f"{flag} must be a bool, got {config.get(flag)!r}")
     if mma not in ("mma_sync", "wgmma"):
@@ -190,6 +196,8 @@ def _problems(spec, target, config) -> list:
         out.append("overlap needs mma='wgmma'")
     if config.get("lazy_rescale"):
         out.append("lazy_rescale needs mma='wgmma'")
+    if config.get("tma"):
+        out.append("tma needs mma='wgmma'")
     threads = 32 * w
     for what, width in (("K", spec.head_dim), ("V", spec.head_dim_v)):
         if (bn * width // 8) % threads:
@@ -216,6 +224,9 @@ def _wgmma_problems(spec, target, config) -> list:
         out.append(f"wgmma: m_tiles must be 1 (a warp holds 16 rows of the m64 tile), got {config['m_tiles']}")
     if config["q_in_registers"]:
         out.append("wgmma: q_in_registers must be False (wgmma reads Q from shared memory)")
+    if config.get("tma") and (spec.layout == "thd" or spec.is_paged):
+        out.append("wgmma: tma needs a contiguous bhsd or bshd layout (one tensor map per Q/K/V "
+                   f"tensor), not {'a paged cache' if spec.is_paged else 'packed sequences'}")
     if out:
         return out
     threads = 32 * config["warps"]

@@ -41,6 +41,9 @@ def cases():
     # session 6, not yet run on a GPU: a paged cache on tensor cores, the conditional rescale
     out += [(n, spec, 3, config) for n, (spec, config) in sorted(t.PAGED_TC.items())]
     out += [("causal wgmma lazy", GALLERY["causal"].spec, 3, t.LAZY)]
+    # session 7, not yet run on a GPU: TMA loads from a producer warpgroup on mbarriers
+    out += [(f"{n} wgmma tma", *t.TMA_WGMMA[n][:1], 3, t.TMA_WGMMA[n][1])
+            for n in ("causal", "causal_plain", "document", "d64_bshd_document")]
     return out
 
 

@@ -203,6 +203,29 @@ def test_knobs_are_validated():
         sched.validate(spec, SM90, {"warps": 4, "block_n": 16, "q_in_registers": False, "m_tiles": 1, "tile_map": False, "block_q": 64})
 
 
+def test_tma_loads_by_a_producer_warpgroup_on_mbarriers():
+    """tma: the host encodes one tensor map per Q/K/V, a producer warpgroup (setmaxnreg down,
+    the consumers up) issues bulk tensor copies; the loop has no cp.async and no CTA barrier."""
+    spec = GALLERY["causal"].spec
+    script = lower(spec, SM90, TMA).mod.script()
+    assert script.count("runtime.cuTensorMapEncodeTiled") == 3
+    # the only copies: 2 boxes (64 channels each) of Q, of K and of V, from the tensor maps
+    assert script.count("T.ptx.cp(") == 6
+    assert all(script.count(f"T.address_of({x}_map)") == 2 for x in "QKV")
+    assert script.count("tvm_storage_sync") == 1  # after the mbarrier init only
+    assert 'setmaxnreg(24, "dec"' in script and 'setmaxnreg(240, "inc"' in script
+    assert "tirx.launch_bounds_min_blocks_per_sm" in script
+    sched = load_schedule("attention_cuda_tc")
+    for bad, why in ((PACKED["d64_thd_causal_sinks"], "packed sequences"),
+                     (GALLERY["paged_prefill"].spec, "a paged cache")):
+        with pytest.raises(ValueError, match=f"tma needs a contiguous bhsd or bshd layout.*{why}"):
+            lower(bad, SM90, TMA)
+    with pytest.raises(ValueError, match="tma needs mma='wgmma'"):
+        lower(spec, SM90, {"mma": "mma_sync", "tma": True})
+    with pytest.raises(ValueError, match="tma must be a bool"):
+        sched.validate(spec, SM90, {**sched.default(spec, SM90), "tma": 1})
+
+
 # ----------------------------------------------------------------------------- nvcc
 
 
@@ -224,6 +247,24 @@ def test_registers_without_stack_or_spills(name, arch, tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
     usage = out.stdout + out.stderr
     assert re.search(r"\b0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads", usage), usage
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name", ["causal", "causal_plain", "document", "softcap", "d64_bshd_document"])
+def test_tma_kernel_compiles_without_spills_or_serialized_wgmma(name, tmp_path):
+    spec, config = TMA_WGMMA[name]
+    source = next(m for m in compile_lowered(lower(spec, SM90, config), SM90).mod.imports
+                  if m.kind == "cuda").inspect_source()
+    assert "const __grid_constant__ CUtensorMap" in source and "__launch_bounds__(" in source
+    path = tmp_path / "kernel.cu"
+    path.write_text(source)
+    out = subprocess.run([NVCC, "-cubin", *NVCC_FLAGS, "-arch=sm_90a", "--resource-usage", "-o",
+                          str(tmp_path / "kernel.cubin"), str(path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    usage = out.stdout + out.stderr
+    assert all(n == "0" for n in re.findall(r"(\d+) bytes spill stores", usage)), usage
+    # C7512 / C7520: wgmma serialized (registers, or a divergent path); C7508: setmaxnreg ignored
+    assert not re.search(r"C75(08|12|20)", usage), usage
 
 
 # ----------------------------------------------------------------------------- GPU
@@ -325,6 +366,16 @@ LONG_WGMMA = ["causal", "gqa", "sliding_window", "document", "softcap"]
 PLAIN_WGMMA = ["causal", "document"]
 LAZY = {"mma": "wgmma", "lazy_rescale": True}  # FlashAttention-4's conditional rescaling
 LAZY_WGMMA = ["causal", "sliding_window", "document", "softcap", "sinks"]
+# a TMA producer warpgroup on mbarriers (built in session 7, not yet run on a GPU): both
+# schedules, the band, full tiles, the tile map, a score mod, sinks, GQA, bshd at d64
+TMA = {"mma": "wgmma", "tma": True}
+TMA_WGMMA = {"causal": (GALLERY["causal"].spec, TMA), "causal_plain": (GALLERY["causal"].spec, {**TMA, "overlap": False}),
+             "full": (GALLERY["full"].spec, TMA), "gqa": (GALLERY["gqa"].spec, TMA),
+             "sliding_window": (GALLERY["sliding_window"].spec, TMA), "document": (GALLERY["document"].spec, TMA),
+             "document_plain": (GALLERY["document"].spec, {**TMA, "overlap": False}),
+             "softcap": (GALLERY["softcap"].spec, TMA), "sinks": (GALLERY["sinks"].spec, TMA),
+             "d64_bshd_document": (EXTRA["d64_bshd_document"], TMA),
+             "causal_bf16": (GALLERY["causal_bf16"].spec, TMA)}
 
 
 def _wgmma_builds():
@@ -333,6 +384,7 @@ def _wgmma_builds():
     out += [(GALLERY[n].spec, WGMMA_PLAIN) for n in PLAIN_WGMMA]
     out += [(GALLERY[n].spec, LAZY) for n in LAZY_WGMMA]
     out += [(GALLERY[n].spec, {**LAZY, "overlap": False}) for n in PLAIN_WGMMA]
+    out += list(TMA_WGMMA.values())
     # where wgmma is the default on sm_90a, mma.sync (sm_80's kernel) is checked by name
     return out + [(GALLERY[n].spec, MMA_SYNC) for n in GALLERY_WGMMA] + \
         [(s, MMA_SYNC) for s in {**EXTRA_WGMMA, **PACKED}.values()]
@@ -374,6 +426,13 @@ def test_paged_prefill_tensor_cores_on_gpu(name):
     """Shuffled pages, mixed cache lengths (the family's sample), query lengths 1 .. 1000."""
     spec, config = PAGED_TC[name]
     _check(spec, (1, 63, 64, 65, 1000), config, batch=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(TMA_WGMMA))
+def test_wgmma_tma_on_gpu(name):
+    spec, config = TMA_WGMMA[name]
+    _check(spec, (1, 63, 64, 65, 1000, 4096), config)
 
 
 @pytest.mark.gpu

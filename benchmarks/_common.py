@@ -116,6 +116,28 @@ def card_name() -> str:
     return torch.cuda.get_device_name().replace("NVIDIA ", "").replace(" ", "-")
 
 
+def paired_ms(fns: dict, reps: int, warmup: int) -> dict:
+    """Medians like ``median_ms`` for several callables timed in turn, one call of each per
+    round: a ratio between them is then taken under the same conditions (clocks, memory
+    state, neighbours on the GPU), not minutes apart in a long process."""
+    import torch
+
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    torch.cuda.synchronize()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times[name].append(start.elapsed_time(end))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
 def median_ms(fn, reps: int, warmup: int) -> float:
     """Median over ``reps`` calls of ``fn`` of the CUDA-event time around one call, after
     ``warmup`` untimed calls (compilation, autotuning, caches)."""

@@ -32,13 +32,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks._common import card_name, export_kernel, launcher, load_kernel, median_ms  # noqa: E402
+from benchmarks._common import card_name, export_kernel, launcher, load_kernel, median_ms, paired_ms  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -149,8 +149,9 @@ def build(out_dir: str, names=()) -> None:
     done = set()
     picked = [c for c in CASES + MLA_CASES + H2O_CASES if not names or c.name in names]
     for case in picked:
-        spec = spec_of(case)
-        for label, cfg in variants(case):
+        # a paged case is also timed against its contiguous default, in alternation
+        paired = [("attngen contiguous", {}, spec_of(replace(case, page_size=0)))] if case.page_size else []
+        for label, cfg, spec in [(label, cfg, spec_of(case)) for label, cfg in variants(case)] + paired:
             name = _file(spec, cfg)
             if name in done:
                 continue
@@ -212,9 +213,9 @@ def run(build_dir: str, results_dir: str, only=(), tag: str = "", with_flex: boo
     card = card_name()
     hbm = hbm_bandwidth()
     print(f"{card}: HBM copy {hbm['copy_gbps']} GB/s, read {hbm['read_gbps']} GB/s", flush=True)
-    rows, checks = [], []
+    rows, checks, pairs = [], [], []
     for case in [c for c in MLA_CASES if not only or c.name in only]:
-        run_mla(build_dir, case, hbm, rows, checks)
+        run_mla(build_dir, case, hbm, rows, checks, pairs)
     for case in [c for c in H2O_CASES if not only or c.name in only]:
         run_h2o(build_dir, case, hbm, rows, checks)
     for case in [c for c in CASES if not only or c.name in only]:
@@ -281,16 +282,18 @@ def run(build_dir: str, results_dir: str, only=(), tag: str = "", with_flex: boo
                 impls["flex"] = (lambda: flex(q, k, v, enable_gqa=Hk != H), {"note": "torch.compile"})
 
         _time(rows, case, impls, hbm)
+        if case.page_size:
+            _pair(build_dir, case, impls["attngen"][0], {"q": q, "k": k, "v": v, "kv_lens": kv_lens}, pairs)
         del q, k, v, k_in, v_in, impls
         torch.cuda.empty_cache()
 
     os.makedirs(results_dir, exist_ok=True)
     base = os.path.join(results_dir, f"{card}-decode" + (f"-{tag}" if tag else "-subset" if only else ""))
     with open(base + ".json", "w") as f:
-        json.dump({"card": card, "hbm": hbm, "rows": rows, "checks": checks}, f, indent=1)
+        json.dump({"card": card, "hbm": hbm, "rows": rows, "checks": checks, "pairs": pairs}, f, indent=1)
     with open(base + ".md", "w") as f:
-        f.write(markdown(card, hbm, rows, checks))
-    print(markdown(card, hbm, rows, checks))
+        f.write(markdown(card, hbm, rows, checks, pairs))
+    print(markdown(card, hbm, rows, checks, pairs))
 
 
 def _row(case, impl, ms, hbm, info) -> dict:
@@ -338,7 +341,20 @@ def mla_inputs(case: MLACase):
     return bufs, kv
 
 
-def run_mla(build_dir, case: MLACase, hbm, rows, checks) -> None:
+def _pair(build_dir, case, paged, contiguous_bufs, pairs) -> None:
+    """The paged default and the contiguous default on the same cache's rows, timed in
+    alternation (``paired_ms``): the paged floor is a ratio, so both sides share the moment."""
+    cspec = spec_of(replace(case, page_size=0))
+    kernel = _load(build_dir, cspec, {})
+    _scratch(kernel, kernel.family.sizes(cspec, contiguous_bufs), contiguous_bufs, "cuda")
+    ms = paired_ms({"paged": paged, "contiguous": launcher(kernel, contiguous_bufs)}, 50, WARMUP)
+    pairs.append({"case": case.name, "paged_ms": round(ms["paged"], 4),
+                  "contiguous_ms": round(ms["contiguous"], 4), "ratio": round(ms["paged"] / ms["contiguous"], 3)})
+    print(f"  paired: paged {ms['paged']:.4f} ms, contiguous {ms['contiguous']:.4f} ms, "
+          f"{ms['paged'] / ms['contiguous']:.3f}x", flush=True)
+
+
+def run_mla(build_dir, case: MLACase, hbm, rows, checks, pairs) -> None:
     """attngen's MLA decode (default and sweep) against the same absorbed math in torch: S = q
     [c; k_rope]^T (one bmm over the latent cache, every head at once), fp32 softmax, O = P c."""
     import torch
@@ -372,6 +388,8 @@ def run_mla(build_dir, case: MLACase, hbm, rows, checks) -> None:
     if not case.page_size:
         impls["torch_absorbed"] = (torch_absorbed, {"note": "bmm + fp32 softmax + bmm, same process"})
     _time(rows, case, impls, hbm)
+    if case.page_size:
+        _pair(build_dir, case, impls["attngen"][0], {"q": q, "k": kv, "kv_lens": bufs["kv_lens"]}, pairs)
     del q, kv, bufs, impls
     torch.cuda.empty_cache()
 
@@ -415,7 +433,7 @@ def run_h2o(build_dir, case: Case, hbm, rows, checks) -> None:
     torch.cuda.empty_cache()
 
 
-def markdown(card: str, hbm, rows, checks) -> str:
+def markdown(card: str, hbm, rows, checks, pairs=()) -> str:
     err = {(c["case"], c["impl"]): c.get("rel_err_vs_sdpa_fp32", c.get("rel_err_vs_fp32_torch")) for c in checks}
     by = {(r["case"], r["impl"]): r for r in rows}
     lines = [f"# Decode on {card}: GB/s of K+V read once (ms in parentheses)", "",
@@ -429,6 +447,11 @@ def markdown(card: str, hbm, rows, checks) -> str:
         note = r.get("note") or ""
         lines.append(f"| {r['case']} | {r['impl']} | {r['gbps']} | {r['ms']:.4f} | {r['of_hbm_read']:.2f} | "
                      f"{vs} | {'' if e is None else f'{e:.1e}'} | {note} |")
+    if pairs:
+        lines += ["", "Paged against contiguous (the defaults, timed in alternation in one loop):", "",
+                  "| case | paged ms | contiguous ms | paged / contiguous |", "|---|---|---|---|"]
+        lines += [f"| {p['case']} | {p['paged_ms']:.4f} | {p['contiguous_ms']:.4f} | {p['ratio']:.3f}x |"
+                  for p in pairs]
     return "\n".join(lines) + "\n"
 
 

@@ -92,15 +92,19 @@ VARIANTS = {
 
 def variant_configs(case: "Case") -> list:
     """The configs timed beside the default: VARIANTS, the default with TMA loads from a
-    producer warpgroup where it is wgmma and the layout contiguous (session 6's conditional
-    rescaling measured 0.92-1.03x and left the list), then the other tensor-core instruction
+    producer warpgroup where it is wgmma and the layout contiguous, and that with two
+    warpgroups taking turns (ping-pong; session 6's conditional rescaling measured
+    0.92-1.03x and left the list), then the other tensor-core instruction
     (wgmma or mma.sync, whichever the default is not) where both serve the spec."""
     from attngen.resources import load_schedule
     from attngen.targets import get
 
     sched, target, spec = load_schedule("attention_cuda_tc"), get("cuda-sm90a"), spec_of(case)
     other = "mma_sync" if sched.default(spec, target)["mma"] == "wgmma" else "wgmma"
-    extra = [{"mma": "wgmma", "tma": True}] if other == "mma_sync" and spec.layout != "thd" else []
+    extra = []
+    if other == "mma_sync" and spec.layout != "thd":  # TMA loads; then the warpgroups' ping-pong
+        extra = [{"mma": "wgmma", "tma": True},
+                 {"mma": "wgmma", "tma": True, "pingpong": True, "warps": 8, "block_n": 128, "overlap": True}]
     if other == "mma_sync" or sched.wgmma_unsupported_reason(spec, target) is None:
         extra.append({"mma": other})
     return VARIANTS.get(case.name, []) + extra

@@ -43,7 +43,7 @@ def cases():
     out += [("causal wgmma lazy", GALLERY["causal"].spec, 3, t.LAZY)]
     # session 7, not yet run on a GPU: TMA loads from a producer warpgroup on mbarriers
     out += [(f"{n} wgmma tma", *t.TMA_WGMMA[n][:1], 3, t.TMA_WGMMA[n][1])
-            for n in ("causal", "causal_plain", "document", "d64_bshd_document")]
+            for n in ("causal", "causal_plain", "document", "d64_bshd_document", "causal_pingpong")]
     return out
 
 

@@ -224,6 +224,11 @@ def test_tma_loads_by_a_producer_warpgroup_on_mbarriers():
         lower(spec, SM90, {"mma": "mma_sync", "tma": True})
     with pytest.raises(ValueError, match="tma must be a bool"):
         sched.validate(spec, SM90, {**sched.default(spec, SM90), "tma": 1})
+    for bad in ({"mma": "wgmma", "pingpong": True}, {**PINGPONG, "overlap": False}, {**PINGPONG, "warps": 4}):
+        with pytest.raises(ValueError, match="pingpong needs tma, overlap and warps=8"):
+            lower(spec, SM90, bad)
+    turns = lower(spec, SM90, PINGPONG).mod.script()
+    assert turns.count('"sync", "")') == 1 and turns.count('"arrive", "")') == 2  # named barriers
 
 
 # ----------------------------------------------------------------------------- nvcc
@@ -250,7 +255,8 @@ def test_registers_without_stack_or_spills(name, arch, tmp_path):
 
 
 @needs_nvcc
-@pytest.mark.parametrize("name", ["causal", "causal_plain", "document", "softcap", "d64_bshd_document"])
+@pytest.mark.parametrize("name", ["causal", "causal_plain", "document", "softcap", "d64_bshd_document",
+                                  "causal_pingpong", "document_pingpong"])
 def test_tma_kernel_compiles_without_spills_or_serialized_wgmma(name, tmp_path):
     spec, config = TMA_WGMMA[name]
     source = next(m for m in compile_lowered(lower(spec, SM90, config), SM90).mod.imports
@@ -376,6 +382,10 @@ TMA_WGMMA = {"causal": (GALLERY["causal"].spec, TMA), "causal_plain": (GALLERY["
              "softcap": (GALLERY["softcap"].spec, TMA), "sinks": (GALLERY["sinks"].spec, TMA),
              "d64_bshd_document": (EXTRA["d64_bshd_document"], TMA),
              "causal_bf16": (GALLERY["causal_bf16"].spec, TMA)}
+# ... and the warpgroups taking turns on named barriers (two warpgroups, overlap)
+PINGPONG = {**TMA, "pingpong": True, "warps": 8, "block_n": 128, "overlap": True}
+TMA_WGMMA.update({f"{n}_pingpong": (GALLERY[n].spec, PINGPONG)
+                  for n in ("causal", "full", "gqa", "document", "softcap", "sinks")})
 
 
 def _wgmma_builds():

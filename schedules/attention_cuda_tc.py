@@ -26,11 +26,11 @@ builtins.  What remains to choose is the instruction and the tile shape:
     lazy_rescale     (wgmma; off unless asked) FlashAttention-4's conditional rescaling: a row's
                      reference max moves only when a tile's max passes it by more than 8 in log2
                      units (P <= 256), and a warp skips the O rescale when none of its rows moved
-    tma              (wgmma, contiguous bhsd / bshd; off until checked on a GPU) a producer warp
-                     loads Q, K and V by the bulk tensor copy on mbarriers; the warpgroups wait
-                     on those and release each buffer on its own mbarrier: no CTA barrier and no
-                     consumer-issued copy in the loop (FlashAttention-3's producer / consumer
-                     split, without its warpgroup ping-pong)
+    tma              (wgmma, contiguous bhsd / bshd; off until checked on a GPU) a producer
+                     warpgroup loads Q, K and V by the bulk tensor copy on mbarriers; the
+                     consumer warpgroups wait on those and release each buffer on its own
+                     mbarrier: no CTA barrier and no consumer-issued copy in the loop
+                     (FlashAttention-3's producer / consumer split)
     pingpong         (wgmma with tma, overlap and two warpgroups; off until checked on a GPU)
                      FlashAttention-3's ping-pong: the warpgroups take turns issuing their GEMMs
                      on named barriers, so one's softmax runs under the other's GEMMs
@@ -47,7 +47,7 @@ KNOBS = {
     "mma": 'tensor-core instruction: "mma_sync" or "wgmma" (sm_90a)',
     "overlap": "wgmma: issue S(j) and PV(j - 1) together, softmax under PV (bool)",
     "lazy_rescale": "wgmma: move a row's reference max only past +8 (log2), skip the O rescale otherwise (bool)",
-    "tma": "wgmma: a producer warp loads Q/K/V by TMA on mbarriers, no CTA barrier in the loop (bool)",
+    "tma": "wgmma: a producer warpgroup loads Q/K/V by TMA on mbarriers, no CTA barrier in the loop (bool)",
     "pingpong": "wgmma with tma, overlap, 2 warpgroups: the warpgroups take turns issuing GEMMs (bool)",
     "warps": "warps per CTA (1, 2, 4 or 8)",
     "m_tiles": "16-row m-tiles per warp (1 or 2)",

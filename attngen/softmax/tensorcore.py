@@ -178,7 +178,8 @@ def wgmma_context(spec: Attention, cfg, ctx) -> dict:
     return {**ctx, "mma_dtype": WGMMA_DTYPE[spec.dtype], "warpgroups": cfg["warps"] // 4,
             "overlap": cfg["overlap"], "lazy_rescale": cfg.get("lazy_rescale", False),
             "wg_full_lo": wg_lo, "wg_full_hi": wg_hi, "tma": tma, "tma_maps": maps,
-            "tma_coords": coords, "pingpong": cfg.get("pingpong", False)}
+            "tma_coords": coords, "pingpong": cfg.get("pingpong", False),
+            "persistent": cfg.get("persistent", False)}
 
 
 def tma_maps(spec: Attention, block_m: int, block_n: int):

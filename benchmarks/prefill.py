@@ -103,7 +103,7 @@ def variant_configs(case: "Case") -> list:
     other = "mma_sync" if sched.default(spec, target)["mma"] == "wgmma" else "wgmma"
     extra = []
     if other == "mma_sync" and spec.layout != "thd":  # TMA loads; then the warpgroups' ping-pong
-        extra = [{"mma": "wgmma", "tma": True},
+        extra = [{"mma": "wgmma", "tma": True}, {"mma": "wgmma", "tma": True, "persistent": True},
                  {"mma": "wgmma", "tma": True, "pingpong": True, "warps": 8, "block_n": 128, "overlap": True}]
     if other == "mma_sync" or sched.wgmma_unsupported_reason(spec, target) is None:
         extra.append({"mma": other})

@@ -34,6 +34,9 @@ builtins.  What remains to choose is the instruction and the tile shape:
     pingpong         (wgmma with tma, overlap and two warpgroups; off until checked on a GPU)
                      FlashAttention-3's ping-pong: the warpgroups take turns issuing their GEMMs
                      on named barriers, so one's softmax runs under the other's GEMMs
+    persistent       (wgmma with tma; off until checked on a GPU) one wave of CTAs loops over
+                     the row tiles, the longest first; the next tile's Q and K/V load under the
+                     current tile's last P V and epilogue (short rows: windows, maps)
 
 Limits checked by ``validate``: the Q, K and V tiles (rows padded by 8 elements) fit the
 target's dynamic shared memory; the K and V tiles split into whole 16-byte copies per thread;
@@ -49,6 +52,7 @@ KNOBS = {
     "lazy_rescale": "wgmma: move a row's reference max only past +8 (log2), skip the O rescale otherwise (bool)",
     "tma": "wgmma: a producer warpgroup loads Q/K/V by TMA on mbarriers, no CTA barrier in the loop (bool)",
     "pingpong": "wgmma with tma, overlap, 2 warpgroups: the warpgroups take turns issuing GEMMs (bool)",
+    "persistent": "wgmma with tma: one wave of CTAs loops over the row tiles (bool)",
     "warps": "warps per CTA (1, 2, 4 or 8)",
     "m_tiles": "16-row m-tiles per warp (1 or 2)",
     "block_n": "keys per shared-memory K/V tile (16, 32, 64 or 128)",
@@ -173,7 +177,7 @@ def _problems(spec, target, config) -> list:
     out = []
     w, bn = config["warps"], config["block_n"]
     mma = config.get("mma", "mma_sync")
-    for flag in ("q_in_registers", "tile_map", "overlap", "lazy_rescale", "tma", "pingpong"):
+    for flag in ("q_in_registers", "tile_map", "overlap", "lazy_rescale", "tma", "pingpong", "persistent"):
         if not isinstance(config.get(flag, False), bool):
             out.append(f"{flag} must be a bool, got {config.get(flag)!r}")
     if mma not in ("mma_sync", "wgmma"):
@@ -204,6 +208,8 @@ def _problems(spec, target, config) -> list:
         out.append("tma needs mma='wgmma'")
     if config.get("pingpong"):
         out.append("pingpong needs mma='wgmma'")
+    if config.get("persistent"):
+        out.append("persistent needs mma='wgmma'")
     threads = 32 * w
     for what, width in (("K", spec.head_dim), ("V", spec.head_dim_v)):
         if (bn * width // 8) % threads:
@@ -232,6 +238,8 @@ def _wgmma_problems(spec, target, config) -> list:
         out.append("wgmma: q_in_registers must be False (wgmma reads Q from shared memory)")
     if config.get("pingpong") and not (config.get("tma") and config.get("overlap") and config["warps"] == 8):
         out.append("wgmma: pingpong needs tma, overlap and warps=8 (two consumer warpgroups taking turns)")
+    if config.get("persistent") and not config.get("tma"):
+        out.append("wgmma: persistent needs tma (the producer runs ahead into the next tile)")
     if config.get("tma") and (spec.layout == "thd" or spec.is_paged):
         out.append("wgmma: tma needs a contiguous bhsd or bshd layout (one tensor map per Q/K/V "
                    f"tensor), not {'a paged cache' if spec.is_paged else 'packed sequences'}")

@@ -44,6 +44,8 @@ def cases():
     # session 7, not yet run on a GPU: TMA loads from a producer warpgroup on mbarriers
     out += [(f"{n} wgmma tma", *t.TMA_WGMMA[n][:1], 3, t.TMA_WGMMA[n][1])
             for n in ("causal", "causal_plain", "document", "d64_bshd_document", "causal_pingpong")]
+    out += [(f"{n} wgmma persistent", *t.PERSISTENT_WGMMA[n][:1], 3, t.PERSISTENT_WGMMA[n][1])
+            for n in ("causal", "sliding_window", "causal_pingpong")]
     return out
 
 

@@ -229,6 +229,12 @@ def test_tma_loads_by_a_producer_warpgroup_on_mbarriers():
             lower(spec, SM90, bad)
     turns = lower(spec, SM90, PINGPONG).mod.script()
     assert turns.count('"sync", "")') == 1 and turns.count('"arrive", "")') == 2  # named barriers
+    with pytest.raises(ValueError, match="persistent needs tma"):
+        lower(spec, SM90, {"mma": "wgmma", "persistent": True})
+    loop = lower(spec, SM90, PERSISTENT).mod.script()
+    # one wave (132 SMs of sm_90a), the tiles in a loop in both roles, Q released per tile
+    assert "T.min((LQ + 127) // 128 * 16 * B, 132)" in loop and loop.count("for ti in range(n_mine)") == 2
+    assert loop.count("T.address_of(bars[9])") == 2  # Q empty: the producer's wait, the release
 
 
 # ----------------------------------------------------------------------------- nvcc
@@ -256,9 +262,10 @@ def test_registers_without_stack_or_spills(name, arch, tmp_path):
 
 @needs_nvcc
 @pytest.mark.parametrize("name", ["causal", "causal_plain", "document", "softcap", "d64_bshd_document",
-                                  "causal_pingpong", "document_pingpong"])
+                                  "causal_pingpong", "document_pingpong", "persistent causal",
+                                  "persistent document", "persistent causal_pingpong"])
 def test_tma_kernel_compiles_without_spills_or_serialized_wgmma(name, tmp_path):
-    spec, config = TMA_WGMMA[name]
+    spec, config = PERSISTENT_WGMMA[name.split()[1]] if name.startswith("persistent") else TMA_WGMMA[name]
     source = next(m for m in compile_lowered(lower(spec, SM90, config), SM90).mod.imports
                   if m.kind == "cuda").inspect_source()
     assert "const __grid_constant__ CUtensorMap" in source and "__launch_bounds__(" in source
@@ -386,6 +393,15 @@ TMA_WGMMA = {"causal": (GALLERY["causal"].spec, TMA), "causal_plain": (GALLERY["
 PINGPONG = {**TMA, "pingpong": True, "warps": 8, "block_n": 128, "overlap": True}
 TMA_WGMMA.update({f"{n}_pingpong": (GALLERY[n].spec, PINGPONG)
                   for n in ("causal", "full", "gqa", "document", "softcap", "sinks")})
+# ... and one wave of CTAs looping over the row tiles (each spec's default tile shape)
+PERSISTENT = {**TMA, "persistent": True}
+PERSISTENT_WGMMA = {"causal": (GALLERY["causal"].spec, PERSISTENT),
+                    "causal_plain": (GALLERY["causal"].spec, {**PERSISTENT, "overlap": False}),
+                    "sliding_window": (GALLERY["sliding_window"].spec, PERSISTENT),
+                    "document": (GALLERY["document"].spec, PERSISTENT),
+                    "softcap": (GALLERY["softcap"].spec, PERSISTENT),
+                    "causal_pingpong": (GALLERY["causal"].spec, {**PINGPONG, "persistent": True}),
+                    "d64_bshd_document": (EXTRA["d64_bshd_document"], PERSISTENT)}
 
 
 def _wgmma_builds():
@@ -394,7 +410,7 @@ def _wgmma_builds():
     out += [(GALLERY[n].spec, WGMMA_PLAIN) for n in PLAIN_WGMMA]
     out += [(GALLERY[n].spec, LAZY) for n in LAZY_WGMMA]
     out += [(GALLERY[n].spec, {**LAZY, "overlap": False}) for n in PLAIN_WGMMA]
-    out += list(TMA_WGMMA.values())
+    out += list(TMA_WGMMA.values()) + list(PERSISTENT_WGMMA.values())
     # where wgmma is the default on sm_90a, mma.sync (sm_80's kernel) is checked by name
     return out + [(GALLERY[n].spec, MMA_SYNC) for n in GALLERY_WGMMA] + \
         [(s, MMA_SYNC) for s in {**EXTRA_WGMMA, **PACKED}.values()]
@@ -443,6 +459,15 @@ def test_paged_prefill_tensor_cores_on_gpu(name):
 def test_wgmma_tma_on_gpu(name):
     spec, config = TMA_WGMMA[name]
     _check(spec, (1, 63, 64, 65, 1000, 4096), config)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(PERSISTENT_WGMMA))
+def test_wgmma_persistent_on_gpu(name):
+    """Three batches of 16 heads: at length 1000, 384-768 row tiles over 132-264 CTAs, so most
+    CTAs run two or three tiles and the phases carry across them."""
+    spec, config = PERSISTENT_WGMMA[name]
+    _check(spec, (1, 63, 65, 1000), config, batch=3)
 
 
 @pytest.mark.gpu

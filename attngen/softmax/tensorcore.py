@@ -95,7 +95,7 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
             funcs[kernel] = parse(text)
     if cfg["mma"] == "wgmma":
         funcs["attention"] = parse(render("attention_wgmma.j2", name="attention",
-                                          **wgmma_context(spec, cfg, ctx)))
+                                          **wgmma_context(spec, cfg, ctx), sm_count=target.sm_count))
     else:
         funcs["attention"] = parse(render("attention_tc.j2", name="attention", **ctx))
     mod = sched.schedule(tvm.IRModule(funcs), spec, target, cfg)

@@ -220,34 +220,17 @@ def run(build_dir: str, results_dir: str, only=(), tag: str = "", with_flex: boo
         run_h2o(build_dir, case, hbm, rows, checks)
     for case in [c for c in CASES if not only or c.name in only]:
         spec = spec_of(case)
-        B, H, Hk, L, D = case.batch, case.heads, case.kv_heads, case.kv_len, case.dim
-        gen = torch.Generator(device=dev).manual_seed(0)
-        q = torch.randn(B, H, 1, D, device=dev, dtype=torch.float16, generator=gen)
-        k = torch.randn(B, Hk, L, D, device=dev, dtype=torch.float16, generator=gen)
-        v = torch.randn(B, Hk, L, D, device=dev, dtype=torch.float16, generator=gen)
-        kv_lens = torch.full((B,), L, device=dev, dtype=torch.int32)
-        if case.page_size:
-            # the same cache, cut into pages and scattered over the pool in a random order
-            P, mp = case.page_size, L // case.page_size
-            perm = torch.randperm(B * mp, device=dev, generator=gen)
-            table = perm.to(torch.int32).reshape(B, mp)
-            pool = lambda x: torch.empty_like(x).view(B * mp, Hk, P, D).index_copy_(
-                0, perm, x.view(B, Hk, mp, P, D).transpose(1, 2).reshape(B * mp, Hk, P, D))
-            k_in, v_in = pool(k), pool(v)
-            extra = [kv_lens, table]
-        else:
-            k_in, v_in, extra = k, v, [kv_lens]
+        H, Hk = case.heads, case.kv_heads
+        inputs, (k, v) = gqa_inputs(case, dev)
+        q, kv_lens = inputs["q"], inputs["kv_lens"]
         with sdpa_kernel(SDPBackend.MATH):
             ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=Hk != H)
 
         impls = {}
         for label, cfg in variants(case):
             kernel = _load(build_dir, spec, cfg)
-            sizes = kernel.family.sizes(spec, {"q": q, "k": k_in, "page_table": extra[-1]})
-            bufs = {"q": q, "k": k_in, "v": v_in, "kv_lens": kv_lens}
-            if case.page_size:
-                bufs["page_table"] = extra[-1]
-            _scratch(kernel, sizes, bufs, dev)
+            bufs = dict(inputs)
+            _scratch(kernel, kernel.family.sizes(spec, bufs), bufs, dev)
             attngen = launcher(kernel, bufs)
             attngen()
             torch.cuda.synchronize()
@@ -284,7 +267,7 @@ def run(build_dir: str, results_dir: str, only=(), tag: str = "", with_flex: boo
         _time(rows, case, impls, hbm)
         if case.page_size:
             _pair(build_dir, case, impls["attngen"][0], {"q": q, "k": k, "v": v, "kv_lens": kv_lens}, pairs)
-        del q, k, v, k_in, v_in, impls
+        del q, k, v, inputs, impls
         torch.cuda.empty_cache()
 
     os.makedirs(results_dir, exist_ok=True)
@@ -323,12 +306,34 @@ def _time(rows, case, impls, hbm):
         print(f"  {impl:34s} {ms:8.4f} ms {rows[-1]['gbps']:7.0f} GB/s", flush=True)
 
 
-def mla_inputs(case: MLACase):
+def gqa_inputs(case: Case, dev: str = "cuda"):
+    """The case's kernel inputs (by name: q, k, v, kv_lens, and page_table when paged) and its
+    contiguous K and V [B, Hk, L, D]: paged, the same rows cut into pages scattered over the
+    pool in a random order (seeded, so every run reads the same layout)."""
+    import torch
+
+    B, H, Hk, L, D = case.batch, case.heads, case.kv_heads, case.kv_len, case.dim
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(B, H, 1, D, device=dev, dtype=torch.float16, generator=gen)
+    k = torch.randn(B, Hk, L, D, device=dev, dtype=torch.float16, generator=gen)
+    v = torch.randn(B, Hk, L, D, device=dev, dtype=torch.float16, generator=gen)
+    bufs = {"q": q, "k": k, "v": v, "kv_lens": torch.full((B,), L, device=dev, dtype=torch.int32)}
+    if case.page_size:
+        P, mp = case.page_size, L // case.page_size
+        perm = torch.randperm(B * mp, device=dev, generator=gen)
+        bufs["page_table"] = perm.to(torch.int32).reshape(B, mp)
+        for name, x in (("k", k), ("v", v)):
+            bufs[name] = torch.empty_like(x).view(B * mp, Hk, P, D).index_copy_(
+                0, perm, x.view(B, Hk, mp, P, D).transpose(1, 2).reshape(B * mp, Hk, P, D))
+    return bufs, (k, v)
+
+
+def mla_inputs(case: MLACase, dev: str = "cuda"):
     """The case's kernel inputs (by name) and its contiguous latent cache [B, 1, L, D]: paged,
     the same rows cut into pages scattered over the pool in a random order."""
     import torch
 
-    dev, B, H, L, D = "cuda", case.batch, case.heads, case.kv_len, case.latent + case.rope
+    B, H, L, D = case.batch, case.heads, case.kv_len, case.latent + case.rope
     gen = torch.Generator(device=dev).manual_seed(0)
     q = torch.randn(B, H, 1, D, device=dev, dtype=torch.float16, generator=gen)
     kv = torch.randn(B, 1, L, D, device=dev, dtype=torch.float16, generator=gen)

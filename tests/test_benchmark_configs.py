@@ -2,6 +2,7 @@
 invalid config fails the build step, far from the change that broke it), and the decode
 table reports the paired paged / contiguous timing."""
 import pytest
+import torch
 
 from attngen.builder import lower
 from attngen.targets import get as get_target
@@ -27,3 +28,18 @@ def test_the_decode_table_gives_paged_over_contiguous():
     pairs = [{"case": "paged16 B32", "paged_ms": 0.2700, "contiguous_ms": 0.2600, "ratio": 1.038}]
     text = decode.markdown("H200", {"copy_gbps": 4200.0, "read_gbps": 4200.0}, [], [], pairs)
     assert "| paged16 B32 | 0.2700 | 0.2600 | 1.038x |" in text
+
+
+def test_paged_inputs_hold_the_contiguous_rows():
+    """The paged runs read the same keys as the contiguous ones: page table[b, p] of the pool
+    holds rows p P .. p P + P - 1 of sequence b (GQA: every KV head; MLA: the latent rows)."""
+    P = 16
+    bufs, (k, v) = decode.gqa_inputs(decode.Case("tiny", 2, 64, heads=4, kv_heads=2, dim=16, page_size=P), "cpu")
+    latent, kv = decode.mla_inputs(decode.MLACase("tiny", 2, 64, heads=4, latent=32, rope=16, page_size=P), "cpu")
+    for b in range(2):
+        for p in range(64 // P):
+            rows = slice(p * P, (p + 1) * P)
+            assert torch.equal(bufs["k"][bufs["page_table"][b, p]], k[b, :, rows])
+            assert torch.equal(bufs["v"][bufs["page_table"][b, p]], v[b, :, rows])
+            assert torch.equal(latent["k"][latent["page_table"][b, p]], kv[b, :, rows])
+    assert sorted(bufs["page_table"].flatten().tolist()) == list(range(2 * 64 // P))  # a permutation

@@ -116,16 +116,36 @@ def card_name() -> str:
     return torch.cuda.get_device_name().replace("NVIDIA ", "").replace(" ", "-")
 
 
+WARM_S = 0.025  # at least this long of untimed calls first, as triton's do_bench (25 ms)
+
+
+def _warm(fns, warmup: int) -> None:
+    """``warmup`` calls of each, then more until WARM_S has passed: a decode call of 0.2 ms
+    times its 50 reps in 10 ms, short next to clocks that may have idled while the host
+    prepared the case (one suspect for session 7's paged rows, 9-13% slow when timed first
+    in their case late in a long run, and fine when re-run)."""
+    import time
+
+    import torch
+
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    while time.perf_counter() - start < WARM_S:
+        for fn in fns:
+            fn()
+        torch.cuda.synchronize()
+
+
 def paired_ms(fns: dict, reps: int, warmup: int) -> dict:
     """Medians like ``median_ms`` for several callables timed in turn, one call of each per
     round: a ratio between them is then taken under the same conditions (clocks, memory
     state, neighbours on the GPU), not minutes apart in a long process."""
     import torch
 
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    torch.cuda.synchronize()
+    _warm(list(fns.values()), warmup)
     times = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
@@ -140,12 +160,10 @@ def paired_ms(fns: dict, reps: int, warmup: int) -> dict:
 
 def median_ms(fn, reps: int, warmup: int) -> float:
     """Median over ``reps`` calls of ``fn`` of the CUDA-event time around one call, after
-    ``warmup`` untimed calls (compilation, autotuning, caches)."""
+    ``warmup`` untimed calls (compilation, autotuning, caches) and at least WARM_S of them."""
     import torch
 
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
+    _warm([fn], warmup)
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -306,6 +306,20 @@ def _time(rows, case, impls, hbm):
         print(f"  {impl:34s} {ms:8.4f} ms {rows[-1]['gbps']:7.0f} GB/s", flush=True)
 
 
+def _pages(caches, page_size: int, gen):
+    """Caches [B, Hk, L, D] cut into pages of page_size rows and scattered over pools
+    [B * L / P, Hk, P, D] in one seeded random order: (pools, page table [B, L / P] int32)."""
+    import torch
+
+    B, Hk, L, D = caches[0].shape
+    mp = L // page_size
+    perm = torch.randperm(B * mp, device=caches[0].device, generator=gen)
+    pools = [torch.empty_like(x).view(B * mp, Hk, page_size, D).index_copy_(
+        0, perm, x.view(B, Hk, mp, page_size, D).transpose(1, 2).reshape(B * mp, Hk, page_size, D))
+        for x in caches]
+    return pools, perm.to(torch.int32).reshape(B, mp)
+
+
 def gqa_inputs(case: Case, dev: str = "cuda"):
     """The case's kernel inputs (by name: q, k, v, kv_lens, and page_table when paged) and its
     contiguous K and V [B, Hk, L, D]: paged, the same rows cut into pages scattered over the
@@ -319,12 +333,7 @@ def gqa_inputs(case: Case, dev: str = "cuda"):
     v = torch.randn(B, Hk, L, D, device=dev, dtype=torch.float16, generator=gen)
     bufs = {"q": q, "k": k, "v": v, "kv_lens": torch.full((B,), L, device=dev, dtype=torch.int32)}
     if case.page_size:
-        P, mp = case.page_size, L // case.page_size
-        perm = torch.randperm(B * mp, device=dev, generator=gen)
-        bufs["page_table"] = perm.to(torch.int32).reshape(B, mp)
-        for name, x in (("k", k), ("v", v)):
-            bufs[name] = torch.empty_like(x).view(B * mp, Hk, P, D).index_copy_(
-                0, perm, x.view(B, Hk, mp, P, D).transpose(1, 2).reshape(B * mp, Hk, P, D))
+        (bufs["k"], bufs["v"]), bufs["page_table"] = _pages((k, v), case.page_size, gen)
     return bufs, (k, v)
 
 
@@ -339,10 +348,7 @@ def mla_inputs(case: MLACase, dev: str = "cuda"):
     kv = torch.randn(B, 1, L, D, device=dev, dtype=torch.float16, generator=gen)
     bufs = {"q": q, "k": kv, "kv_lens": torch.full((B,), L, device=dev, dtype=torch.int32)}
     if case.page_size:
-        P, mp = case.page_size, L // case.page_size
-        perm = torch.randperm(B * mp, device=dev, generator=gen)
-        bufs["page_table"] = perm.to(torch.int32).reshape(B, mp)
-        bufs["k"] = torch.empty_like(kv).view(B * mp, 1, P, D).index_copy_(0, perm, kv.view(B * mp, 1, P, D))
+        (bufs["k"],), bufs["page_table"] = _pages((kv,), case.page_size, gen)
     return bufs, kv
 
 

@@ -91,10 +91,10 @@ VARIANTS = {
 
 
 def variant_configs(case: "Case") -> list:
-    """The configs timed beside the default: VARIANTS, the default with TMA loads from a
-    producer warpgroup where it is wgmma and the layout contiguous, and that with two
-    warpgroups taking turns (ping-pong; session 6's conditional rescaling measured
-    0.92-1.03x and left the list), then the other tensor-core instruction
+    """The configs timed beside the default: VARIANTS; where the default is wgmma and the
+    layout contiguous, TMA loads from a producer warpgroup, that with a persistent tile loop,
+    and with two warpgroups taking turns (ping-pong; session 6's conditional rescaling measured
+    0.92-1.03x and left the list); then the other tensor-core instruction
     (wgmma or mma.sync, whichever the default is not) where both serve the spec."""
     from attngen.resources import load_schedule
     from attngen.targets import get
@@ -102,7 +102,7 @@ def variant_configs(case: "Case") -> list:
     sched, target, spec = load_schedule("attention_cuda_tc"), get("cuda-sm90a"), spec_of(case)
     other = "mma_sync" if sched.default(spec, target)["mma"] == "wgmma" else "wgmma"
     extra = []
-    if other == "mma_sync" and spec.layout != "thd":  # TMA loads; then the warpgroups' ping-pong
+    if other == "mma_sync" and spec.layout != "thd":  # TMA loads; persistent; ping-pong
         extra = [{"mma": "wgmma", "tma": True}, {"mma": "wgmma", "tma": True, "persistent": True},
                  {"mma": "wgmma", "tma": True, "pingpong": True, "warps": 8, "block_n": 128, "overlap": True}]
     if other == "mma_sync" or sched.wgmma_unsupported_reason(spec, target) is None:

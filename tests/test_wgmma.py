@@ -252,12 +252,12 @@ def test_prefill_wgmma_full_tiles_per_warpgroup():
     sched, sm90, _, _ = _prefill()
     spec = GALLERY["sliding_window"].spec  # window 256, causal
     cfg = {**sched.wgmma_default(spec, sm90), "warps": 8, "block_n": 128}  # two warpgroups
-    ctx = tensorcore.wgmma_context(spec, cfg, tensorcore.context(spec, cfg, sig.program_args(spec)))
+    ctx = tensorcore.wgmma_context(spec, sm90, cfg, tensorcore.context(spec, cfg, sig.program_args(spec)))
     assert (ctx["wg_full_lo"], ctx["wg_full_hi"]) == ("(wq_last + kvl - lq - 255)", "(wq0 + kvl - lq)")
     assert ctx["warpgroups"] == 2 and ctx["mma_dtype"] == "f16" and ctx["block_m"] == 128
     doc = GALLERY["document"].spec
     dcfg = sched.wgmma_default(doc, sm90)
-    dctx = tensorcore.wgmma_context(doc, dcfg, tensorcore.context(doc, dcfg, sig.program_args(doc)))
+    dctx = tensorcore.wgmma_context(doc, sm90, dcfg, tensorcore.context(doc, dcfg, sig.program_args(doc)))
     assert dctx["wg_full_lo"] is None and dctx["tile_map"]
 
 

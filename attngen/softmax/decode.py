@@ -82,7 +82,7 @@ def lower_split_kv(spec: Attention, target, config, sched, split_kernel, count) 
     if not fused:
         kernels.append(("decode_combine", "decode_combine.j2",
                         combine_context(spec, [by_name[n] for n in comb], n_split, cfg["max_split"],
-                                        cfg.get("pdl", False)), comb))
+                                        cfg["pdl"]), comb))
     funcs = {fname: parse(render(tpl, name=fname, **ctx)) for fname, tpl, ctx, _ in kernels}
     mod = sched.schedule(tvm.IRModule(funcs), spec, target, cfg)
     calls = tuple(Call(fname, tuple(names)) for fname, _, _, names in kernels)
@@ -162,7 +162,7 @@ def decode_context(spec: Attention, target, cfg, args, n_split: str) -> dict:
         q_prescale=repr(q_prescale), neg=repr(NEG), ln2=repr(LN2))
 
 
-def combine_context(spec: Attention, args, n_split: str, max_split: int, pdl: bool = False) -> dict:
+def combine_context(spec: Attention, args, n_split: str, max_split: int, pdl: bool) -> dict:
     return dict(params=sig.tir_params(args, spec), size_vars=sig.size_vars(args), dtype=spec.dtype,
                 num_heads=spec.num_heads, head_dim_v=spec.head_dim_v, q_len=spec.phase.q_len,
                 n_split=n_split, max_split=max_split, sinks=spec.sinks, pdl=pdl)

@@ -95,7 +95,7 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
             funcs[kernel] = parse(text)
     if cfg["mma"] == "wgmma":
         funcs["attention"] = parse(render("attention_wgmma.j2", name="attention",
-                                          **wgmma_context(spec, cfg, ctx), sm_count=target.sm_count))
+                                          **wgmma_context(spec, target, cfg, ctx)))
     else:
         funcs["attention"] = parse(render("attention_tc.j2", name="attention", **ctx))
     mod = sched.schedule(tvm.IRModule(funcs), spec, target, cfg)
@@ -160,7 +160,7 @@ def context(spec: Attention, cfg, args) -> dict:
         neg=repr(NEG), ln2=repr(LN2), log2e=repr(LOG2E))
 
 
-def wgmma_context(spec: Attention, cfg, ctx) -> dict:
+def wgmma_context(spec: Attention, target, cfg, ctx) -> dict:
     """attention_wgmma.j2's context: attention_tc.j2's with one m-tile per warp (the same
     fragment element -> row/key texts), wgmma's dtype names, and full-tile bounds per
     warpgroup (its 64 rows wq0 .. wq_last: on a causal diagonal one warpgroup's tile may be
@@ -179,7 +179,7 @@ def wgmma_context(spec: Attention, cfg, ctx) -> dict:
             "overlap": cfg["overlap"], "lazy_rescale": cfg.get("lazy_rescale", False),
             "wg_full_lo": wg_lo, "wg_full_hi": wg_hi, "tma": tma, "tma_maps": maps,
             "tma_coords": coords, "pingpong": cfg.get("pingpong", False),
-            "persistent": cfg.get("persistent", False)}
+            "persistent": cfg.get("persistent", False), "sm_count": target.sm_count}
 
 
 def tma_maps(spec: Attention, block_m: int, block_n: int):

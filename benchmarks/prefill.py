@@ -91,20 +91,21 @@ VARIANTS = {
 
 
 def variant_configs(case: "Case") -> list:
-    """The configs timed beside the default: VARIANTS; where the default is wgmma and the
-    layout contiguous, TMA loads from a producer warpgroup, that with a persistent tile loop,
-    and with two warpgroups taking turns (ping-pong; session 6's conditional rescaling measured
-    0.92-1.03x and left the list); then the other tensor-core instruction
-    (wgmma or mma.sync, whichever the default is not) where both serve the spec."""
+    """The configs timed beside the default: VARIANTS; where the default loads by TMA (wgmma,
+    a contiguous layout), the same kernel loading by cp.async, a persistent tile loop, and two
+    warpgroups taking turns (ping-pong; session 6's conditional rescaling measured 0.92-1.03x
+    and left the list); then the other tensor-core instruction (wgmma or mma.sync, whichever
+    the default is not) where both serve the spec."""
     from attngen.resources import load_schedule
     from attngen.targets import get
 
     sched, target, spec = load_schedule("attention_cuda_tc"), get("cuda-sm90a"), spec_of(case)
-    other = "mma_sync" if sched.default(spec, target)["mma"] == "wgmma" else "wgmma"
+    default = sched.default(spec, target)
+    other = "mma_sync" if default["mma"] == "wgmma" else "wgmma"
     extra = []
-    if other == "mma_sync" and spec.layout != "thd":  # TMA loads; persistent; ping-pong
-        extra = [{"mma": "wgmma", "tma": True}, {"mma": "wgmma", "tma": True, "persistent": True},
-                 {"mma": "wgmma", "tma": True, "pingpong": True, "warps": 8, "block_n": 128, "overlap": True}]
+    if default.get("tma"):  # cp.async; persistent; ping-pong
+        extra = [{"mma": "wgmma", "tma": False}, {"mma": "wgmma", "persistent": True},
+                 {"mma": "wgmma", "pingpong": True, "warps": 8, "block_n": 128, "overlap": True}]
     if other == "mma_sync" or sched.wgmma_unsupported_reason(spec, target) is None:
         extra.append({"mma": other})
     return VARIANTS.get(case.name, []) + extra

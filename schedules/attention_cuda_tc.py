@@ -108,9 +108,13 @@ def wgmma_default(spec, target) -> dict:
     # local +26%, document +11%, packed varlen +6%; causal N4096 -6% (so not for causal)
     from attngen.softmax import tile_map
 
+    # TMA loads from a producer warpgroup wherever one tensor map serves each of Q, K and V: on an
+    # H200 (session 8, same process) 1.01-1.19x the cp.async kernel on every benchmark case but
+    # window 1024 (0.98x), e.g. dense N16384 536 TFLOP/s against 454, causal 527 against 441
     warps, block_n = (4, 64) if short_rows(spec) else (8, 128)
     return {"mma": "wgmma", "warps": warps, "m_tiles": 1, "block_n": block_n,
-            "q_in_registers": False, "tile_map": tile_map.needed(spec), "overlap": True}
+            "q_in_registers": False, "tile_map": tile_map.needed(spec), "overlap": True,
+            "tma": spec.layout != "thd" and not spec.is_paged}
 
 
 def short_rows(spec) -> bool:

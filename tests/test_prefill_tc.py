@@ -216,6 +216,10 @@ def test_tma_loads_by_a_producer_warpgroup_on_mbarriers():
     assert 'setmaxnreg(24, "dec"' in script and 'setmaxnreg(240, "inc"' in script
     assert "tirx.launch_bounds_min_blocks_per_sm" in script
     sched = load_schedule("attention_cuda_tc")
+    # the default wherever one tensor map serves each tensor (bhsd, bshd), not otherwise
+    assert sched.default(spec, SM90)["tma"] and sched.default(EXTRA["d64_bshd_document"], SM90)["tma"]
+    assert not sched.default(PACKED["d64_thd_causal_sinks"], SM90)["tma"]
+    assert not sched.default(GALLERY["paged_prefill"].spec, SM90)["tma"]
     for bad, why in ((PACKED["d64_thd_causal_sinks"], "packed sequences"),
                      (GALLERY["paged_prefill"].spec, "a paged cache")):
         with pytest.raises(ValueError, match=f"tma needs a contiguous bhsd or bshd layout.*{why}"):
@@ -224,13 +228,14 @@ def test_tma_loads_by_a_producer_warpgroup_on_mbarriers():
         lower(spec, SM90, {"mma": "mma_sync", "tma": True})
     with pytest.raises(ValueError, match="tma must be a bool"):
         sched.validate(spec, SM90, {**sched.default(spec, SM90), "tma": 1})
-    for bad in ({"mma": "wgmma", "pingpong": True}, {**PINGPONG, "overlap": False}, {**PINGPONG, "warps": 4}):
+    for bad in ({"mma": "wgmma", "tma": False, "pingpong": True}, {**PINGPONG, "overlap": False},
+                {**PINGPONG, "warps": 4}):
         with pytest.raises(ValueError, match="pingpong needs tma, overlap and warps=8"):
             lower(spec, SM90, bad)
     turns = lower(spec, SM90, PINGPONG).mod.script()
     assert turns.count('"sync", "")') == 1 and turns.count('"arrive", "")') == 2  # named barriers
     with pytest.raises(ValueError, match="persistent needs tma"):
-        lower(spec, SM90, {"mma": "wgmma", "persistent": True})
+        lower(spec, SM90, {"mma": "wgmma", "tma": False, "persistent": True})
     loop = lower(spec, SM90, PERSISTENT).mod.script()
     # one wave (132 SMs of sm_90a), the tiles in a loop in both roles, Q released per tile
     assert "T.min((LQ + 127) // 128 * 16 * B, 132)" in loop and loop.count("for ti in range(n_mine)") == 2

@@ -272,22 +272,24 @@ def test_a_win_within_timing_noise_keeps_the_default(tmp_path, monkeypatch):
 
 
 def test_records_that_never_raced_the_default_kernel_are_ignored(tmp_path, monkeypatch):
-    """On sm_90a the prefill default is wgmma: an mma.sync record measured against the mma.sync
-    default (like the shipped H100 records, which predate the field) does not displace it; a
-    record whose run's default was wgmma does, whatever its own kernel."""
+    """On sm_90a the prefill default is wgmma with TMA loads: an mma.sync record measured
+    against the mma.sync default (like the shipped H100 records, which predate the field) does
+    not displace it, nor one measured against wgmma's cp.async kernel; a record whose run's
+    default was today's does, whatever its own kernel."""
     from attngen.builder import _tvm_version
     from attngen.tune import tuned
 
     sm90 = get("cuda-sm90a")
     spec = GALLERY["causal"].spec
     default = space.default_config(spec, sm90)
-    assert default["mma"] == "wgmma"
+    assert default["mma"] == "wgmma" and default["tma"]
     mma_sync = space.schedule_module(spec, sm90).default(spec, sm90, mma="mma_sync")
     base = {"spec": spec.key, "target": sm90.name, "device": "NVIDIA H100 80GB HBM3",
             "tvm": _tvm_version(), "valid": True, "default_ms": 1.0, "config": mma_sync, "ms": 0.5}
     db = tmp_path / "db.json"
     database.add([{**base, "bucket": "q1024-kv1024"},  # no default_config: raced mma.sync
                   {**base, "bucket": "q4096-kv4096", "default_config": mma_sync},
+                  {**base, "bucket": "q8192-kv8192", "default_config": {**default, "tma": False}},
                   {**base, "bucket": "q16384-kv16384", "default_config": default}], db)
     monkeypatch.setenv(database.ENV_DB, str(db))
     monkeypatch.setattr(database, "shipped_paths", lambda: [])

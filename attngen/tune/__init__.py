@@ -54,7 +54,8 @@ def tuned(spec, target, device: Optional[str] = None):
     A best record within ``NOISE`` of the default's time (measured in the same run) is
     replaced by the default config: the bucket stays tuned, to the default.  A record measured
     against another kernel than today's default picks (the prefill default moved from mma.sync
-    to wgmma on sm_90a) is not a candidate: it never raced the kernel it would displace."""
+    to wgmma on sm_90a, then to TMA loads) is not a candidate: it never raced the kernel it
+    would displace."""
     from . import database
     from .space import default_config, is_valid
 
@@ -65,7 +66,7 @@ def tuned(spec, target, device: Optional[str] = None):
         known = {r["device"] for r in records if r["spec"] == spec.key and r["target"] == target.name}
         device = known.pop() if len(known) == 1 else ""
     default = default_config(spec, target)
-    records = [r for r in records if _baseline_kernel(r) == default.get("mma", "mma_sync")]
+    records = [r for r in records if _kernel(r.get("default_config") or {}) == _kernel(default)]
     best = database.best_per_bucket(records, spec=spec.key, target=target.name, device=device,
                                     tvm=_tvm(), accept=lambda c: is_valid(spec, target, c))
     for b, r in best.items():
@@ -74,10 +75,11 @@ def tuned(spec, target, device: Optional[str] = None):
     return device, best
 
 
-def _baseline_kernel(record: dict) -> str:
-    """The ``mma`` of the default config a record's run measured (records that predate the
-    field were all measured against mma.sync; schedules without the knob: "mma_sync")."""
-    return (record.get("default_config") or {}).get("mma", "mma_sync")
+def _kernel(config: dict) -> tuple:
+    """The kernel a config picks: its ``mma`` and whether it loads by ``tma`` (a record without
+    the run's default config predates the field: it raced mma.sync; schedules without the knobs
+    count as mma.sync without TMA)."""
+    return config.get("mma", "mma_sync"), bool(config.get("tma", False))
 
 
 def best_config(spec, target, sizes, device: Optional[str] = None) -> Optional[dict]:

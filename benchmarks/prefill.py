@@ -246,6 +246,33 @@ def _visible_fraction(case: Case, mask_mod, device) -> float:
     return count / (n * n)
 
 
+def inputs(case: Case, dev: str = "cuda"):
+    """(the kernel's feed, (q, k, v, o, lse, doc_ids) as [B, H, N, D] / [B, H, N] tensors): seeded
+    normal q/k/v, NaN-poisoned outputs; packed cases feed [N, H, D] copies and views of o/lse."""
+    import torch
+
+    dt = getattr(torch, case.dtype)
+    B, H, Hk, N, D = case.batch, case.heads, case.kv_heads, case.n, case.dim
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen)
+    k = torch.randn(B, Hk, N, D, device=dev, dtype=dt, generator=gen)
+    v = torch.randn(B, Hk, N, D, device=dev, dtype=dt, generator=gen)
+    o = torch.full((B, H, N, D), float("nan"), device=dev, dtype=dt)
+    lse = torch.full((B, H, N), float("nan"), device=dev)
+    doc_ids = (torch.arange(N, device=dev, dtype=torch.int32) // DOC_LEN).expand(B, N).contiguous()
+    feed = {"q": q, "k": k, "v": v, "o": o, "lse": lse,
+            **({"doc_ids": doc_ids} if case.mask == "document" else {})}
+    if case.layout == "thd":  # one batch of N tokens: [N, H, D] views of the same values
+        cu = torch.arange(0, N + 1, DOC_LEN, device=dev, dtype=torch.int32)
+        tok = lambda x: x[0].transpose(0, 1).contiguous()
+        o_packed = torch.full((N, H, D), float("nan"), device=dev, dtype=dt)
+        feed = {"q": tok(q), "k": tok(k), "v": tok(v), "cu_seqlens_q": cu, "cu_seqlens_k": cu,
+                "o": o_packed, "lse": torch.full((H, N), float("nan"), device=dev)}
+        o = o_packed.transpose(0, 1)[None]  # compared as [1, H, N, D]
+        lse = feed["lse"]
+    return feed, (q, k, v, o, lse, doc_ids)
+
+
 def run(build_dir: str, results_dir: str) -> None:
     import torch
     import torch.nn.functional as F
@@ -270,25 +297,8 @@ def run(build_dir: str, results_dir: str) -> None:
     for case in selected():
         spec = spec_of(case)
 
-        dt = getattr(torch, case.dtype)
         B, H, Hk, N, D = case.batch, case.heads, case.kv_heads, case.n, case.dim
-        gen = torch.Generator(device=dev).manual_seed(0)
-        q = torch.randn(B, H, N, D, device=dev, dtype=dt, generator=gen)
-        k = torch.randn(B, Hk, N, D, device=dev, dtype=dt, generator=gen)
-        v = torch.randn(B, Hk, N, D, device=dev, dtype=dt, generator=gen)
-        o = torch.full((B, H, N, D), float("nan"), device=dev, dtype=dt)
-        lse = torch.full((B, H, N), float("nan"), device=dev)
-        doc_ids = (torch.arange(N, device=dev, dtype=torch.int32) // DOC_LEN).expand(B, N).contiguous()
-        feed = {"q": q, "k": k, "v": v, "o": o, "lse": lse,
-                **({"doc_ids": doc_ids} if case.mask == "document" else {})}
-        if case.layout == "thd":  # one batch of N tokens: [N, H, D] views of the same values
-            cu = torch.arange(0, N + 1, DOC_LEN, device=dev, dtype=torch.int32)
-            tok = lambda x: x[0].transpose(0, 1).contiguous()
-            o_packed = torch.full((N, H, D), float("nan"), device=dev, dtype=dt)
-            feed = {"q": tok(q), "k": tok(k), "v": tok(v), "cu_seqlens_q": cu, "cu_seqlens_k": cu,
-                    "o": o_packed, "lse": torch.full((H, N), float("nan"), device=dev)}
-            o = o_packed.transpose(0, 1)[None]  # compared as [1, H, N, D] below
-            lse = feed["lse"]
+        feed, (q, k, v, o, lse, doc_ids) = inputs(case, dev)
         kernel = load_kernel(spec, target, build_dir, _file(case))
         fn = launcher(kernel, feed, keep_fills=True)  # the map: the first call only (kept / planned)
         map_calls = [c.func for c in kernel.calls if c.func.startswith("tile_")]

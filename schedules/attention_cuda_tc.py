@@ -26,15 +26,15 @@ builtins.  What remains to choose is the instruction and the tile shape:
     lazy_rescale     (wgmma; off unless asked) FlashAttention-4's conditional rescaling: a row's
                      reference max moves only when a tile's max passes it by more than 8 in log2
                      units (P <= 256), and a warp skips the O rescale when none of its rows moved
-    tma              (wgmma, contiguous bhsd / bshd; off until checked on a GPU) a producer
+    tma              (wgmma, contiguous bhsd / bshd; the default there) a producer
                      warpgroup loads Q, K and V by the bulk tensor copy on mbarriers; the
                      consumer warpgroups wait on those and release each buffer on its own
                      mbarrier: no CTA barrier and no consumer-issued copy in the loop
                      (FlashAttention-3's producer / consumer split)
-    pingpong         (wgmma with tma, overlap and two warpgroups; off until checked on a GPU)
+    pingpong         (wgmma with tma, overlap and two warpgroups; off unless asked)
                      FlashAttention-3's ping-pong: the warpgroups take turns issuing their GEMMs
                      on named barriers, so one's softmax runs under the other's GEMMs
-    persistent       (wgmma with tma; off until checked on a GPU) one wave of CTAs loops over
+    persistent       (wgmma with tma; off unless asked) one wave of CTAs loops over
                      the row tiles, the longest first; the next tile's Q and K/V load under the
                      current tile's last P V and epilogue (short rows: windows, maps)
 

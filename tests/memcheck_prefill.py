@@ -1,6 +1,7 @@
 """Run every tensor-core prefill kernel variant on three shapes, for ``compute-sanitizer``:
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python tests/memcheck_prefill.py
+    MEMCHECK_CASES="tma|persistent" compute-sanitizer ...   # the labels that match, only
 
 Variants (tests/test_prefill_tc.py's specs): the band loop with full and partial tiles
 (causal, sliding window, GQA, d256), the per-tile map's three kernels (document ids, a mask
@@ -42,7 +43,7 @@ def cases():
     # a paged cache on tensor cores, the conditional rescale (clean on an H200, session 7)
     out += [(n, spec, 3, config) for n, (spec, config) in sorted(t.PAGED_TC.items())]
     out += [("causal wgmma lazy", GALLERY["causal"].spec, 3, t.LAZY)]
-    # session 7, not yet run on a GPU: TMA loads from a producer warpgroup on mbarriers
+    # TMA loads from a producer warpgroup on mbarriers, by name, with ping-pong and persistent
     out += [(f"{n} wgmma tma", *t.TMA_WGMMA[n][:1], 3, t.TMA_WGMMA[n][1])
             for n in ("causal", "causal_plain", "document", "d64_bshd_document", "causal_pingpong")]
     out += [(f"{n} wgmma persistent", *t.PERSISTENT_WGMMA[n][:1], 3, t.PERSISTENT_WGMMA[n][1])
@@ -78,7 +79,6 @@ def run(checked) -> int:
 
 
 def main() -> int:
-    # $MEMCHECK_CASES (a regular expression over the labels) picks a subset, e.g. "tma"
     pattern = re.compile(os.environ.get("MEMCHECK_CASES", ""))
     return run([c for c in cases() if pattern.search(c[0])])
 

@@ -389,7 +389,7 @@ LONG_WGMMA = ["causal", "gqa", "sliding_window", "document", "softcap"]
 PLAIN_WGMMA = ["causal", "document"]
 LAZY = {"mma": "wgmma", "lazy_rescale": True}  # FlashAttention-4's conditional rescaling
 LAZY_WGMMA = ["causal", "sliding_window", "document", "softcap", "sinks"]
-# a TMA producer warpgroup on mbarriers (built in session 7, not yet run on a GPU): both
+# a TMA producer warpgroup on mbarriers (the sm_90a default for bhsd / bshd), by name: both
 # schedules, the band, full tiles, the tile map, a score mod, sinks, GQA, bshd at d64
 TMA = {"mma": "wgmma", "tma": True}
 TMA_WGMMA = {"causal": (GALLERY["causal"].spec, TMA), "causal_plain": (GALLERY["causal"].spec, {**TMA, "overlap": False}),

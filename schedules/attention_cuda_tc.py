@@ -110,11 +110,13 @@ def wgmma_default(spec, target) -> dict:
 
     # TMA loads from a producer warpgroup wherever one tensor map serves each of Q, K and V: on an
     # H200 (session 8, same process) 1.01-1.19x the cp.async kernel on every benchmark case but
-    # window 1024 (0.98x), e.g. dense N16384 536 TFLOP/s against 454, causal 527 against 441
+    # window 1024 (0.98x), e.g. dense N16384 536 TFLOP/s against 454, causal 527 against 441.
+    # Ping-pong and the persistent loop are off but named, so the tuner tries them: each won
+    # somewhere (dense N16384 +1-3%, GQA N4096 +2%) and lost elsewhere
     warps, block_n = (4, 64) if short_rows(spec) else (8, 128)
     return {"mma": "wgmma", "warps": warps, "m_tiles": 1, "block_n": block_n,
             "q_in_registers": False, "tile_map": tile_map.needed(spec), "overlap": True,
-            "tma": spec.layout != "thd" and not spec.is_paged}
+            "tma": spec.layout != "thd" and not spec.is_paged, "pingpong": False, "persistent": False}
 
 
 def short_rows(spec) -> bool:

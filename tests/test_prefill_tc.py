@@ -305,6 +305,9 @@ def prebuild(target: str = "cuda-sm90a") -> None:
         ensure_cached(spec, target, config)
     for spec, config in _wgmma_builds():
         ensure_cached(spec, target, config)
+    for name in CROSS_LENGTH:
+        for config in CROSS_CONFIGS.values():
+            ensure_cached(GALLERY[name].spec, target, config)
 
 
 def _check(spec, lengths, config=None, batch=None):
@@ -313,6 +316,29 @@ def _check(spec, lengths, config=None, batch=None):
     for length in lengths:
         result = check_length(kernel, length, batch=batch or (2 if length <= 257 else 1), rng=rng)
         assert result.passed, (f"length {length}, seed {rng.bit_generator.seed_seq.entropy}", result.errors)
+
+
+# queries and keys of different lengths, bottom-right aligned: chunked prefill (a few queries
+# against a longer cache) and more queries than keys (causal: the first rows see no key)
+CROSS_LENGTH = ["full", "causal", "sliding_window", "gqa", "softcap"]
+CROSS_CONFIGS = {"tma": {"mma": "wgmma"}, "cp_async": {"mma": "wgmma", "tma": False},
+                 "mma_sync": {"mma": "mma_sync"}}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", sorted(CROSS_CONFIGS))
+@pytest.mark.parametrize("name", CROSS_LENGTH)
+def test_q_len_differs_from_kv_len_on_gpu(name, kind):
+    from attngen.check import check_inputs
+
+    spec = GALLERY[name].spec
+    kernel = build(spec, "cuda", CROSS_CONFIGS[kind])
+    rng = np.random.default_rng(np.random.SeedSequence())
+    for q_len, kv_len in ((1, 1000), (65, 1000), (1000, 65), (130, 4097)):
+        sizes = {"batch": 2, "heads": spec.num_heads, "q_len": q_len, "kv_len": kv_len}
+        result = check_inputs(kernel, kernel.family.sample(spec, sizes, rng), q_len)
+        assert result.passed, (f"q {q_len} kv {kv_len}, seed {rng.bit_generator.seed_seq.entropy}",
+                               result.errors)
 
 
 @pytest.mark.gpu

@@ -92,10 +92,10 @@ VARIANTS = {
 
 def variant_configs(case: "Case") -> list:
     """The configs timed beside the default: VARIANTS; where the default loads by TMA (wgmma,
-    a contiguous layout), the same kernel loading by cp.async, a persistent tile loop, and two
+    a contiguous layout), the same kernel loading by cp.async, a persistent tile loop, two
     warpgroups taking turns (ping-pong; session 6's conditional rescaling measured 0.92-1.03x
-    and left the list); then the other tensor-core instruction (wgmma or mma.sync, whichever
-    the default is not) where both serve the spec."""
+    and left the list) and O stored by TMA through shared memory; then the other tensor-core
+    instruction (wgmma or mma.sync, whichever the default is not) where both serve the spec."""
     from attngen.resources import load_schedule
     from attngen.targets import get
 
@@ -103,9 +103,10 @@ def variant_configs(case: "Case") -> list:
     default = sched.default(spec, target)
     other = "mma_sync" if default["mma"] == "wgmma" else "wgmma"
     extra = []
-    if default.get("tma"):  # cp.async; persistent; ping-pong
+    if default.get("tma"):  # cp.async; persistent; ping-pong; the TMA store
         extra = [{"mma": "wgmma", "tma": False}, {"mma": "wgmma", "persistent": True},
-                 {"mma": "wgmma", "pingpong": True, "warps": 8, "block_n": 128, "overlap": True}]
+                 {"mma": "wgmma", "pingpong": True, "warps": 8, "block_n": 128, "overlap": True},
+                 {"mma": "wgmma", "tma_store": True}]
     if other == "mma_sync" or sched.wgmma_unsupported_reason(spec, target) is None:
         extra.append({"mma": other})
     return VARIANTS.get(case.name, []) + extra

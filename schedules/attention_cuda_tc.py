@@ -37,6 +37,11 @@ builtins.  What remains to choose is the instruction and the tile shape:
     persistent       (wgmma with tma; off unless asked) one wave of CTAs loops over
                      the row tiles, the longest first; the next tile's Q and K/V load under the
                      current tile's last P V and epilogue (short rows: windows, maps)
+    tma_store        (wgmma with tma, not persistent; off, not yet run on a GPU) each
+                     warpgroup writes its O rows into its part of Q's region, 128-byte
+                     swizzled, and one thread stores them by the bulk tensor copy (which clips
+                     rows past the sequence): one copy per 64 channels instead of 64 two-byte
+                     global stores per thread
 
 Limits checked by ``validate``: the Q, K and V tiles (rows padded by 8 elements) fit the
 target's dynamic shared memory; the K and V tiles split into whole 16-byte copies per thread;
@@ -53,6 +58,7 @@ KNOBS = {
     "tma": "wgmma: a producer warpgroup loads Q/K/V by TMA on mbarriers, no CTA barrier in the loop (bool)",
     "pingpong": "wgmma with tma, overlap, 2 warpgroups: the warpgroups take turns issuing GEMMs (bool)",
     "persistent": "wgmma with tma: one wave of CTAs loops over the row tiles (bool)",
+    "tma_store": "wgmma with tma, not persistent: O leaves through shared memory by a TMA store (bool)",
     "warps": "warps per CTA (1, 2, 4 or 8)",
     "m_tiles": "16-row m-tiles per warp (1 or 2)",
     "block_n": "keys per shared-memory K/V tile (16, 32, 64 or 128)",
@@ -216,6 +222,8 @@ def _problems(spec, target, config) -> list:
         out.append("pingpong needs mma='wgmma'")
     if config.get("persistent"):
         out.append("persistent needs mma='wgmma'")
+    if config.get("tma_store"):
+        out.append("tma_store needs mma='wgmma'")
     threads = 32 * w
     for what, width in (("K", spec.head_dim), ("V", spec.head_dim_v)):
         if (bn * width // 8) % threads:
@@ -246,6 +254,9 @@ def _wgmma_problems(spec, target, config) -> list:
         out.append("wgmma: pingpong needs tma, overlap and warps=8 (two consumer warpgroups taking turns)")
     if config.get("persistent") and not config.get("tma"):
         out.append("wgmma: persistent needs tma (the producer runs ahead into the next tile)")
+    if config.get("tma_store") and (not config.get("tma") or config.get("persistent")):
+        out.append("wgmma: tma_store needs tma and not persistent (O is staged in Q's region, "
+                   "which the persistent producer refills for the next tile)")
     if config.get("tma") and (spec.layout == "thd" or spec.is_paged):
         out.append("wgmma: tma needs a contiguous bhsd or bshd layout (one tensor map per Q/K/V "
                    f"tensor), not {'a paged cache' if spec.is_paged else 'packed sequences'}")

@@ -45,7 +45,8 @@ def cases():
     out += [("causal wgmma lazy", GALLERY["causal"].spec, 3, t.LAZY)]
     # TMA loads from a producer warpgroup on mbarriers, by name, with ping-pong and persistent
     out += [(f"{n} wgmma tma", *t.TMA_WGMMA[n][:1], 3, t.TMA_WGMMA[n][1])
-            for n in ("causal", "causal_plain", "document", "d64_bshd_document", "causal_pingpong")]
+            for n in ("causal", "causal_plain", "document", "d64_bshd_document", "causal_pingpong",
+                      "causal_store", "document_store")]
     out += [(f"{n} wgmma persistent", *t.PERSISTENT_WGMMA[n][:1], 3, t.PERSISTENT_WGMMA[n][1])
             for n in ("causal", "sliding_window", "causal_pingpong")]
     return out

@@ -232,6 +232,15 @@ def test_tma_loads_by_a_producer_warpgroup_on_mbarriers():
                 {**PINGPONG, "warps": 4}):
         with pytest.raises(ValueError, match="pingpong needs tma, overlap and warps=8"):
             lower(spec, SM90, bad)
+    # tma_store: O staged in Q's region, one bulk tensor store per 64 channels and warpgroup
+    staged = lower(spec, SM90, TMA_STORE).mod.script()
+    assert staged.count("runtime.cuTensorMapEncodeTiled") == 4 and staged.count("T.address_of(O_map)") == 2
+    assert "O[" not in staged.replace("O_map", "")  # no thread writes O itself
+    for bad in ({"mma": "wgmma", "tma": False, "tma_store": True}, {**PERSISTENT, "tma_store": True}):
+        with pytest.raises(ValueError, match="tma_store needs tma and not persistent"):
+            lower(spec, SM90, bad)
+    with pytest.raises(ValueError, match="tma_store needs mma='wgmma'"):
+        lower(spec, SM90, {"mma": "mma_sync", "tma_store": True})
     turns = lower(spec, SM90, PINGPONG).mod.script()
     assert turns.count('"sync", "")') == 1 and turns.count('"arrive", "")') == 2  # named barriers
     with pytest.raises(ValueError, match="persistent needs tma"):
@@ -268,7 +277,8 @@ def test_registers_without_stack_or_spills(name, arch, tmp_path):
 @needs_nvcc
 @pytest.mark.parametrize("name", ["causal", "causal_plain", "document", "softcap", "d64_bshd_document",
                                   "causal_pingpong", "document_pingpong", "persistent causal",
-                                  "persistent document", "persistent causal_pingpong"])
+                                  "persistent document", "persistent causal_pingpong",
+                                  "causal_store", "d64_bshd_document_store", "causal_pingpong_store"])
 def test_tma_kernel_compiles_without_spills_or_serialized_wgmma(name, tmp_path):
     spec, config = PERSISTENT_WGMMA[name.split()[1]] if name.startswith("persistent") else TMA_WGMMA[name]
     lowered = lower(spec, SM90, config)
@@ -429,6 +439,12 @@ TMA_WGMMA = {"causal": (GALLERY["causal"].spec, TMA), "causal_plain": (GALLERY["
 PINGPONG = {**TMA, "pingpong": True, "warps": 8, "block_n": 128, "overlap": True}
 TMA_WGMMA.update({f"{n}_pingpong": (GALLERY[n].spec, PINGPONG)
                   for n in ("causal", "full", "gqa", "document", "softcap", "sinks")})
+# ... and O stored through shared memory by the bulk tensor copy (not yet run on a GPU)
+TMA_STORE = {**TMA, "tma_store": True}
+TMA_WGMMA.update({"causal_store": (GALLERY["causal"].spec, TMA_STORE),
+                  "document_store": (GALLERY["document"].spec, TMA_STORE),
+                  "d64_bshd_document_store": (EXTRA["d64_bshd_document"], TMA_STORE),
+                  "causal_pingpong_store": (GALLERY["causal"].spec, {**PINGPONG, "tma_store": True})})
 # ... and one wave of CTAs looping over the row tiles (each spec's default tile shape)
 PERSISTENT = {**TMA, "persistent": True}
 PERSISTENT_WGMMA = {"causal": (GALLERY["causal"].spec, PERSISTENT),

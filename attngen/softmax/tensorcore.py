@@ -173,26 +173,28 @@ def wgmma_context(spec: Attention, target, cfg, ctx) -> dict:
         lo, hi = kv_range.render_range(interval, {"q_len": "lq", "kv_len": "kvl"},
                                        first_row="wq_last", last_row="wq0")
         wg_lo, wg_hi = lo or "0", hi or "kvl"
-    tma = cfg.get("tma", False)
-    maps, coords = tma_maps(spec, 64 * (cfg["warps"] // 4), cfg["block_n"]) if tma else ([], {})
+    tma, tma_store = cfg.get("tma", False), cfg.get("tma_store", False)
+    maps, coords = tma_maps(spec, 64 * (cfg["warps"] // 4), cfg["block_n"], tma_store) if tma else ([], {})
     return {**ctx, "mma_dtype": WGMMA_DTYPE[spec.dtype], "warpgroups": cfg["warps"] // 4,
             "overlap": cfg["overlap"], "lazy_rescale": cfg.get("lazy_rescale", False),
             "wg_full_lo": wg_lo, "wg_full_hi": wg_hi, "tma": tma, "tma_maps": maps,
             "tma_coords": coords, "pingpong": cfg.get("pingpong", False),
-            "persistent": cfg.get("persistent", False), "sm_count": target.sm_count}
+            "persistent": cfg.get("persistent", False), "tma_store": tma_store,
+            "sm_count": target.sm_count}
 
 
-def tma_maps(spec: Attention, block_m: int, block_n: int):
-    """The wgmma kernel's TMA tensor maps of Q, K and V (contiguous bhsd or bshd): a list of
-    ``(map, buffer, encode arguments)`` for ``runtime.cuTensorMapEncodeTiled`` after the rank
-    (dims and byte strides innermost first, a box of 64 channels x the tile's rows, element
-    strides 1, no interleave, 128-byte swizzle, 128-byte L2 promotion, zero fill), and ``{map:
-    coords(channel, row)}``, the text of a box's 4 coordinates."""
+def tma_maps(spec: Attention, block_m: int, block_n: int, store_o: bool = False):
+    """The wgmma kernel's TMA tensor maps of Q, K and V (contiguous bhsd or bshd), and of O
+    with ``store_o`` (a box of one warpgroup's 64 rows): a list of ``(map, buffer, encode
+    arguments)`` for ``runtime.cuTensorMapEncodeTiled`` after the rank (dims and byte strides
+    innermost first, a box of 64 channels x the tile's rows, element strides 1, no interleave,
+    128-byte swizzle, 128-byte L2 promotion, zero fill), and ``{map: coords(channel, row)}``,
+    the text of a box's 4 coordinates."""
     D, esize = spec.head_dim, 2
     maps, coords = [], {}
-    for buf, heads, head, seq, rows in (("Q", spec.num_heads, "h", "LQ", block_m),
-                                        ("K", spec.num_kv_heads, "hk", "LK", block_n),
-                                        ("V", spec.num_kv_heads, "hk", "LK", block_n)):
+    tensors = [("Q", spec.num_heads, "h", "LQ", block_m), ("K", spec.num_kv_heads, "hk", "LK", block_n),
+               ("V", spec.num_kv_heads, "hk", "LK", block_n)]
+    for buf, heads, head, seq, rows in tensors + ([("O", spec.num_heads, "h", "LQ", 64)] if store_o else []):
         row_bytes = f"T.int64({D * esize})"
         if spec.layout == "bshd":  # [B, L, H, D]: channel, head, row, batch
             dims = [str(D), str(heads), seq, "B"]

@@ -161,16 +161,4 @@ def paired_ms(fns: dict, reps: int, warmup: int) -> dict:
 def median_ms(fn, reps: int, warmup: int) -> float:
     """Median over ``reps`` calls of ``fn`` of the CUDA-event time around one call, after
     ``warmup`` untimed calls (compilation, autotuning, caches) and at least WARM_S of them."""
-    import torch
-
-    _warm([fn], warmup)
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
+    return paired_ms({"fn": fn}, reps, warmup)["fn"]

@@ -66,6 +66,9 @@ KNOBS = {
     "tile_map": "loop over a per-tile map of the mask computed at run time (bool)",
 }
 
+# the knobs only the wgmma kernel has (on with mma_sync: an error)
+WGMMA_ONLY = ("overlap", "lazy_rescale", "tma", "pingpong", "persistent", "tma_store")
+
 PAD = 8  # elements of padding per shared-memory row: 16 B, one bank group
 # dynamic shared memory a CTA may opt into
 SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024,
@@ -212,18 +215,7 @@ def _problems(spec, target, config) -> list:
         return out
     if mma == "wgmma":
         return _wgmma_problems(spec, target, config)
-    if config.get("overlap"):
-        out.append("overlap needs mma='wgmma'")
-    if config.get("lazy_rescale"):
-        out.append("lazy_rescale needs mma='wgmma'")
-    if config.get("tma"):
-        out.append("tma needs mma='wgmma'")
-    if config.get("pingpong"):
-        out.append("pingpong needs mma='wgmma'")
-    if config.get("persistent"):
-        out.append("persistent needs mma='wgmma'")
-    if config.get("tma_store"):
-        out.append("tma_store needs mma='wgmma'")
+    out += [f"{knob} needs mma='wgmma'" for knob in WGMMA_ONLY if config.get(knob)]
     threads = 32 * w
     for what, width in (("K", spec.head_dim), ("V", spec.head_dim_v)):
         if (bn * width // 8) % threads:

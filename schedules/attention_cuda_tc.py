@@ -37,11 +37,12 @@ builtins.  What remains to choose is the instruction and the tile shape:
     persistent       (wgmma with tma; off unless asked) one wave of CTAs loops over
                      the row tiles, the longest first; the next tile's Q and K/V load under the
                      current tile's last P V and epilogue (short rows: windows, maps)
-    tma_store        (wgmma with tma, not persistent; off, not yet run on a GPU) each
-                     warpgroup writes its O rows into its part of Q's region, 128-byte
-                     swizzled, and one thread stores them by the bulk tensor copy (which clips
-                     rows past the sequence): one copy per 64 channels instead of 64 two-byte
-                     global stores per thread
+    tma_store        (wgmma with tma; off, not yet run on a GPU) each warpgroup writes its
+                     O rows into shared memory, 128-byte swizzled, and one thread stores them
+                     by the bulk tensor copy (which clips rows past the sequence): one copy per
+                     64 channels instead of 64 two-byte global stores per thread.  The rows
+                     go to Q's region, or (persistent) to a region of their own, the copy
+                     running on under the next tile
 
 Limits checked by ``validate``: the Q, K and V tiles (rows padded by 8 elements) fit the
 target's dynamic shared memory; the K and V tiles split into whole 16-byte copies per thread;
@@ -58,7 +59,7 @@ KNOBS = {
     "tma": "wgmma: a producer warpgroup loads Q/K/V by TMA on mbarriers, no CTA barrier in the loop (bool)",
     "pingpong": "wgmma with tma, overlap, 2 warpgroups: the warpgroups take turns issuing GEMMs (bool)",
     "persistent": "wgmma with tma: one wave of CTAs loops over the row tiles (bool)",
-    "tma_store": "wgmma with tma, not persistent: O leaves through shared memory by a TMA store (bool)",
+    "tma_store": "wgmma with tma: O leaves through shared memory by a TMA store (bool)",
     "warps": "warps per CTA (1, 2, 4 or 8)",
     "m_tiles": "16-row m-tiles per warp (1 or 2)",
     "block_n": "keys per shared-memory K/V tile (16, 32, 64 or 128)",
@@ -181,6 +182,13 @@ def fragment_regs(spec, config) -> int:
     return config["m_tiles"] * (spec.head_dim_v // 2 + bn // 2 + q + bn // 4) + 8
 
 
+def wgmma_smem_bytes(spec, config) -> int:
+    """Q, two K and two V tiles; with a persistent TMA store, O's staging rows too."""
+    rows = 16 * config["warps"]
+    staged = rows if config.get("tma_store") and config.get("persistent") else 0
+    return 2 * spec.head_dim * (rows + 4 * config["block_n"] + staged)
+
+
 def wgmma_regs(spec, config) -> int:
     """32-bit registers of one thread's wgmma fragments: S and O in fp32 (half a row of each per
     thread), P as 16-bit pairs (twice with overlap)."""
@@ -246,9 +254,8 @@ def _wgmma_problems(spec, target, config) -> list:
         out.append("wgmma: pingpong needs tma, overlap and warps=8 (two consumer warpgroups taking turns)")
     if config.get("persistent") and not config.get("tma"):
         out.append("wgmma: persistent needs tma (the producer runs ahead into the next tile)")
-    if config.get("tma_store") and (not config.get("tma") or config.get("persistent")):
-        out.append("wgmma: tma_store needs tma and not persistent (O is staged in Q's region, "
-                   "which the persistent producer refills for the next tile)")
+    if config.get("tma_store") and not config.get("tma"):
+        out.append("wgmma: tma_store needs tma (the bulk tensor copy reads O's tensor map)")
     if config.get("tma") and (spec.layout == "thd" or spec.is_paged):
         out.append("wgmma: tma needs a contiguous bhsd or bshd layout (one tensor map per Q/K/V "
                    f"tensor), not {'a paged cache' if spec.is_paged else 'packed sequences'}")
@@ -258,7 +265,7 @@ def _wgmma_problems(spec, target, config) -> list:
     if (config["block_n"] * spec.head_dim // 8) % threads:
         out.append(f"wgmma: a K/V tile of {config['block_n']} x {spec.head_dim} is not a whole "
                    f"number of 16-byte copies per thread ({threads} threads)")
-    smem = 2 * spec.head_dim * (16 * config["warps"] + 4 * config["block_n"])  # Q, 2 K, 2 V
+    smem = wgmma_smem_bytes(spec, config)
     if smem > SMEM_LIMIT["sm_90a"]:
         out.append(f"wgmma: Q/K/V tiles need {smem} B of shared memory, over {SMEM_LIMIT['sm_90a']} B")
     if wgmma_regs(spec, config) > WGMMA_REGS:

@@ -48,7 +48,8 @@ def cases():
             for n in ("causal", "causal_plain", "document", "d64_bshd_document", "causal_pingpong",
                       "causal_store", "document_store")]
     out += [(f"{n} wgmma persistent", *t.PERSISTENT_WGMMA[n][:1], 3, t.PERSISTENT_WGMMA[n][1])
-            for n in ("causal", "sliding_window", "causal_pingpong")]
+            for n in ("causal", "sliding_window", "causal_pingpong", "causal_store", "document_store",
+                      "window_pingpong_store")]
     return out
 
 

@@ -236,9 +236,12 @@ def test_tma_loads_by_a_producer_warpgroup_on_mbarriers():
     staged = lower(spec, SM90, TMA_STORE).mod.script()
     assert staged.count("runtime.cuTensorMapEncodeTiled") == 4 and staged.count("T.address_of(O_map)") == 2
     assert "O[" not in staged.replace("O_map", "")  # no thread writes O itself
-    for bad in ({"mma": "wgmma", "tma": False, "tma_store": True}, {**PERSISTENT, "tma_store": True}):
-        with pytest.raises(ValueError, match="tma_store needs tma and not persistent"):
-            lower(spec, SM90, bad)
+    with pytest.raises(ValueError, match="tma_store needs tma"):
+        lower(spec, SM90, {"mma": "wgmma", "tma": False, "tma_store": True})
+    # ... persistent: staged in a region of its own after V, the copy waited for (its read) only
+    # before the region's next use and once after the tile loop
+    kept = lower(spec, SM90, {**PERSISTENT, "tma_store": True}).mod.script()
+    assert kept.count('"wait_group", "read"') == 2 and kept.count("T.address_of(O_map)") == 2
     with pytest.raises(ValueError, match="tma_store needs mma='wgmma'"):
         lower(spec, SM90, {"mma": "mma_sync", "tma_store": True})
     turns = lower(spec, SM90, PINGPONG).mod.script()
@@ -278,7 +281,8 @@ def test_registers_without_stack_or_spills(name, arch, tmp_path):
 @pytest.mark.parametrize("name", ["causal", "causal_plain", "document", "softcap", "d64_bshd_document",
                                   "causal_pingpong", "document_pingpong", "persistent causal",
                                   "persistent document", "persistent causal_pingpong",
-                                  "causal_store", "d64_bshd_document_store", "causal_pingpong_store"])
+                                  "causal_store", "d64_bshd_document_store", "causal_pingpong_store",
+                                  "persistent causal_store", "persistent window_pingpong_store"])
 def test_tma_kernel_compiles_without_spills_or_serialized_wgmma(name, tmp_path):
     spec, config = PERSISTENT_WGMMA[name.split()[1]] if name.startswith("persistent") else TMA_WGMMA[name]
     lowered = lower(spec, SM90, config)
@@ -453,6 +457,11 @@ PERSISTENT_WGMMA = {"causal": (GALLERY["causal"].spec, PERSISTENT),
                     "document": (GALLERY["document"].spec, PERSISTENT),
                     "softcap": (GALLERY["softcap"].spec, PERSISTENT),
                     "causal_pingpong": (GALLERY["causal"].spec, {**PINGPONG, "persistent": True}),
+                    # O stored by TMA from a region of its own, the copy running under the next tile
+                    "causal_store": (GALLERY["causal"].spec, {**PERSISTENT, "tma_store": True}),
+                    "document_store": (GALLERY["document"].spec, {**PERSISTENT, "tma_store": True}),
+                    "window_pingpong_store": (GALLERY["sliding_window"].spec,
+                                              {**PINGPONG, "persistent": True, "tma_store": True}),
                     "d64_bshd_document": (EXTRA["d64_bshd_document"], PERSISTENT)}
 
 

@@ -80,8 +80,10 @@ WG1 = dict(mma="wgmma", warps=4, block_n=64)  # one warpgroup, 64-key tiles: two
 WG2 = dict(mma="wgmma", warps=8, block_n=128)  # two warpgroups, 128-key tiles
 # short rows: one CTA of two warpgroups per SM (128-row tiles read K/V from L2 half as often as
 # WG1's 64) with the prologue of the next tile under this one's tail, with and without turns
+# (and O stored by TMA, under the next tile when persistent)
 WG2_PERSISTENT = [dict(WG2, persistent=True), dict(WG2, persistent=True, pingpong=True, overlap=True),
-                  dict(WG2, tma_store=True)]
+                  dict(WG2, tma_store=True), dict(WG2, persistent=True, pingpong=True, overlap=True, tma_store=True),
+                  dict(mma="wgmma", persistent=True, tma_store=True)]
 VARIANTS = {
     "dense d128 N1024": [dict(WG2, persistent=True, pingpong=True, overlap=True)],
     "causal d128 N1024": [dict(WG2, persistent=True, pingpong=True, overlap=True)],

@@ -84,10 +84,12 @@ WG2 = dict(mma="wgmma", warps=8, block_n=128)  # two warpgroups, 128-key tiles
 WG2_PERSISTENT = [dict(WG2, persistent=True), dict(WG2, persistent=True, pingpong=True, overlap=True),
                   dict(WG2, tma_store=True), dict(WG2, persistent=True, pingpong=True, overlap=True, tma_store=True),
                   dict(mma="wgmma", persistent=True, tma_store=True)]
+WG2_TURNS = [dict(WG2, persistent=True, pingpong=True, overlap=True),
+             dict(WG2, persistent=True, pingpong=True, overlap=True, tma_store=True)]
 VARIANTS = {
-    "dense d128 N1024": [dict(WG2, persistent=True, pingpong=True, overlap=True)],
-    "causal d128 N1024": [dict(WG2, persistent=True, pingpong=True, overlap=True)],
-    "causal d128 N4096": [WG1, dict(WG2, persistent=True, pingpong=True, overlap=True)],
+    "dense d128 N1024": WG2_TURNS,
+    "causal d128 N1024": WG2_TURNS,
+    "causal d128 N4096": [WG1, *WG2_TURNS],
     "causal d128 N16384": [WG1],
     "dense d64 N4096": [WG1, dict(TC, warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
     # rows that see short runs of keys take WG1 by default (schedules/attention_cuda_tc.py)

@@ -267,7 +267,8 @@ def _wgmma_problems(spec, target, config) -> list:
                    f"number of 16-byte copies per thread ({threads} threads)")
     smem = wgmma_smem_bytes(spec, config)
     if smem > SMEM_LIMIT["sm_90a"]:
-        out.append(f"wgmma: Q/K/V tiles need {smem} B of shared memory, over {SMEM_LIMIT['sm_90a']} B")
+        out.append(f"wgmma: Q/K/V tiles (and O's staging) need {smem} B of shared memory, over "
+                   f"{SMEM_LIMIT['sm_90a']} B")
     if wgmma_regs(spec, config) > WGMMA_REGS:
         out.append(f"wgmma: fragments need {wgmma_regs(spec, config)} registers per thread, over "
                    f"{WGMMA_REGS}: lower block_n or turn overlap off")

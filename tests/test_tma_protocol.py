@@ -4,7 +4,11 @@ template writes them, with mbarrier.try_wait.parity's exact rule (a wait on pari
 once the barrier's current phase parity differs from P).  Checked: no deadlock, every wait
 sees its own iteration's data (the parity never lets a consumer in a phase early), and the
 producer never refills a buffer a warp still reads; with `persistent`, also across a CTA's
-tiles (Q released after each tile's last S GEMM)."""
+tiles (Q released after each tile's last S GEMM).  Also modelled: `pingpong`'s turns (named
+barriers 1 and 2, counted in warps: one warpgroup's bar.sync meets the other's bar.arrive) and
+`tma_store`'s staging (named barrier 3 + wg; each warpgroup's bulk copy reads its staged rows at
+some later moment, and the issuing thread's wait_group.read is the only thing that orders the
+next tile's writes after that read)."""
 import random
 
 import pytest
@@ -21,6 +25,37 @@ class Barrier:
 
     def passed(self, parity):
         return self.phase % 2 != parity
+
+
+def bar_sync(bar):
+    """bar.sync: arrive, then wait until this phase completes."""
+    parity = bar.phase % 2
+    bar.arrive()
+    yield ("wait", bar, parity)
+
+
+class Copies:
+    """One thread's bulk async-group: wait_group.read 0 passes once every copy has read."""
+    def __init__(self):
+        self.in_flight = 0
+
+    def passed(self, _):
+        return self.in_flight == 0
+
+
+class Now:
+    def passed(self, _):
+        return True
+
+
+NOW = Now()
+
+
+def bulk_copy(staged, wg, tile, copies):
+    """The copy engine: reads the warpgroup's staged rows at a moment of the scheduler's choice."""
+    yield ("wait", NOW, 0)
+    assert all(t == tile for t in staged[wg]), f"warpgroup {wg}'s copy of tile {tile} read {staged[wg]}"
+    copies.in_flight -= 1
 
 
 def producer(tiles, bars, bufs, readers):
@@ -43,7 +78,9 @@ def producer(tiles, bars, bufs, readers):
         g += n_iter
 
 
-def consumer(warp, tiles, overlap, bars, bufs, readers):
+def consumer(warp, tiles, overlap, bars, bufs, readers, turns=None, store=None):
+    """turns: the ping-pong barriers (None: off); store: the TMA store's shared state (None: off)."""
+    wg, issuer = warp // 4, warp % 4 == 0
     def take(x, it, j=None):
         j = it % 2 if j is None else j
         yield ("wait", bars["full", x, j], it // 2 % 2 if x != "Q" else it % 2)
@@ -56,6 +93,8 @@ def consumer(warp, tiles, overlap, bars, bufs, readers):
         bars["empty", x, j].arrive()
 
     g = 0
+    if turns and wg == 1:  # warpgroup 0 issues first; the turns then run on across tiles
+        turns[0].arrive()
     for ti, n_iter in enumerate(tiles):
         yield from take("Q", ti, 0)
         for it in range(g, g + n_iter):
@@ -63,6 +102,9 @@ def consumer(warp, tiles, overlap, bars, bufs, readers):
                 yield from take("K", it)
                 if it > g:
                     yield from take("V", it - 1)
+                if turns:  # this warpgroup's turn on the tensor cores, then the other's
+                    yield from bar_sync(turns[wg])
+                    turns[1 - wg].arrive()
                 release("K", it)
                 if it > g:
                     release("V", it - 1)
@@ -76,9 +118,26 @@ def consumer(warp, tiles, overlap, bars, bufs, readers):
             yield from take("V", g + n_iter - 1)
             release("V", g + n_iter - 1)
         g += n_iter
+        if store:
+            yield from stage_and_store(store, wg, warp, issuer, ti)
+    if store and issuer:  # the last copy has read the region before the CTA exits
+        yield ("wait", store["copies"][wg], 0)
 
 
-def run(tiles, warpgroups, overlap, seed):
+def stage_and_store(store, wg, warp, issuer, ti):
+    """The epilogue of `tma_store` with `persistent` (a region of its own per warpgroup)."""
+    group, copies, staged = store["bars"][wg], store["copies"][wg], store["staged"]
+    if issuer:  # the previous tile's copy has read the region
+        yield ("wait", copies, 0)
+    yield from bar_sync(group)
+    assert copies.in_flight == 0, f"warp {warp} overwrote rows a copy of warpgroup {wg} still reads"
+    staged[wg][warp % 4] = ti
+    yield from bar_sync(group)  # after fence.proxy.async: the writes, visible to the copy
+    if issuer:
+        copies.in_flight += 1
+        store["spawn"](bulk_copy(staged, wg, ti, copies))
+
+def run(tiles, warpgroups, overlap, seed, pingpong=False, tma_store=False):
     warps = 4 * warpgroups
     bars = {("full", x, j): Barrier(1) for x in "KV" for j in (0, 1)}
     bars.update({("empty", x, j): Barrier(warps) for x in "KV" for j in (0, 1)})
@@ -86,13 +145,26 @@ def run(tiles, warpgroups, overlap, seed):
     bufs = {(x, j): None for x in "KV" for j in (0, 1)}
     bufs["Q", 0] = None
     readers = {key: set() for key in bufs}
+    turns = (Barrier(8), Barrier(8)) if pingpong else None
     agents = [producer(tiles, bars, bufs, readers)]
-    agents += [consumer(w, tiles, overlap, bars, bufs, readers) for w in range(warps)]
-    waiting = {i: None for i in range(len(agents))}  # agent -> (barrier, parity) it waits on
+    waiting = {0: None}  # agent -> (barrier, parity) it waits on
+
+    def spawn(agent):
+        agents.append(agent)
+        waiting[len(agents) - 1] = None
+
+    store = None
+    if tma_store:
+        store = {"bars": [Barrier(4) for _ in range(warpgroups)],
+                 "copies": [Copies() for _ in range(warpgroups)],
+                 "staged": [[None] * 4 for _ in range(warpgroups)], "spawn": spawn}
+    for w in range(warps):
+        spawn(consumer(w, tiles, overlap, bars, bufs, readers, turns, store))
     rng = random.Random(seed)
     while waiting:
         ready = [i for i, w in waiting.items() if w is None or w[0].passed(w[1])]
-        assert ready, f"deadlock: tiles {tiles}, {warpgroups} warpgroups, overlap {overlap}"
+        assert ready, (f"deadlock: tiles {tiles}, {warpgroups} warpgroups, overlap {overlap}, "
+                       f"pingpong {pingpong}, tma_store {tma_store}")
         i = rng.choice(ready)
         try:
             _, bar, parity = next(agents[i])
@@ -119,12 +191,47 @@ def test_persistent_tiles_carry_the_phases_across(overlap):
         run(tiles, rng.choice((1, 2)), overlap, seed)
 
 
+@pytest.mark.parametrize("pingpong, tma_store", [(True, False), (False, True), (True, True)])
+def test_turns_and_the_store_across_persistent_tiles(pingpong, tma_store):
+    """Ping-pong's named barriers and the TMA store's staging, over a CTA's tiles of uneven
+    lengths (empty ones too), under random interleavings with the copies reading late."""
+    rng = random.Random(11)
+    for seed in range(80):
+        tiles = [rng.randrange(0, 5) for _ in range(rng.randrange(1, 5))]
+        run(tiles, 2 if pingpong else rng.choice((1, 2)), True, seed, pingpong, tma_store)
+
+
+def test_the_model_catches_a_store_without_the_read_wait():
+    """Without the issuer's wait_group.read before the region's next use, a warp overwrites
+    rows the previous tile's copy has not read yet."""
+    global stage_and_store
+    original = stage_and_store
+
+    def hasty(store, wg, warp, issuer, ti):
+        group, copies, staged = store["bars"][wg], store["copies"][wg], store["staged"]
+        yield from bar_sync(group)
+        assert copies.in_flight == 0, "overwrote"
+        staged[wg][warp % 4] = ti
+        yield from bar_sync(group)
+        if issuer:
+            copies.in_flight += 1
+            store["spawn"](bulk_copy(staged, wg, ti, copies))
+
+    stage_and_store = hasty
+    try:
+        with pytest.raises(AssertionError, match="overwrote|read"):
+            for seed in range(80):
+                run([1, 1, 1], 1, True, seed, tma_store=True)
+    finally:
+        stage_and_store = original
+
+
 def test_the_model_catches_a_wrong_parity():
     """The check has teeth: consumers waiting on the parity of the previous use read early."""
     global consumer
     original = consumer
 
-    def early(warp, tiles, overlap, bars, bufs, readers):
+    def early(warp, tiles, overlap, bars, bufs, readers, *off):
         for it in range(tiles[0]):
             yield ("wait", bars["full", "K", it % 2], (it // 2 + 1) % 2)
             assert bufs["K", it % 2] == it, "early"

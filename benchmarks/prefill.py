@@ -80,10 +80,13 @@ WG1 = dict(mma="wgmma", warps=4, block_n=64)  # one warpgroup, 64-key tiles: two
 WG2 = dict(mma="wgmma", warps=8, block_n=128)  # two warpgroups, 128-key tiles
 # short rows: one CTA of two warpgroups per SM (128-row tiles read K/V from L2 half as often as
 # WG1's 64) with the prologue of the next tile under this one's tail, with and without turns
-# (and O stored by TMA, under the next tile when persistent)
-WG2_PERSISTENT = [dict(WG2, persistent=True), dict(WG2, persistent=True, pingpong=True, overlap=True),
+# (and O stored by TMA, under the next tile when persistent; and a (batch, head)'s row tiles in a
+# row, so the wave's K/V working set in L2 is a few heads', not every head's)
+SHORT_ROW_VARIANTS = [dict(WG2, persistent=True), dict(WG2, persistent=True, pingpong=True, overlap=True),
                   dict(WG2, tma_store=True), dict(WG2, persistent=True, pingpong=True, overlap=True, tma_store=True),
-                  dict(mma="wgmma", persistent=True, tma_store=True)]
+                  dict(WG2, persistent=True, pingpong=True, overlap=True, tma_store=True, head_major=True),
+                  dict(mma="wgmma", persistent=True, tma_store=True),
+                  dict(mma="wgmma", persistent=True, head_major=True)]
 WG2_TURNS = [dict(WG2, persistent=True, pingpong=True, overlap=True),
              dict(WG2, persistent=True, pingpong=True, overlap=True, tma_store=True)]
 VARIANTS = {
@@ -93,9 +96,9 @@ VARIANTS = {
     "causal d128 N16384": [WG1],
     "dense d64 N4096": [WG1, dict(TC, warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
     # rows that see short runs of keys take WG1 by default (schedules/attention_cuda_tc.py)
-    "window 1024 causal N16384": [WG2, *WG2_PERSISTENT],
-    "global 64 + local 1024 causal N16384": [WG2, *WG2_PERSISTENT],
-    "document 8x2048 N16384": [WG2, *WG2_PERSISTENT],
+    "window 1024 causal N16384": [WG2, *SHORT_ROW_VARIANTS],
+    "global 64 + local 1024 causal N16384": [WG2, *SHORT_ROW_VARIANTS],
+    "document 8x2048 N16384": [WG2, *SHORT_ROW_VARIANTS],
     "packed varlen 8x2048 causal N16384": [WG2],
 }
 

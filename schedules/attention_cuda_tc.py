@@ -37,6 +37,9 @@ builtins.  What remains to choose is the instruction and the tile shape:
     persistent       (wgmma with tma; off unless asked) one wave of CTAs loops over
                      the row tiles, the longest first; the next tile's Q and K/V load under the
                      current tile's last P V and epilogue (short rows: windows, maps)
+    head_major       (with persistent; off, not yet run on a GPU) the wave takes the row
+                     tiles of one (batch, head) in a row instead of one rank across heads:
+                     fewer heads' K/V live in L2 at once (tiles of one length: windows, maps)
     tma_store        (wgmma with tma; off, not yet run on a GPU) each warpgroup writes its
                      O rows into shared memory, 128-byte swizzled, and one thread stores them
                      by the bulk tensor copy (which clips rows past the sequence): one copy per
@@ -59,6 +62,7 @@ KNOBS = {
     "tma": "wgmma: a producer warpgroup loads Q/K/V by TMA on mbarriers, no CTA barrier in the loop (bool)",
     "pingpong": "wgmma with tma, overlap, 2 warpgroups: the warpgroups take turns issuing GEMMs (bool)",
     "persistent": "wgmma with tma: one wave of CTAs loops over the row tiles (bool)",
+    "head_major": "wgmma persistent: a (batch, head)'s row tiles in a row, not one rank across heads (bool)",
     "tma_store": "wgmma with tma: O leaves through shared memory by a TMA store (bool)",
     "warps": "warps per CTA (1, 2, 4 or 8)",
     "m_tiles": "16-row m-tiles per warp (1 or 2)",
@@ -68,7 +72,7 @@ KNOBS = {
 }
 
 # the knobs only the wgmma kernel has (on with mma_sync: an error)
-WGMMA_ONLY = ("overlap", "lazy_rescale", "tma", "pingpong", "persistent", "tma_store")
+WGMMA_ONLY = ("overlap", "lazy_rescale", "tma", "pingpong", "persistent", "head_major", "tma_store")
 
 PAD = 8  # elements of padding per shared-memory row: 16 B, one bank group
 # dynamic shared memory a CTA may opt into
@@ -200,7 +204,8 @@ def _problems(spec, target, config) -> list:
     out = []
     w, bn = config["warps"], config["block_n"]
     mma = config.get("mma", "mma_sync")
-    for flag in ("q_in_registers", "tile_map", "overlap", "lazy_rescale", "tma", "pingpong", "persistent"):
+    for flag in ("q_in_registers", "tile_map", "overlap", "lazy_rescale", "tma", "pingpong", "persistent",
+                 "head_major", "tma_store"):
         if not isinstance(config.get(flag, False), bool):
             out.append(f"{flag} must be a bool, got {config.get(flag)!r}")
     if mma not in ("mma_sync", "wgmma"):
@@ -254,6 +259,8 @@ def _wgmma_problems(spec, target, config) -> list:
         out.append("wgmma: pingpong needs tma, overlap and warps=8 (two consumer warpgroups taking turns)")
     if config.get("persistent") and not config.get("tma"):
         out.append("wgmma: persistent needs tma (the producer runs ahead into the next tile)")
+    if config.get("head_major") and not config.get("persistent"):
+        out.append("wgmma: head_major needs persistent (it orders the persistent loop's tiles)")
     if config.get("tma_store") and not config.get("tma"):
         out.append("wgmma: tma_store needs tma (the bulk tensor copy reads O's tensor map)")
     if config.get("tma") and (spec.layout == "thd" or spec.is_paged):

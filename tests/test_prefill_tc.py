@@ -248,6 +248,11 @@ def test_tma_loads_by_a_producer_warpgroup_on_mbarriers():
     assert turns.count('"sync", "")') == 1 and turns.count('"arrive", "")') == 2  # named barriers
     with pytest.raises(ValueError, match="persistent needs tma"):
         lower(spec, SM90, {"mma": "wgmma", "tma": False, "persistent": True})
+    # head_major: the row tiles of one (batch, head) in a row (causal's default: 128-row tiles)
+    ordered = lower(spec, SM90, {**PERSISTENT, "head_major": True}).mod.script()
+    assert ordered.count("bx: T.let[T.int32] = t % ((LQ + 127) // 128)") == 2  # producer, consumers
+    with pytest.raises(ValueError, match="head_major needs persistent"):
+        lower(spec, SM90, {**TMA, "head_major": True})
     loop = lower(spec, SM90, PERSISTENT).mod.script()
     # one wave (132 SMs of sm_90a), the tiles in a loop in both roles, Q released per tile
     assert "T.min((LQ + 127) // 128 * 16 * B, 132)" in loop and loop.count("for ti in range(n_mine)") == 2
@@ -282,7 +287,8 @@ def test_registers_without_stack_or_spills(name, arch, tmp_path):
                                   "causal_pingpong", "document_pingpong", "persistent causal",
                                   "persistent document", "persistent causal_pingpong",
                                   "causal_store", "d64_bshd_document_store", "causal_pingpong_store",
-                                  "persistent causal_store", "persistent window_pingpong_store"])
+                                  "persistent causal_store", "persistent window_pingpong_store",
+                                  "persistent document_pingpong_head_major_store"])
 def test_tma_kernel_compiles_without_spills_or_serialized_wgmma(name, tmp_path):
     spec, config = PERSISTENT_WGMMA[name.split()[1]] if name.startswith("persistent") else TMA_WGMMA[name]
     lowered = lower(spec, SM90, config)
@@ -462,6 +468,11 @@ PERSISTENT_WGMMA = {"causal": (GALLERY["causal"].spec, PERSISTENT),
                     "document_store": (GALLERY["document"].spec, {**PERSISTENT, "tma_store": True}),
                     "window_pingpong_store": (GALLERY["sliding_window"].spec,
                                               {**PINGPONG, "persistent": True, "tma_store": True}),
+                    # a (batch, head)'s row tiles in a row
+                    "window_head_major": (GALLERY["sliding_window"].spec, {**PERSISTENT, "head_major": True}),
+                    "document_pingpong_head_major_store": (
+                        GALLERY["document"].spec,
+                        {**PINGPONG, "persistent": True, "head_major": True, "tma_store": True}),
                     "d64_bshd_document": (EXTRA["d64_bshd_document"], PERSISTENT)}
 
 

@@ -179,7 +179,8 @@ def wgmma_context(spec: Attention, target, cfg, ctx) -> dict:
             "overlap": cfg["overlap"], "lazy_rescale": cfg.get("lazy_rescale", False),
             "wg_full_lo": wg_lo, "wg_full_hi": wg_hi, "tma": tma, "tma_maps": maps,
             "tma_coords": coords, "pingpong": cfg.get("pingpong", False),
-            "persistent": cfg.get("persistent", False), "tma_store": tma_store,
+            "persistent": cfg.get("persistent", False), "head_major": cfg.get("head_major", False),
+            "tma_store": tma_store,
             "sm_count": target.sm_count}
 
 

@@ -137,6 +137,11 @@ def stage_and_store(store, wg, warp, issuer, ti):
         copies.in_flight += 1
         store["spawn"](bulk_copy(staged, wg, ti, copies))
 
+def turn_barriers():
+    """Named barriers 1 and 2 of the ping-pong, counted in warps (bar.sync / bar.arrive of 256)."""
+    return Barrier(8), Barrier(8)
+
+
 def run(tiles, warpgroups, overlap, seed, pingpong=False, tma_store=False):
     warps = 4 * warpgroups
     bars = {("full", x, j): Barrier(1) for x in "KV" for j in (0, 1)}
@@ -145,7 +150,7 @@ def run(tiles, warpgroups, overlap, seed, pingpong=False, tma_store=False):
     bufs = {(x, j): None for x in "KV" for j in (0, 1)}
     bufs["Q", 0] = None
     readers = {key: set() for key in bufs}
-    turns = (Barrier(8), Barrier(8)) if pingpong else None
+    turns = turn_barriers() if pingpong else None
     agents = [producer(tiles, bars, bufs, readers)]
     waiting = {0: None}  # agent -> (barrier, parity) it waits on
 
@@ -224,6 +229,26 @@ def test_the_model_catches_a_store_without_the_read_wait():
                 run([1, 1, 1], 1, True, seed, tma_store=True)
     finally:
         stage_and_store = original
+
+
+def test_the_model_catches_a_missing_first_turn():
+    """One arrival short on warpgroup 0's turn barrier (as without warpgroup 1's arrival before
+    the loop): the turns never start, and the model says so."""
+    global turn_barriers
+    original = turn_barriers
+
+    class FirstArrivalLost(Barrier):
+        def arrive(self):
+            if getattr(self, "lost", False):
+                super().arrive()
+            self.lost = True
+
+    turn_barriers = lambda: (FirstArrivalLost(8), Barrier(8))  # noqa: E731
+    try:
+        with pytest.raises(AssertionError, match="deadlock"):
+            run([3, 2], 2, True, 0, pingpong=True)
+    finally:
+        turn_barriers = original
 
 
 def test_the_model_catches_a_wrong_parity():

@@ -86,7 +86,9 @@ SHORT_ROW_VARIANTS = [dict(WG2, persistent=True), dict(WG2, persistent=True, pin
                   dict(WG2, tma_store=True), dict(WG2, persistent=True, pingpong=True, overlap=True, tma_store=True),
                   dict(WG2, persistent=True, pingpong=True, overlap=True, tma_store=True, head_major=True),
                   dict(mma="wgmma", persistent=True, tma_store=True),
-                  dict(mma="wgmma", persistent=True, head_major=True)]
+                  dict(mma="wgmma", persistent=True, head_major=True),
+                  # two CTAs of 64-row tiles share each K/V tile by multicast: 128-row L2 traffic
+                  dict(mma="wgmma", cluster=True), dict(WG2, cluster=True, pingpong=True, overlap=True)]
 WG2_TURNS = [dict(WG2, persistent=True, pingpong=True, overlap=True),
              dict(WG2, persistent=True, pingpong=True, overlap=True, tma_store=True)]
 VARIANTS = {

@@ -40,6 +40,11 @@ builtins.  What remains to choose is the instruction and the tile shape:
     head_major       (with persistent; off, not yet run on a GPU) the wave takes the row
                      tiles of one (batch, head) in a row instead of one rank across heads:
                      fewer heads' K/V live in L2 at once (tiles of one length: windows, maps)
+    cluster          (wgmma with tma, not persistent; off, not yet run on a GPU) the CTAs of
+                     two adjacent row tiles form a cluster and walk their pair's key tiles;
+                     each loads half of every K/V tile and multicasts it to both, so L2 serves
+                     a K/V tile once per pair of row tiles (64-row tiles read it twice as often
+                     as 128-row ones)
     tma_store        (wgmma with tma; off, not yet run on a GPU) each warpgroup writes its
                      O rows into shared memory, 128-byte swizzled, and one thread stores them
                      by the bulk tensor copy (which clips rows past the sequence): one copy per
@@ -64,6 +69,7 @@ KNOBS = {
     "persistent": "wgmma with tma: one wave of CTAs loops over the row tiles (bool)",
     "head_major": "wgmma persistent: a (batch, head)'s row tiles in a row, not one rank across heads (bool)",
     "tma_store": "wgmma with tma: O leaves through shared memory by a TMA store (bool)",
+    "cluster": "wgmma with tma, not persistent: two CTAs share each K/V tile by TMA multicast (bool)",
     "warps": "warps per CTA (1, 2, 4 or 8)",
     "m_tiles": "16-row m-tiles per warp (1 or 2)",
     "block_n": "keys per shared-memory K/V tile (16, 32, 64 or 128)",
@@ -72,7 +78,7 @@ KNOBS = {
 }
 
 # the knobs only the wgmma kernel has (on with mma_sync: an error)
-WGMMA_ONLY = ("overlap", "lazy_rescale", "tma", "pingpong", "persistent", "head_major", "tma_store")
+WGMMA_ONLY = ("overlap", "lazy_rescale", "tma", "pingpong", "persistent", "head_major", "tma_store", "cluster")
 
 PAD = 8  # elements of padding per shared-memory row: 16 B, one bank group
 # dynamic shared memory a CTA may opt into
@@ -205,7 +211,7 @@ def _problems(spec, target, config) -> list:
     w, bn = config["warps"], config["block_n"]
     mma = config.get("mma", "mma_sync")
     for flag in ("q_in_registers", "tile_map", "overlap", "lazy_rescale", "tma", "pingpong", "persistent",
-                 "head_major", "tma_store"):
+                 "head_major", "tma_store", "cluster"):
         if not isinstance(config.get(flag, False), bool):
             out.append(f"{flag} must be a bool, got {config.get(flag)!r}")
     if mma not in ("mma_sync", "wgmma"):
@@ -261,6 +267,9 @@ def _wgmma_problems(spec, target, config) -> list:
         out.append("wgmma: persistent needs tma (the producer runs ahead into the next tile)")
     if config.get("head_major") and not config.get("persistent"):
         out.append("wgmma: head_major needs persistent (it orders the persistent loop's tiles)")
+    if config.get("cluster") and (not config.get("tma") or config.get("persistent")):
+        out.append("wgmma: cluster needs tma and not persistent (the pair of CTAs walks one row "
+                   "tile pair's keys, multicast by the bulk tensor copy)")
     if config.get("tma_store") and not config.get("tma"):
         out.append("wgmma: tma_store needs tma (the bulk tensor copy reads O's tensor map)")
     if config.get("tma") and (spec.layout == "thd" or spec.is_paged):

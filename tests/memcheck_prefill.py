@@ -46,7 +46,8 @@ def cases():
     # TMA loads from a producer warpgroup on mbarriers, by name, with ping-pong and persistent
     out += [(f"{n} wgmma tma", *t.TMA_WGMMA[n][:1], 3, t.TMA_WGMMA[n][1])
             for n in ("causal", "causal_plain", "document", "d64_bshd_document", "causal_pingpong",
-                      "causal_store", "document_store")]
+                      "causal_store", "document_store", "window_cluster", "document_cluster",
+                      "causal_pingpong_cluster")]
     out += [(f"{n} wgmma persistent", *t.PERSISTENT_WGMMA[n][:1], 3, t.PERSISTENT_WGMMA[n][1])
             for n in ("causal", "sliding_window", "causal_pingpong", "causal_store", "document_store",
                       "window_pingpong_store", "window_head_major", "document_pingpong_head_major_store")]

@@ -253,6 +253,14 @@ def test_tma_loads_by_a_producer_warpgroup_on_mbarriers():
     assert ordered.count("bx: T.let[T.int32] = t % ((LQ + 127) // 128)") == 2  # producer, consumers
     with pytest.raises(ValueError, match="head_major needs persistent"):
         lower(spec, SM90, {**TMA, "head_major": True})
+    # cluster: clusters of two CTAs along x, each loading half of every K/V tile per 64-channel
+    # atom by multicast (2 atoms x K, V); each release also arrives on the peer's empty barrier
+    paired = lower(spec, SM90, {**TMA, "cluster": True}).mod.script()
+    assert 'cr = T.launch_thread("clusterCtaIdx.x", 2)' in paired
+    assert paired.count('"multicast::cluster"') == 4 and paired.count("T.ptx.mapa(") == 2
+    assert paired.count('T.ptx.barrier("cluster", "arrive"') == 2  # after the init, before exit
+    with pytest.raises(ValueError, match="cluster needs tma and not persistent"):
+        lower(spec, SM90, {**PERSISTENT, "cluster": True})
     loop = lower(spec, SM90, PERSISTENT).mod.script()
     # one wave (132 SMs of sm_90a), the tiles in a loop in both roles, Q released per tile
     assert "T.min((LQ + 127) // 128 * 16 * B, 132)" in loop and loop.count("for ti in range(n_mine)") == 2
@@ -288,7 +296,8 @@ def test_registers_without_stack_or_spills(name, arch, tmp_path):
                                   "persistent document", "persistent causal_pingpong",
                                   "causal_store", "d64_bshd_document_store", "causal_pingpong_store",
                                   "persistent causal_store", "persistent window_pingpong_store",
-                                  "persistent document_pingpong_head_major_store"])
+                                  "persistent document_pingpong_head_major_store",
+                                  "window_cluster", "document_cluster", "causal_pingpong_cluster"])
 def test_tma_kernel_compiles_without_spills_or_serialized_wgmma(name, tmp_path):
     spec, config = PERSISTENT_WGMMA[name.split()[1]] if name.startswith("persistent") else TMA_WGMMA[name]
     lowered = lower(spec, SM90, config)
@@ -455,6 +464,13 @@ TMA_WGMMA.update({"causal_store": (GALLERY["causal"].spec, TMA_STORE),
                   "document_store": (GALLERY["document"].spec, TMA_STORE),
                   "d64_bshd_document_store": (EXTRA["d64_bshd_document"], TMA_STORE),
                   "causal_pingpong_store": (GALLERY["causal"].spec, {**PINGPONG, "tma_store": True})})
+# ... and clusters of two CTAs sharing each K/V tile by multicast (a band, a tile map of
+# 2 x block_m rows, two warpgroups with turns; not yet run on a GPU)
+CLUSTER = {**TMA, "cluster": True}
+TMA_WGMMA.update({"window_cluster": (GALLERY["sliding_window"].spec, CLUSTER),
+                  "document_cluster": (GALLERY["document"].spec, CLUSTER),
+                  "causal_pingpong_cluster": (GALLERY["causal"].spec, {**PINGPONG, "cluster": True}),
+                  "d64_bshd_document_cluster": (EXTRA["d64_bshd_document"], CLUSTER)})
 # ... and one wave of CTAs looping over the row tiles (each spec's default tile shape)
 PERSISTENT = {**TMA, "persistent": True}
 PERSISTENT_WGMMA = {"causal": (GALLERY["causal"].spec, PERSISTENT),

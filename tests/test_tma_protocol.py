@@ -270,3 +270,113 @@ def test_the_model_catches_a_wrong_parity():
                 run([5], 1, False, seed)
     finally:
         consumer = original
+
+
+def cluster_producer(cta, n_iter, bars, bufs, readers, spawn):
+    """`cluster`: CTA `cta`'s producer.  Use `it` of buffer j: wait for its own empty barrier
+    (both CTAs' warps arrive there), expect the whole tile on its own full barrier, then issue
+    its half, multicast: the copy lands in both CTAs at moments of the scheduler's choice."""
+    for it in range(n_iter):
+        for x in "KV":
+            j = it % 2
+            if it >= 2:
+                yield ("wait", bars[cta]["empty", x, j], (it // 2 - 1) % 2)
+            bars[cta]["full", x, j].arrive()  # arrive.expect_tx: the arrival of the phase
+            for dst in (0, 1):
+                spawn(landing(dst, cta, x, j, it, bars, bufs, readers))
+
+
+def landing(dst, half, x, j, it, bars, bufs, readers):
+    """One half of a multicast copy landing in CTA `dst` (complete_tx on its full barrier)."""
+    yield ("wait", NOW, 0)
+    assert not readers[dst][x, j], f"CTA {dst}'s {x}({j}) overwritten while warps {readers[dst][x, j]} read it"
+    bufs[dst][x, j][half] = it
+    bars[dst]["full", x, j].arrive()
+
+
+def cluster_consumer(cta, warp, n_iter, bars, bufs, readers):
+    """The overlap schedule's waits and releases; each release arrives on both CTAs' empty."""
+    def take(x, it):
+        j = it % 2
+        yield ("wait", bars[cta]["full", x, j], it // 2 % 2)
+        assert bufs[cta][x, j] == [it, it], f"CTA {cta} warp {warp} read {x}{bufs[cta][x, j]} for use {it}"
+        readers[cta][x, j].add(warp)
+
+    def release(x, it):
+        j = it % 2
+        readers[cta][x, j].discard(warp)
+        for other in (0, 1):
+            bars[other]["empty", x, j].arrive()
+
+    for it in range(n_iter):
+        yield from take("K", it)
+        if it > 0:
+            yield from take("V", it - 1)
+        release("K", it)
+        if it > 0:
+            release("V", it - 1)
+    if n_iter > 0:
+        yield from take("V", n_iter - 1)
+        release("V", n_iter - 1)
+
+
+def run_cluster(n_iter, warpgroups, seed):
+    warps = 4 * warpgroups
+    # full: the producer's arrival and the two halves' landings; empty: both CTAs' warps
+    bars = [{**{("full", x, j): Barrier(3) for x in "KV" for j in (0, 1)},
+             **{("empty", x, j): Barrier(2 * warps) for x in "KV" for j in (0, 1)}} for _ in (0, 1)]
+    bufs = [{(x, j): [None, None] for x in "KV" for j in (0, 1)} for _ in (0, 1)]
+    readers = [{(x, j): set() for x in "KV" for j in (0, 1)} for _ in (0, 1)]
+    agents, waiting = [], {}
+
+    def spawn(agent):
+        agents.append(agent)
+        waiting[len(agents) - 1] = None
+
+    for cta in (0, 1):
+        spawn(cluster_producer(cta, n_iter, bars, bufs, readers, spawn))
+        for w in range(warps):
+            spawn(cluster_consumer(cta, w, n_iter, bars, bufs, readers))
+    rng = random.Random(seed)
+    while waiting:
+        ready = [i for i, w in waiting.items() if w is None or w[0].passed(w[1])]
+        assert ready, f"deadlock: cluster, {n_iter} key tiles, {warpgroups} warpgroups"
+        i = rng.choice(ready)
+        try:
+            _, bar, parity = next(agents[i])
+            waiting[i] = (bar, parity)
+        except StopIteration:
+            del waiting[i]
+
+
+@pytest.mark.parametrize("warpgroups", [1, 2])
+def test_cluster_multicast_orders_both_ctas(warpgroups):
+    """`cluster`: two CTAs, each loading half of every K/V tile into both; no deadlock, every
+    read sees both halves of its own use, no half lands in a buffer either CTA still reads."""
+    for n_iter in range(7):
+        for seed in range(40):
+            run_cluster(n_iter, warpgroups, seed)
+
+
+def test_the_model_catches_a_release_to_one_cta_only():
+    """If a warp released only its own CTA's buffer, the peer's producer would multicast into
+    a buffer this CTA still reads (or the barriers would never fill)."""
+    global cluster_consumer
+    original = cluster_consumer
+
+    def local_only(cta, warp, n_iter, bars, bufs, readers):
+        for it in range(n_iter):
+            for x in "KV":
+                j = it % 2
+                yield ("wait", bars[cta]["full", x, j], it // 2 % 2)
+                assert bufs[cta][x, j] == [it, it], "early"
+                bars[cta]["empty", x, j].arrive()
+                bars[cta]["empty", x, j].arrive()  # twice on its own: the count still fills
+
+    cluster_consumer = local_only
+    try:
+        with pytest.raises(AssertionError, match="early|overwritten|deadlock"):
+            for seed in range(80):
+                run_cluster(5, 1, seed)
+    finally:
+        cluster_consumer = original

@@ -75,9 +75,11 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
     cfg = {**sched.default(spec, target, mma), **config}
     sched.validate(spec, target, cfg)
     block_m = 16 * cfg["m_tiles"] * cfg["warps"]
+    # cluster: the two CTAs of a cluster walk one list of key tiles, their pair of row tiles'
+    map_rows = block_m * (2 if cfg.get("cluster") else 1)
     args = sig.program_args(spec)
     if cfg["tile_map"]:
-        args += tile_map.scratch(spec, block_m, cfg["block_n"])
+        args += tile_map.scratch(spec, map_rows, cfg["block_n"])
     if spec.layout == "thd":  # each CTA's sequence and tile (templates/packed_tiles.j2)
         args += (Arg("tile_seq", (2, f"total_q/{block_m}+batch"), "int32", "scratch"),)
     names = tuple(a.name for a in args)
@@ -90,7 +92,8 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
         for kernel in tile_map.KERNELS:
             text = render("tile_map.j2", name=kernel, kernel=kernel.split("_")[1],
                           visible=tile_map.visible_fn(spec), warps=4,
-                          **{k: ctx[k] for k in ("params", "size_vars", "block_m", "block_n",
+                          block_m=map_rows,
+                          **{k: ctx[k] for k in ("params", "size_vars", "block_n",
                                                  "map_heads", "kv_lo", "kv_hi")})
             funcs[kernel] = parse(text)
     if cfg["mma"] == "wgmma":
@@ -100,7 +103,7 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
         funcs["attention"] = parse(render("attention_tc.j2", name="attention", **ctx))
     mod = sched.schedule(tvm.IRModule(funcs), spec, target, cfg)
     # the map's calls fill its buffers: kept per size where the mask reads no tensor, else by plan
-    fills = tuple(a.name for a in tile_map.scratch(spec, block_m, cfg["block_n"])) if cfg["tile_map"] else ()
+    fills = tuple(a.name for a in tile_map.scratch(spec, map_rows, cfg["block_n"])) if cfg["tile_map"] else ()
     static = bool(fills) and tile_map.static(spec)
     return Lowered(mod, args, tuple(Call(f, names, fills, static) if f in tile_map.KERNELS else Call(f, names)
                                     for f in funcs))
@@ -173,18 +176,24 @@ def wgmma_context(spec: Attention, target, cfg, ctx) -> dict:
         lo, hi = kv_range.render_range(interval, {"q_len": "lq", "kv_len": "kvl"},
                                        first_row="wq_last", last_row="wq0")
         wg_lo, wg_hi = lo or "0", hi or "kvl"
-    tma, tma_store = cfg.get("tma", False), cfg.get("tma_store", False)
-    maps, coords = tma_maps(spec, 64 * (cfg["warps"] // 4), cfg["block_n"], tma_store) if tma else ([], {})
+    tma, tma_store, cluster = cfg.get("tma", False), cfg.get("tma_store", False), cfg.get("cluster", False)
+    # cluster: each CTA loads half of every K/V tile, multicast to both
+    kv_rows = cfg["block_n"] // (2 if cluster else 1)
+    maps, coords = tma_maps(spec, 64 * (cfg["warps"] // 4), kv_rows, tma_store) if tma else ([], {})
+    if cluster:  # the key band of the cluster's pair of row tiles p0 .. p_last
+        ctx = {**ctx, **dict(zip(("kv_lo", "kv_hi"), kv_range.render_range(
+            kv_range.visible_keys(predicate.mask_expr(spec)), {"q_len": "lq", "kv_len": "kvl"},
+            first_row="p0", last_row="p_last")))}
     return {**ctx, "mma_dtype": WGMMA_DTYPE[spec.dtype], "warpgroups": cfg["warps"] // 4,
             "overlap": cfg["overlap"], "lazy_rescale": cfg.get("lazy_rescale", False),
             "wg_full_lo": wg_lo, "wg_full_hi": wg_hi, "tma": tma, "tma_maps": maps,
             "tma_coords": coords, "pingpong": cfg.get("pingpong", False),
             "persistent": cfg.get("persistent", False), "head_major": cfg.get("head_major", False),
-            "tma_store": tma_store,
+            "tma_store": tma_store, "cluster": cluster,
             "sm_count": target.sm_count}
 
 
-def tma_maps(spec: Attention, block_m: int, block_n: int, store_o: bool = False):
+def tma_maps(spec: Attention, block_m: int, kv_rows: int, store_o: bool = False):
     """The wgmma kernel's TMA tensor maps of Q, K and V (contiguous bhsd or bshd), and of O
     with ``store_o`` (a box of one warpgroup's 64 rows): a list of ``(map, buffer, encode
     arguments)`` for ``runtime.cuTensorMapEncodeTiled`` after the rank (dims and byte strides
@@ -193,8 +202,8 @@ def tma_maps(spec: Attention, block_m: int, block_n: int, store_o: bool = False)
     the text of a box's 4 coordinates."""
     D, esize = spec.head_dim, 2
     maps, coords = [], {}
-    tensors = [("Q", spec.num_heads, "h", "LQ", block_m), ("K", spec.num_kv_heads, "hk", "LK", block_n),
-               ("V", spec.num_kv_heads, "hk", "LK", block_n)]
+    tensors = [("Q", spec.num_heads, "h", "LQ", block_m), ("K", spec.num_kv_heads, "hk", "LK", kv_rows),
+               ("V", spec.num_kv_heads, "hk", "LK", kv_rows)]
     for buf, heads, head, seq, rows in tensors + ([("O", spec.num_heads, "h", "LQ", 64)] if store_o else []):
         row_bytes = f"T.int64({D * esize})"
         if spec.layout == "bshd":  # [B, L, H, D]: channel, head, row, batch

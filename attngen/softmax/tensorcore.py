@@ -199,7 +199,8 @@ def tma_maps(spec: Attention, block_m: int, kv_rows: int, store_o: bool = False)
     arguments)`` for ``runtime.cuTensorMapEncodeTiled`` after the rank (dims and byte strides
     innermost first, a box of 64 channels x the tile's rows, element strides 1, no interleave,
     128-byte swizzle, 128-byte L2 promotion, zero fill), and ``{map: coords(channel, row)}``,
-    the text of a box's 4 coordinates."""
+    the text of a box's 4 coordinates.  K and V boxes have ``kv_rows`` rows: block_n, or half
+    of it with ``cluster`` (each CTA of the pair loads one half)."""
     D, esize = spec.head_dim, 2
     maps, coords = [], {}
     tensors = [("Q", spec.num_heads, "h", "LQ", block_m), ("K", spec.num_kv_heads, "hk", "LK", kv_rows),

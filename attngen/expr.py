@@ -427,6 +427,17 @@ def to_tir(e: Expr, names: Mapping[str, str], buffers: Mapping[str, str] | None 
     return go(e)
 
 
+def _sympy_mod(p, q):
+    """``Mod(p, q)`` with every Mod inside ``p`` written ``x - m floor(x / m)``: sympy 1.14
+    simplifies ``Mod(c * Mod(x, m), n)`` wrongly (``Mod(-2 Mod(q, 6), 3)`` becomes
+    ``Mod(Mod(q, 6)**2, 3)``: 1 at q = 35, where it is 2); the floor form it reduces right."""
+    import sympy as sp
+
+    p = p.replace(lambda y: isinstance(y, sp.Mod),
+                  lambda y: y.args[0] - y.args[1] * sp.floor(y.args[0] / y.args[1]))
+    return sp.Mod(p, q)
+
+
 def to_sympy(e: Expr):
     """sympy form; integer variables are integer symbols, tensor loads uninterpreted functions."""
     import sympy as sp
@@ -443,7 +454,7 @@ def to_sympy(e: Expr):
         a = [go(y) for y in x.args]
         simple = {"+": lambda p, q: p + q, "-": lambda p, q: p - q, "*": lambda p, q: p * q,
                   "/": lambda p, q: p / q, "//": lambda p, q: sp.floor(p / q),
-                  "%": lambda p, q: sp.Mod(p, q), "min": sp.Min, "max": sp.Max,
+                  "%": _sympy_mod, "min": sp.Min, "max": sp.Max,
                   "<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge, "==": sp.Eq, "!=": sp.Ne,
                   "and": sp.And, "or": sp.Or, "not": sp.Not,
                   "exp": sp.exp, "exp2": lambda p: 2 ** p, "log": sp.log, "tanh": sp.tanh,

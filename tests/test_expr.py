@@ -568,6 +568,20 @@ def test_to_sympy_agrees_with_evaluate_on_random_exprs():
             check_sympy_point(e, got, want, env)
 
 
+def test_to_sympy_mod_of_a_multiple_of_a_mod():
+    """Regression (found by the random test): sympy 1.14 turns Mod(-2 Mod(q, 6), 3) into
+    Mod(Mod(q, 6)**2, 3); a Mod inside a Mod's argument goes in as its floor form."""
+    exprs = [((0 - 2) * (q_idx % 6)) % 3, (2 * (q_idx % 6)) % 3, ((q_idx % 7) * (kv_idx % 5) - 3) % 4,
+             (kv_idx - (q_idx % 6) * 5) % 6, E.abs_(q_idx % 6 - kv_idx % 4) * 3 % 5]
+    for e in exprs:
+        s = E.to_sympy(e)
+        for q in range(-13, 40, 3):
+            for k in range(-6, 9):
+                env = {"q_idx": q, "kv_idx": k}
+                got = s.subs({sym: sp.Integer(env[sym.name]) for sym in s.free_symbols})
+                assert int(got) == int(E.evaluate(e, env)), (e, env, got)
+
+
 def test_to_sympy_floor_and_mod_of_where_min_max():
     """Regression: sympy takes where(c, 8, 4) for even and then even/6 for an integer, which
     dropped the floor of ``//`` and turned ``%`` into 0."""

@@ -78,19 +78,18 @@ CASES = [
 TC = {"mma": "mma_sync"}
 WG1 = dict(mma="wgmma", warps=4, block_n=64)  # one warpgroup, 64-key tiles: two CTAs per SM
 WG2 = dict(mma="wgmma", warps=8, block_n=128)  # two warpgroups, 128-key tiles
-# short rows: one CTA of two warpgroups per SM (128-row tiles read K/V from L2 half as often as
-# WG1's 64) with the prologue of the next tile under this one's tail, with and without turns
-# (and O stored by TMA, under the next tile when persistent; and a (batch, head)'s row tiles in a
-# row, so the wave's K/V working set in L2 is a few heads', not every head's)
-SHORT_ROW_VARIANTS = [dict(WG2, persistent=True), dict(WG2, persistent=True, pingpong=True, overlap=True),
-                  dict(WG2, tma_store=True), dict(WG2, persistent=True, pingpong=True, overlap=True, tma_store=True),
-                  dict(WG2, persistent=True, pingpong=True, overlap=True, tma_store=True, head_major=True),
-                  dict(mma="wgmma", persistent=True, tma_store=True),
-                  dict(mma="wgmma", persistent=True, head_major=True),
-                  # two CTAs of 64-row tiles share each K/V tile by multicast: 128-row L2 traffic
-                  dict(mma="wgmma", cluster=True), dict(WG2, cluster=True, pingpong=True, overlap=True)]
-WG2_TURNS = [dict(WG2, persistent=True, pingpong=True, overlap=True),
-             dict(WG2, persistent=True, pingpong=True, overlap=True, tma_store=True)]
+# two warpgroups, persistent, taking turns on the tensor cores (FlashAttention-3's schedule)
+TURNS = dict(WG2, persistent=True, pingpong=True, overlap=True)
+WG2_TURNS = [TURNS, dict(TURNS, tma_store=True)]  # and O stored by TMA under the next tile
+# short rows: 128-row tiles read K/V from L2 half as often as WG1's 64 but run one CTA per SM,
+# so the next tile's prologue must hide under this one's tail (persistent, turns, the TMA
+# store); a (batch, head)'s row tiles in a row keep the wave's K/V working set in L2 to a few
+# heads'; or two 64-row CTAs share each K/V tile by multicast (cluster): 128-row L2 traffic
+SHORT_ROW_VARIANTS = [dict(WG2, persistent=True), TURNS, dict(WG2, tma_store=True), *WG2_TURNS[1:],
+                      dict(TURNS, tma_store=True, head_major=True),
+                      dict(mma="wgmma", persistent=True, tma_store=True),
+                      dict(mma="wgmma", persistent=True, head_major=True),
+                      dict(mma="wgmma", cluster=True), dict(WG2, cluster=True, pingpong=True, overlap=True)]
 VARIANTS = {
     "dense d128 N1024": WG2_TURNS,
     "causal d128 N1024": WG2_TURNS,

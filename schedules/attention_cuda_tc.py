@@ -210,8 +210,7 @@ def _problems(spec, target, config) -> list:
     out = []
     w, bn = config["warps"], config["block_n"]
     mma = config.get("mma", "mma_sync")
-    for flag in ("q_in_registers", "tile_map", "overlap", "lazy_rescale", "tma", "pingpong", "persistent",
-                 "head_major", "tma_store", "cluster"):
+    for flag in ("q_in_registers", "tile_map", *WGMMA_ONLY):
         if not isinstance(config.get(flag, False), bool):
             out.append(f"{flag} must be a bool, got {config.get(flag)!r}")
     if mma not in ("mma_sync", "wgmma"):

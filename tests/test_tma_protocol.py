@@ -137,6 +137,30 @@ def stage_and_store(store, wg, warp, issuer, ti):
         copies.in_flight += 1
         store["spawn"](bulk_copy(staged, wg, ti, copies))
 
+
+class Scheduler:
+    """The agents (generators yielding ("wait", barrier, parity)), run one step at a time in a
+    random order among those whose wait has passed; ``spawn`` adds one, also while running."""
+    def __init__(self):
+        self.agents, self.waiting = [], {}  # agent -> (barrier, parity) it waits on
+
+    def spawn(self, agent):
+        self.agents.append(agent)
+        self.waiting[len(self.agents) - 1] = None
+
+    def run(self, seed, what):
+        rng = random.Random(seed)
+        while self.waiting:
+            ready = [i for i, w in self.waiting.items() if w is None or w[0].passed(w[1])]
+            assert ready, f"deadlock: {what}"
+            i = rng.choice(ready)
+            try:
+                _, bar, parity = next(self.agents[i])
+                self.waiting[i] = (bar, parity)
+            except StopIteration:
+                del self.waiting[i]
+
+
 def turn_barriers():
     """Named barriers 1 and 2 of the ping-pong, counted in warps (bar.sync / bar.arrive of 256)."""
     return Barrier(8), Barrier(8)
@@ -151,31 +175,17 @@ def run(tiles, warpgroups, overlap, seed, pingpong=False, tma_store=False):
     bufs["Q", 0] = None
     readers = {key: set() for key in bufs}
     turns = turn_barriers() if pingpong else None
-    agents = [producer(tiles, bars, bufs, readers)]
-    waiting = {0: None}  # agent -> (barrier, parity) it waits on
-
-    def spawn(agent):
-        agents.append(agent)
-        waiting[len(agents) - 1] = None
-
+    sched = Scheduler()
+    sched.spawn(producer(tiles, bars, bufs, readers))
     store = None
     if tma_store:
         store = {"bars": [Barrier(4) for _ in range(warpgroups)],
                  "copies": [Copies() for _ in range(warpgroups)],
-                 "staged": [[None] * 4 for _ in range(warpgroups)], "spawn": spawn}
+                 "staged": [[None] * 4 for _ in range(warpgroups)], "spawn": sched.spawn}
     for w in range(warps):
-        spawn(consumer(w, tiles, overlap, bars, bufs, readers, turns, store))
-    rng = random.Random(seed)
-    while waiting:
-        ready = [i for i, w in waiting.items() if w is None or w[0].passed(w[1])]
-        assert ready, (f"deadlock: tiles {tiles}, {warpgroups} warpgroups, overlap {overlap}, "
-                       f"pingpong {pingpong}, tma_store {tma_store}")
-        i = rng.choice(ready)
-        try:
-            _, bar, parity = next(agents[i])
-            waiting[i] = (bar, parity)
-        except StopIteration:
-            del waiting[i]
+        sched.spawn(consumer(w, tiles, overlap, bars, bufs, readers, turns, store))
+    sched.run(seed, f"tiles {tiles}, {warpgroups} warpgroups, overlap {overlap}, "
+                    f"pingpong {pingpong}, tma_store {tma_store}")
 
 
 @pytest.mark.parametrize("overlap", [True, False])
@@ -327,26 +337,12 @@ def run_cluster(n_iter, warpgroups, seed):
              **{("empty", x, j): Barrier(2 * warps) for x in "KV" for j in (0, 1)}} for _ in (0, 1)]
     bufs = [{(x, j): [None, None] for x in "KV" for j in (0, 1)} for _ in (0, 1)]
     readers = [{(x, j): set() for x in "KV" for j in (0, 1)} for _ in (0, 1)]
-    agents, waiting = [], {}
-
-    def spawn(agent):
-        agents.append(agent)
-        waiting[len(agents) - 1] = None
-
+    sched = Scheduler()
     for cta in (0, 1):
-        spawn(cluster_producer(cta, n_iter, bars, bufs, readers, spawn))
+        sched.spawn(cluster_producer(cta, n_iter, bars, bufs, readers, sched.spawn))
         for w in range(warps):
-            spawn(cluster_consumer(cta, w, n_iter, bars, bufs, readers))
-    rng = random.Random(seed)
-    while waiting:
-        ready = [i for i, w in waiting.items() if w is None or w[0].passed(w[1])]
-        assert ready, f"deadlock: cluster, {n_iter} key tiles, {warpgroups} warpgroups"
-        i = rng.choice(ready)
-        try:
-            _, bar, parity = next(agents[i])
-            waiting[i] = (bar, parity)
-        except StopIteration:
-            del waiting[i]
+            sched.spawn(cluster_consumer(cta, w, n_iter, bars, bufs, readers))
+    sched.run(seed, f"cluster, {n_iter} key tiles, {warpgroups} warpgroups")
 
 
 @pytest.mark.parametrize("warpgroups", [1, 2])

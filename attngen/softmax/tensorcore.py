@@ -170,20 +170,22 @@ def wgmma_context(spec: Attention, target, cfg, ctx) -> dict:
     full while the other's is not)."""
     from ..hopper import MMA_DTYPE as WGMMA_DTYPE
 
+    interval = kv_range.visible_keys(predicate.mask_expr(spec))
+
+    def keys(first_row, last_row):  # the key range of rows first_row .. last_row, as text
+        return kv_range.render_range(interval, {"q_len": "lq", "kv_len": "kvl"},
+                                     first_row=first_row, last_row=last_row)
+
     wg_lo = wg_hi = None
     if ctx["full_lo"] is not None:
-        interval = kv_range.visible_keys(predicate.mask_expr(spec))
-        lo, hi = kv_range.render_range(interval, {"q_len": "lq", "kv_len": "kvl"},
-                                       first_row="wq_last", last_row="wq0")
+        lo, hi = keys("wq_last", "wq0")
         wg_lo, wg_hi = lo or "0", hi or "kvl"
     tma, tma_store, cluster = cfg.get("tma", False), cfg.get("tma_store", False), cfg.get("cluster", False)
     # cluster: each CTA loads half of every K/V tile, multicast to both
     kv_rows = cfg["block_n"] // (2 if cluster else 1)
     maps, coords = tma_maps(spec, 64 * (cfg["warps"] // 4), kv_rows, tma_store) if tma else ([], {})
     if cluster:  # the key band of the cluster's pair of row tiles p0 .. p_last
-        ctx = {**ctx, **dict(zip(("kv_lo", "kv_hi"), kv_range.render_range(
-            kv_range.visible_keys(predicate.mask_expr(spec)), {"q_len": "lq", "kv_len": "kvl"},
-            first_row="p0", last_row="p_last")))}
+        ctx = {**ctx, **dict(zip(("kv_lo", "kv_hi"), keys("p0", "p_last")))}
     return {**ctx, "mma_dtype": WGMMA_DTYPE[spec.dtype], "warpgroups": cfg["warps"] // 4,
             "overlap": cfg["overlap"], "lazy_rescale": cfg.get("lazy_rescale", False),
             "wg_full_lo": wg_lo, "wg_full_hi": wg_hi, "tma": tma, "tma_maps": maps,

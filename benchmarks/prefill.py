@@ -76,40 +76,37 @@ CASES = [
 # variants timed beside the default: knobs of schedules/attention_cuda_tc.py over its defaults
 # (each names its mma: a config merges over that kernel's defaults)
 TC = {"mma": "mma_sync"}
-WG1 = dict(mma="wgmma", warps=4, block_n=64)  # one warpgroup, 64-key tiles: two CTAs per SM
-WG2 = dict(mma="wgmma", warps=8, block_n=128)  # two warpgroups, 128-key tiles
-# two warpgroups, persistent, taking turns on the tensor cores (FlashAttention-3's schedule)
+# one warpgroup, 64-key tiles (two CTAs per SM); two warpgroups, 128-key tiles; both non-persistent
+# and with O stored by TMA, as the defaults are (variants name every knob the defaults vary)
+WG1 = dict(mma="wgmma", warps=4, block_n=64, persistent=False, pingpong=False, tma_store=True)
+WG2 = dict(WG1, warps=8, block_n=128)
+# two warpgroups, persistent, taking turns on the tensor cores, O stored under the next tile
+# (FlashAttention-3's schedule; the window's default)
 TURNS = dict(WG2, persistent=True, pingpong=True, overlap=True)
-WG2_TURNS = [TURNS, dict(TURNS, tma_store=True)]  # and O stored by TMA under the next tile
 # short rows: 128-row tiles read K/V from L2 half as often as WG1's 64 but run one CTA per SM,
-# so the next tile's prologue must hide under this one's tail (persistent, turns, the TMA
-# store); a (batch, head)'s row tiles in a row keep the wave's K/V working set in L2 to a few
-# heads'; or two 64-row CTAs share each K/V tile by multicast (cluster): 128-row L2 traffic
-SHORT_ROW_VARIANTS = [dict(WG2, persistent=True), TURNS, dict(WG2, tma_store=True), *WG2_TURNS[1:],
-                      dict(TURNS, tma_store=True, head_major=True),
-                      dict(mma="wgmma", persistent=True, tma_store=True),
-                      dict(mma="wgmma", persistent=True, head_major=True),
-                      dict(mma="wgmma", cluster=True), dict(WG2, cluster=True, pingpong=True, overlap=True)]
+# so the next tile's prologue must hide under this one's tail (persistent, turns); 128-row tiles
+# of 64 keys keep global + local's 64 global keys one full tile
+SHORT_ROW_VARIANTS = [WG1, WG2, dict(WG2, persistent=True), TURNS, dict(WG1, persistent=True),
+                      dict(WG2, block_n=64), dict(TURNS, block_n=64)]
 VARIANTS = {
-    "dense d128 N1024": WG2_TURNS,
-    "causal d128 N1024": WG2_TURNS,
-    "causal d128 N4096": [WG1, *WG2_TURNS],
+    "dense d128 N1024": [TURNS],
+    "causal d128 N1024": [TURNS],
+    "causal d128 N4096": [WG1, TURNS],
     "causal d128 N16384": [WG1],
     "dense d64 N4096": [WG1, dict(TC, warps=4, m_tiles=1, block_n=64, q_in_registers=True)],
-    # rows that see short runs of keys take WG1 by default (schedules/attention_cuda_tc.py)
-    "window 1024 causal N16384": [WG2, *SHORT_ROW_VARIANTS],
-    "global 64 + local 1024 causal N16384": [WG2, *SHORT_ROW_VARIANTS],
-    "document 8x2048 N16384": [WG2, *SHORT_ROW_VARIANTS],
-    "packed varlen 8x2048 causal N16384": [WG2],
+    "window 1024 causal N16384": SHORT_ROW_VARIANTS,
+    "global 64 + local 1024 causal N16384": SHORT_ROW_VARIANTS,
+    "document 8x2048 N16384": SHORT_ROW_VARIANTS,
+    "packed varlen 8x2048 causal N16384": [dict(mma="wgmma", warps=8, block_n=128)],
 }
 
 
 def variant_configs(case: "Case") -> list:
     """The configs timed beside the default: VARIANTS; where the default loads by TMA (wgmma,
-    a contiguous layout), the same kernel loading by cp.async, a persistent tile loop, two
-    warpgroups taking turns (ping-pong; session 6's conditional rescaling measured 0.92-1.03x
-    and left the list) and O stored by TMA through shared memory; then the other tensor-core
-    instruction (wgmma or mma.sync, whichever the default is not) where both serve the spec."""
+    a contiguous layout), the same kernel loading by cp.async, and with O written by plain
+    stores instead of the TMA store; then the other tensor-core instruction (wgmma or
+    mma.sync, whichever the default is not) where both serve the spec.  A variant that merges
+    into the default is left out."""
     from attngen.resources import load_schedule
     from attngen.targets import get
 
@@ -117,13 +114,17 @@ def variant_configs(case: "Case") -> list:
     default = sched.default(spec, target)
     other = "mma_sync" if default["mma"] == "wgmma" else "wgmma"
     extra = []
-    if default.get("tma"):  # cp.async; persistent; ping-pong; the TMA store
-        extra = [{"mma": "wgmma", "tma": False}, {"mma": "wgmma", "persistent": True},
-                 {"mma": "wgmma", "pingpong": True, "warps": 8, "block_n": 128, "overlap": True},
-                 {"mma": "wgmma", "tma_store": True}]
+    if default.get("tma"):  # cp.async (which has no persistent loop, turns or TMA store); plain stores
+        extra = [{"mma": "wgmma", "tma": False, "persistent": False, "pingpong": False, "tma_store": False},
+                 {"mma": "wgmma", "tma_store": False}]
     if other == "mma_sync" or sched.wgmma_unsupported_reason(spec, target) is None:
         extra.append({"mma": other})
-    return VARIANTS.get(case.name, []) + extra
+    out = []
+    for cfg in VARIANTS.get(case.name, []) + extra:
+        merged = {**(default if cfg.get("mma", "mma_sync") == default["mma"] else {}), **cfg}
+        if merged != default and cfg not in out:
+            out.append(cfg)
+    return out
 
 
 def selected() -> list:

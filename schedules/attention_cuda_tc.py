@@ -31,21 +31,23 @@ builtins.  What remains to choose is the instruction and the tile shape:
                      consumer warpgroups wait on those and release each buffer on its own
                      mbarrier: no CTA barrier and no consumer-issued copy in the loop
                      (FlashAttention-3's producer / consumer split)
-    pingpong         (wgmma with tma, overlap and two warpgroups; off unless asked)
+    pingpong         (wgmma with tma, overlap and two warpgroups; on for windows)
                      FlashAttention-3's ping-pong: the warpgroups take turns issuing their GEMMs
                      on named barriers, so one's softmax runs under the other's GEMMs
-    persistent       (wgmma with tma; off unless asked) one wave of CTAs loops over
+    persistent       (wgmma with tma; on for windows) one wave of CTAs loops over
                      the row tiles, the longest first; the next tile's Q and K/V load under the
                      current tile's last P V and epilogue (short rows: windows, maps)
-    head_major       (with persistent; off, not yet run on a GPU) the wave takes the row
-                     tiles of one (batch, head) in a row instead of one rank across heads:
-                     fewer heads' K/V live in L2 at once (tiles of one length: windows, maps)
-    cluster          (wgmma with tma, not persistent; off, not yet run on a GPU) the CTAs of
+    head_major       (with persistent; off) the wave takes the row tiles of one (batch,
+                     head) in a row instead of one rank across heads: fewer heads' K/V live
+                     in L2 at once.  Measured slower on an H200 (0.85-0.95x on the window,
+                     global + local and document cases, session 10)
+    cluster          (wgmma with tma, not persistent; off) the CTAs of
                      two adjacent row tiles form a cluster and walk their pair's key tiles;
                      each loads half of every K/V tile and multicasts it to both, so L2 serves
                      a K/V tile once per pair of row tiles (64-row tiles read it twice as often
-                     as 128-row ones)
-    tma_store        (wgmma with tma; off, not yet run on a GPU) each warpgroup writes its
+                     as 128-row ones).  Correct on an H200 but slower there: 0.56-0.82x on the
+                     window, global + local and document cases (session 10)
+    tma_store        (wgmma with tma; on wherever tma is) each warpgroup writes its
                      O rows into shared memory, 128-byte swizzled, and one thread stores them
                      by the bulk tensor copy (which clips rows past the sequence): one copy per
                      64 channels instead of 64 two-byte global stores per thread.  The rows
@@ -121,22 +123,27 @@ def default(spec, target, mma=None) -> dict:
 
 
 def wgmma_default(spec, target) -> dict:
-    # measured on an H100 and an H200 (benchmarks/NOTES-hopper.md): two warpgroups, 128-key
-    # tiles, overlap; where rows see a short run of keys (a window's lower bound, a per-tile
-    # map, packed sequences) one warpgroup and 64-key tiles, so two CTAs share an SM and one's
-    # prologue and epilogue run under the other's loop: on an H200, window 1024 +9%, global +
-    # local +26%, document +11%, packed varlen +6%; causal N4096 -6% (so not for causal)
+    # measured on an H100 and an H200 (benchmarks/NOTES-hopper.md, NOTES-prefill.md): two
+    # warpgroups, 128-key tiles, overlap, K/V by TMA from a producer warpgroup wherever one
+    # tensor map serves each of Q, K and V (bhsd, bshd; session 8: 1.01-1.19x cp.async), and O
+    # out by a TMA store (session 10, H200, same process: 1.03-1.24x on every causal, GQA, bf16,
+    # d64 and masked case, 1.13x dense N1024; 0.96-0.97x dense N4096 / N16384).
+    # Rows that see a short run of keys pay a prologue and epilogue per few key tiles:
+    # - a window (a lower bound, no map): two warpgroups persistent, taking turns, O stored
+    #   under the next tile (FlashAttention-3's schedule): 1.20x the two-warpgroup kernel
+    #   (427 against 356 TFLOP/s, window 1024 N16384);
+    # - a per-tile map or packed sequences: one warpgroup and 64-key tiles, so two CTAs share
+    #   an SM and one's prologue and epilogue run under the other's loop (global + local 390
+    #   against 328 for the persistent turns, document 376 against 388)
     from attngen.softmax import tile_map
 
-    # TMA loads from a producer warpgroup wherever one tensor map serves each of Q, K and V: on an
-    # H200 (session 8, same process) 1.01-1.19x the cp.async kernel on every benchmark case but
-    # window 1024 (0.98x), e.g. dense N16384 536 TFLOP/s against 454, causal 527 against 441.
-    # Ping-pong and the persistent loop are off but named, so the tuner tries them: each won
-    # somewhere (dense N16384 +1-3%, GQA N4096 +2%) and lost elsewhere
-    warps, block_n = (4, 64) if short_rows(spec) else (8, 128)
+    tma = spec.layout != "thd" and not spec.is_paged
+    uses_map = tile_map.needed(spec)
+    turns = tma and short_rows(spec) and not uses_map
+    warps, block_n = (4, 64) if short_rows(spec) and not turns else (8, 128)
     return {"mma": "wgmma", "warps": warps, "m_tiles": 1, "block_n": block_n,
-            "q_in_registers": False, "tile_map": tile_map.needed(spec), "overlap": True,
-            "tma": spec.layout != "thd" and not spec.is_paged, "pingpong": False, "persistent": False}
+            "q_in_registers": False, "tile_map": uses_map, "overlap": True, "tma": tma,
+            "pingpong": turns, "persistent": turns, "tma_store": tma}
 
 
 def short_rows(spec) -> bool:

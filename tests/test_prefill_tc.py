@@ -347,10 +347,15 @@ def _check(spec, lengths, config=None, batch=None):
         assert result.passed, (f"length {length}, seed {rng.bit_generator.seed_seq.entropy}", result.errors)
 
 
+# the wgmma kernel loading by cp.async: no producer warpgroup, so no persistent loop, turns or
+# TMA store either
+CP_ASYNC = {"mma": "wgmma", "tma": False, "tma_store": False, "persistent": False, "pingpong": False}
+
+
 # queries and keys of different lengths, bottom-right aligned: chunked prefill (a few queries
 # against a longer cache) and more queries than keys (causal: the first rows see no key)
 CROSS_LENGTH = ["full", "causal", "sliding_window", "gqa", "softcap"]
-CROSS_CONFIGS = {"tma": {"mma": "wgmma"}, "cp_async": {"mma": "wgmma", "tma": False},
+CROSS_CONFIGS = {"tma": {"mma": "wgmma"}, "cp_async": CP_ASYNC,
                  "mma_sync": {"mma": "mma_sync"}}
 
 
@@ -433,7 +438,7 @@ def test_tile_map_swapped_on_gpu(name):
 
 
 WGMMA = {"mma": "wgmma"}
-WGMMA_PLAIN = {"mma": "wgmma", "overlap": False}  # the schedule without S/PV overlap
+WGMMA_PLAIN = {"mma": "wgmma", "overlap": False, "pingpong": False}  # no S/PV overlap (nor turns)
 MMA_SYNC = {"mma": "mma_sync"}
 GALLERY_WGMMA = [n for n in GALLERY_TC
                  if load_schedule("attention_cuda_tc").wgmma_unsupported_reason(GALLERY[n].spec, SM90) is None]
@@ -445,8 +450,10 @@ PLAIN_WGMMA = ["causal", "document"]
 LAZY = {"mma": "wgmma", "lazy_rescale": True}  # FlashAttention-4's conditional rescaling
 LAZY_WGMMA = ["causal", "sliding_window", "document", "softcap", "sinks"]
 # a TMA producer warpgroup on mbarriers (the sm_90a default for bhsd / bshd), by name: both
-# schedules, the band, full tiles, the tile map, a score mod, sinks, GQA, bshd at d64
-TMA = {"mma": "wgmma", "tma": True}
+# schedules, the band, full tiles, the tile map, a score mod, sinks, GQA, bshd at d64; O by
+# plain stores, one CTA per row tile (the defaults store O by TMA, and a window's loop is
+# persistent: those are the WGMMA runs)
+TMA = {"mma": "wgmma", "tma": True, "tma_store": False, "persistent": False, "pingpong": False}
 TMA_WGMMA = {"causal": (GALLERY["causal"].spec, TMA), "causal_plain": (GALLERY["causal"].spec, {**TMA, "overlap": False}),
              "full": (GALLERY["full"].spec, TMA), "gqa": (GALLERY["gqa"].spec, TMA),
              "sliding_window": (GALLERY["sliding_window"].spec, TMA), "document": (GALLERY["document"].spec, TMA),
@@ -458,14 +465,14 @@ TMA_WGMMA = {"causal": (GALLERY["causal"].spec, TMA), "causal_plain": (GALLERY["
 PINGPONG = {**TMA, "pingpong": True, "warps": 8, "block_n": 128, "overlap": True}
 TMA_WGMMA.update({f"{n}_pingpong": (GALLERY[n].spec, PINGPONG)
                   for n in ("causal", "full", "gqa", "document", "softcap", "sinks")})
-# ... and O stored through shared memory by the bulk tensor copy (not yet run on a GPU)
+# ... and O stored through shared memory by the bulk tensor copy
 TMA_STORE = {**TMA, "tma_store": True}
 TMA_WGMMA.update({"causal_store": (GALLERY["causal"].spec, TMA_STORE),
                   "document_store": (GALLERY["document"].spec, TMA_STORE),
                   "d64_bshd_document_store": (EXTRA["d64_bshd_document"], TMA_STORE),
                   "causal_pingpong_store": (GALLERY["causal"].spec, {**PINGPONG, "tma_store": True})})
 # ... and clusters of two CTAs sharing each K/V tile by multicast (a band, a tile map of
-# 2 x block_m rows, two warpgroups with turns; not yet run on a GPU)
+# 2 x block_m rows, two warpgroups with turns)
 CLUSTER = {**TMA, "cluster": True}
 TMA_WGMMA.update({"window_cluster": (GALLERY["sliding_window"].spec, CLUSTER),
                   "document_cluster": (GALLERY["document"].spec, CLUSTER),

@@ -263,14 +263,23 @@ def test_prefill_wgmma_full_tiles_per_warpgroup():
 
 def test_prefill_wgmma_default_tiles_follow_the_row_length():
     """Two warpgroups and 128-key tiles where rows see long runs of keys (full, causal, score
-    mods); one warpgroup and 64-key tiles where a window, a tile map or packed sequences keep
-    them short (two CTAs per SM)."""
+    mods); for a window (short rows, no map) the same, persistent and taking turns; one
+    warpgroup and 64-key tiles where a tile map or packed sequences keep rows short (two CTAs
+    per SM).  O leaves by a TMA store wherever K/V arrive by TMA."""
     from attngen.gallery import GALLERY
 
-    sched, sm90, _, _ = _prefill()
+    sched, sm90, Attention, masks = _prefill()
+    shape = lambda c: (c["warps"], c["block_n"], c["persistent"], c["pingpong"])  # noqa: E731
     for name in ("full", "causal", "gqa", "softcap", "alibi"):
         cfg = sched.wgmma_default(GALLERY[name].spec, sm90)
-        assert (cfg["warps"], cfg["block_n"]) == (8, 128), name
-    for name in ("sliding_window", "document", "block_sparse", "prefix_lm"):
+        assert shape(cfg) == (8, 128, False, False) and cfg["tma_store"], name
+    cfg = sched.wgmma_default(GALLERY["sliding_window"].spec, sm90)
+    assert shape(cfg) == (8, 128, True, True) and cfg["tma_store"]
+    for name in ("document", "block_sparse", "prefix_lm"):
         cfg = sched.wgmma_default(GALLERY[name].spec, sm90)
-        assert (cfg["warps"], cfg["block_n"]) == (4, 64), name
+        assert shape(cfg) == (4, 64, False, False) and cfg["tma_store"], name
+    packed = sched.wgmma_default(Attention(num_heads=4, head_dim=64, layout="thd",
+                                           mask=masks.sliding_window(256)), sm90)
+    assert shape(packed) == (4, 64, False, False) and not packed["tma"] and not packed["tma_store"]
+    for name in ("full", "sliding_window", "document"):  # every default validates
+        sched.validate(GALLERY[name].spec, sm90, sched.wgmma_default(GALLERY[name].spec, sm90))

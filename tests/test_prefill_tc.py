@@ -176,6 +176,24 @@ def test_tile_map_program():
     assert [c.func for c in lower(spec, SM90, {"tile_map": False}).calls] == ["attention"]
 
 
+def test_static_conjuncts_mask_tiles_where_the_tensor_conjuncts_hold():
+    """Document ids within a causal mask: the map gives a partial tile where every element the
+    causal conjunct sees is in one document a kind of its own (entry % 4 == 2), masked by the
+    causal conjunct alone, with no tensor read; masks that read only tensors, or none, have no
+    such kind."""
+    doc = GALLERY["document"].spec
+    assert tile_map.static_part(doc).same(E.kv_idx <= E.q_pos)
+    parts = tile_map.conjuncts((E.kv_idx < 3) & (E.q_idx > 1) & (E.kv_idx > 0))
+    assert [p.same(c) for p, c in zip(parts, (E.kv_idx < 3, E.q_idx > 1, E.kv_idx > 0))] == [True] * 3
+    for name in ("block_sparse", "prefix_lm", "longformer"):
+        assert tile_map.static_part(GALLERY[name].spec) is None, name
+    for mma in ("wgmma", "mma_sync"):
+        text = lower(doc, SM90, {"mma": mma}).mod.script()
+        assert "count_s" in text and "% 4 == 2" in text, mma
+    text = lower(GALLERY["prefix_lm"].spec, SM90).mod.script()
+    assert "count_s" not in text and "% 4 == 2" not in text and "% 4 == 1" in text
+
+
 # ----------------------------------------------------------------------------- knobs
 
 

@@ -88,10 +88,12 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
     if spec.layout == "thd":
         funcs["packed_tiles"] = parse(render("packed_tiles.j2", name="packed_tiles", block_m=block_m,
                                              params=ctx["params"], size_vars=ctx["size_vars"]))
+    static_visible = tile_map.static_part(spec) if cfg["tile_map"] else None
     if cfg["tile_map"]:
         for kernel in tile_map.KERNELS:
             text = render("tile_map.j2", name=kernel, kernel=kernel.split("_")[1],
                           visible=tile_map.visible_fn(spec), warps=4,
+                          visible_static=None if static_visible is None else tile_map.visible_fn(spec, static_visible),
                           block_m=map_rows,
                           **{k: ctx[k] for k in ("params", "size_vars", "block_n",
                                                  "map_heads", "kv_lo", "kv_hi")})
@@ -139,6 +141,9 @@ def context(spec: Attention, cfg, args) -> dict:
     if not mask.same(E.true()):
         visible = f"T.And({visible}, {predicate.tir(mask, names, spec)})"
 
+    static = tile_map.static_part(spec) if cfg["tile_map"] else None
+    visible_static = None if static is None else f"T.And({kv_idx} < kvl, {predicate.tir(static, names, spec)})"
+
     interval = kv_range.visible_keys(mask)
     lengths = {"q_len": "lq", "kv_len": "kvl"}
     kv_lo, kv_hi = kv_range.render_range(interval, lengths, first_row="q0", last_row="q_last")
@@ -156,6 +161,7 @@ def context(spec: Attention, cfg, args) -> dict:
         block_m=16 * m_tiles * warps,
         block_n=block_n, pad=8, q_in_registers=cfg["q_in_registers"], logit_full=logit,
         logit_partial=f"T.Select({visible}, {logit}, T.float32({NEG!r}))",
+        logit_static=visible_static and f"T.Select({visible_static}, {logit}, T.float32({NEG!r}))",
         kv_lo=kv_lo, kv_hi=kv_hi, full_lo=full_lo, full_hi=full_hi, sinks=spec.sinks,
         tile_map=cfg["tile_map"], map_heads=tile_map.map_heads(spec),
         fold=None if fold is None else repr(fold), tanh_args=tanh_args, **layout_access(spec),

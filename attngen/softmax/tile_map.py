@@ -6,8 +6,12 @@ windowed mask needs; for global + local, document ids, block-sparse layouts, pre
 dilated and BigBird masks the band is a hull (often the whole causal triangle) with most of
 its tiles empty.  For those, two small kernels run before the attention kernel: ``tile_state``
 classifies every tile of the band (empty / partial / full) by counting its visible elements,
-``tile_list`` compacts each row tile's non-empty tiles into a list with a full flag; the
-attention kernel then loops over that list.  The map is computed on the GPU (like
+``tile_list`` compacts each row tile's non-empty tiles into a list with their kind; the
+attention kernel then loops over that list.  A mask that ANDs conjuncts reading runtime
+tensors with conjuncts that read none (document ids within a causal mask) has a fourth kind:
+a partial tile where the tensor conjuncts hold on every element the static ones see (the
+causal diagonal inside one document), which the kernel masks with the static conjuncts alone,
+reading no tensor.  The map is computed on the GPU (like
 FlexAttention's ``create_block_mask``, without an N x N tensor): its cost is one predicate
 evaluation per element of the band, against the ~4 d multiply-adds the attention spends on
 each visible element.  A mask that reads runtime tensors (document ids, a block layout) gets
@@ -54,10 +58,30 @@ def scratch(spec: Attention, block_m: int, block_n: int) -> tuple:
             Arg("tile_count", ("batch", hm, f"q_len/{block_m}"), "int32", "scratch"))
 
 
-def visible_fn(spec: Attention):
+def conjuncts(e: E.Expr) -> list:
+    """The operands of ``e``'s top-level chain of ANDs (``[e]`` if it is not one)."""
+    return conjuncts(e.args[0]) + conjuncts(e.args[1]) if e.op == "and" else [e]
+
+
+def static_part(spec: Attention):
+    """The mask's conjuncts that read no runtime tensor, ANDed, when others do read one (else
+    None).  The mask implies them, so on a tile where both count the same visible elements
+    they alone decide it."""
+    parts = conjuncts(predicate.mask_expr(spec))
+    static = [p for p in parts if not E.tensors(p)]
+    if not static or len(static) == len(parts):
+        return None
+    out = static[0]
+    for p in static[1:]:
+        out = out & p
+    return out
+
+
+def visible_fn(spec: Attention, mask: E.Expr | None = None):
     """``visible(q, k)``: TVMScript text of "key k is visible to real row q" (k < kv_len and
-    the mask), for the template to call with its own row and key expressions."""
-    mask = predicate.mask_expr(spec)
+    the mask, or ``mask`` instead), for the template to call with its own row and key
+    expressions."""
+    mask = predicate.mask_expr(spec) if mask is None else mask
 
     def visible(q: str, k: str) -> str:
         names = {"b": "b", "h": "h", "q_idx": q, "kv_idx": k, "q_len": "lq", "kv_len": "kvl"}

@@ -50,6 +50,7 @@ def cases():
                       "causal_pingpong_cluster")]
     out += [(f"{n} wgmma persistent", *t.PERSISTENT_WGMMA[n][:1], 3, t.PERSISTENT_WGMMA[n][1])
             for n in ("causal", "sliding_window", "causal_pingpong", "causal_store", "document_store",
+                      "document_wg2_store",
                       "window_pingpong_store", "window_head_major", "document_pingpong_head_major_store")]
     return out
 

@@ -507,6 +507,10 @@ PERSISTENT_WGMMA = {"causal": (GALLERY["causal"].spec, PERSISTENT),
                     # O stored by TMA from a region of its own, the copy running under the next tile
                     "causal_store": (GALLERY["causal"].spec, {**PERSISTENT, "tma_store": True}),
                     "document_store": (GALLERY["document"].spec, {**PERSISTENT, "tma_store": True}),
+                    # two warpgroups (128-row tiles), no turns: the fastest on the document
+                    # after the map's static kind (session 10), a candidate default
+                    "document_wg2_store": (GALLERY["document"].spec,
+                                           {**PERSISTENT, "warps": 8, "block_n": 128, "tma_store": True}),
                     "window_pingpong_store": (GALLERY["sliding_window"].spec,
                                               {**PINGPONG, "persistent": True, "tma_store": True}),
                     # a (batch, head)'s row tiles in a row

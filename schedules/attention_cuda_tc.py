@@ -134,7 +134,9 @@ def wgmma_default(spec, target) -> dict:
     #   (427 against 356 TFLOP/s, window 1024 N16384);
     # - a per-tile map or packed sequences: one warpgroup and 64-key tiles, so two CTAs share
     #   an SM and one's prologue and epilogue run under the other's loop (global + local 390
-    #   against 328 for the persistent turns, document 376 against 388)
+    #   against 328 for the persistent turns).  On the document, after the map's static kind,
+    #   two warpgroups persistent measured 1.10-1.16x this (one H200, two runs): not yet the
+    #   default, its GPU tests at odd lengths are still to run
     from attngen.softmax import tile_map
 
     tma = spec.layout != "thd" and not spec.is_paged

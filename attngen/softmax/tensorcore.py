@@ -88,12 +88,12 @@ def lower(spec: Attention, target, config: Optional[Mapping] = None) -> Lowered:
     if spec.layout == "thd":
         funcs["packed_tiles"] = parse(render("packed_tiles.j2", name="packed_tiles", block_m=block_m,
                                              params=ctx["params"], size_vars=ctx["size_vars"]))
-    static_visible = tile_map.static_part(spec) if cfg["tile_map"] else None
+    static = tile_map.static_part(spec) if cfg["tile_map"] else None  # the map's fourth kind
     if cfg["tile_map"]:
         for kernel in tile_map.KERNELS:
             text = render("tile_map.j2", name=kernel, kernel=kernel.split("_")[1],
                           visible=tile_map.visible_fn(spec), warps=4,
-                          visible_static=None if static_visible is None else tile_map.visible_fn(spec, static_visible),
+                          visible_static=None if static is None else tile_map.visible_fn(spec, static),
                           block_m=map_rows,
                           **{k: ctx[k] for k in ("params", "size_vars", "block_n",
                                                  "map_heads", "kv_lo", "kv_hi")})
@@ -141,6 +141,7 @@ def context(spec: Attention, cfg, args) -> dict:
     if not mask.same(E.true()):
         visible = f"T.And({visible}, {predicate.tir(mask, names, spec)})"
 
+    # a map's tile where the mask's tensor conjuncts hold wherever its static ones do (tile_map.py)
     static = tile_map.static_part(spec) if cfg["tile_map"] else None
     visible_static = None if static is None else f"T.And({kv_idx} < kvl, {predicate.tir(static, names, spec)})"
 

@@ -127,7 +127,8 @@ def wgmma_default(spec, target) -> dict:
     # warpgroups, 128-key tiles, overlap, K/V by TMA from a producer warpgroup wherever one
     # tensor map serves each of Q, K and V (bhsd, bshd; session 8: 1.01-1.19x cp.async), and O
     # out by a TMA store (session 10, H200, same process: 1.03-1.24x on every causal, GQA, bf16,
-    # d64 and masked case, 1.13x dense N1024; 0.96-0.97x dense N4096 / N16384).
+    # d64 and masked case, 1.13x dense N1024; 0.96-0.97x dense N4096 / N16384 timed after the
+    # default, while in two later runs, the store the default, plain stores took 0.84-0.97x).
     # Rows that see a short run of keys pay a prologue and epilogue per few key tiles:
     # - a window (a lower bound, no map): two warpgroups persistent, taking turns, O stored
     #   under the next tile (FlashAttention-3's schedule): 1.20x the two-warpgroup kernel

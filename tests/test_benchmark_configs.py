@@ -30,6 +30,18 @@ def test_the_decode_table_gives_paged_over_contiguous():
     assert "| paged16 B32 | 0.2700 | 0.2600 | 1.038x |" in text
 
 
+def test_the_prefill_table_rates_a_variant_by_its_paired_default():
+    rows = [{"case": "c", "impl": "attngen", "ms": 1.0, "tflops": 400.0},
+            {"case": "c", "impl": "flex", "ms": 1.5, "tflops": 266.7}]
+    checks = [{"case": "c", "rel_err_vs_flex": 1e-4}]
+    variants = [{"case": "c", "config": {"warps": 8}, "ms": 0.9, "default_ms": 1.08, "tflops": 444.4,
+                 "rel_err_vs_flex": 2e-4},
+                {"case": "c", "config": {"warps": 4}, "ms": 0.8, "tflops": 500.0, "rel_err_vs_flex": 2e-4}]
+    text = prefill.markdown("H200", rows, checks, variants)
+    assert "| c | {'warps': 8} | 444.4 (0.900) | 1.20x | 1.67x | 2.0e-04 |" in text  # 1.08 / 0.9
+    assert "| c | {'warps': 4} | 500.0 (0.800) | 1.25x | 1.88x | 2.0e-04 |" in text  # unpaired: 1.0 / 0.8
+
+
 def test_paged_inputs_hold_the_contiguous_rows():
     """The paged runs read the same keys as the contiguous ones: page table[b, p] of the pool
     holds rows p P .. p P + P - 1 of sequence b (GQA: every KV head; MLA: the latent rows)."""

@@ -4,9 +4,14 @@ Left: the mask itself (query rows down, keys across; each pixel the visible frac
 entries it covers).  Right: the tile map at the kernel's tile size: tiles the kernel never
 visits (skipped: outside the key range that ``softmax.kv_range`` reads off the mask), tiles it
 visits although nothing in them is visible (empty: wasted work, which a per-tile map of the
-mask would save), and tiles whose entries are all visible (full) or some (partial).  Tiles are
-classified exactly, from the mask evaluated over the tile; runtime tensors (document ids, block
-layouts, bias tables) are drawn at random as the checker draws them, which the caption says.
+mask would save), and tiles whose entries are all visible (full) or some (partial).  Where the
+kernel loops over a per-tile map (the tensor-core kernels, for masks that are not one key
+interval per row) it visits no empty tile, and a partial tile where the mask's static
+conjuncts alone decide (``tile_map.static_part``: the causal diagonal inside one document) is
+drawn as such: it is masked without reading a tensor.  The tile shape and the map are those of
+the kernel the target runs: its tuned config, else its default.  Tiles are classified exactly,
+from the mask evaluated over the tile; runtime tensors (document ids, block layouts, bias
+tables) are drawn at random as the checker draws them, which the caption says.
 """
 from __future__ import annotations
 
@@ -17,16 +22,30 @@ import numpy as np
 from . import expr as E
 from .spec import Attention
 
-COLORS = {"skipped": "#f2f2f2", "empty": "#fc8181", "full": "#2b6cb0", "partial": "#f6ad55"}
+COLORS = {"skipped": "#f2f2f2", "empty": "#fc8181", "full": "#2b6cb0", "partial": "#f6ad55",
+          "static": "#faf089"}  # static: partial, masked by the static conjuncts alone
 PIXELS = 512  # drawing size of each panel
 
 
-def tile_shape(spec: Attention, target) -> tuple:
-    """(query positions, keys) per tile of the default schedule for ``target``."""
-    from .resources import load_schedule
+def kernel_config(spec: Attention, target, length: int) -> dict:
+    """The config the target's kernel runs for ``spec`` at ``length``: its tuned one (this
+    machine's database), else the schedule's default."""
+    from .tune import best_config, sizes_for
+    from .tune.space import schedule_module
 
-    cfg = load_schedule("attention_cuda" if target.is_cuda else "attention_cpu").default(spec, target)
-    return max(1, cfg["block_q"] // spec.group_size), cfg["block_k"]
+    tuned = best_config(spec, target, sizes_for(spec, length)) or {}
+    return {**schedule_module(spec, target).default(spec, target), **tuned}
+
+
+def tile_shape(spec: Attention, target, config: dict | None = None) -> tuple:
+    """(query positions, keys) per tile of ``config`` (default: the target's default kernel)."""
+    if config is None:
+        from .tune.space import default_config
+
+        config = default_config(spec, target)
+    if "m_tiles" in config:  # the tensor-core kernels: a CTA's rows of one query head
+        return 16 * config["m_tiles"] * config["warps"], config["block_n"]
+    return max(1, config["block_q"] // spec.group_size), config["block_k"]
 
 
 def visible(spec: Attention, q_len: int, kv_len: int, rng: np.random.Generator) -> np.ndarray:
@@ -52,9 +71,12 @@ def tile_counts(mask: np.ndarray, block_m: int, block_n: int) -> np.ndarray:
     return np.stack([fold(padded), fold(inside)])
 
 
-def classify(counts: np.ndarray, visited: np.ndarray) -> np.ndarray:
+def classify(counts: np.ndarray, visited: np.ndarray, static_seen: np.ndarray | None = None) -> np.ndarray:
+    """Each tile's kind; with ``static_seen`` (entries the mask's static conjuncts see, which
+    the mask implies), a partial tile where the two counts agree is "static"."""
     seen, total = counts
-    kind = np.where(seen == 0, "empty", np.where(seen == total, "full", "partial"))
+    partial = "partial" if static_seen is None else np.where(seen == static_seen, "static", "partial")
+    kind = np.where(seen == 0, "empty", np.where(seen == total, "full", partial))
     return np.where(visited, kind, "skipped")
 
 
@@ -84,17 +106,38 @@ def visited_tiles(spec: Attention, length: int, block_m: int, block_n: int) -> n
     return out
 
 
-def svg(spec: Attention, target, length: int, seed: int = 0) -> str:
-    rng = np.random.default_rng(seed)
-    block_m, block_n = tile_shape(spec, target)
+def tile_kinds(spec: Attention, config: dict, length: int, rng: np.random.Generator):
+    """(mask, kinds): the visible entries of batch 0, head 0 and each tile's kind under
+    ``config``'s kernel (the band of kv_range; with a tile map, only its non-empty tiles)."""
+    from .softmax.tile_map import static_part
+
+    block_m, block_n = tile_shape(spec, None, config)
     mask = visible(spec, length, length, rng)
-    kinds = classify(tile_counts(mask, block_m, block_n),
-                     visited_tiles(spec, length, block_m, block_n))
+    counts = tile_counts(mask, block_m, block_n)
+    visited = visited_tiles(spec, length, block_m, block_n)
+    static_seen = None
+    if config.get("tile_map"):
+        visited &= counts[0] > 0
+        static = static_part(spec)
+        if static is not None:
+            env = dict(b=0, h=0, q_idx=np.arange(length)[:, None], kv_idx=np.arange(length)[None, :],
+                       q_len=length, kv_len=length)
+            seen = np.broadcast_to(np.asarray(E.evaluate(static, env), bool), mask.shape)
+            static_seen = tile_counts(seen, block_m, block_n)[0]
+    return mask, classify(counts, visited, static_seen)
+
+
+def svg(spec: Attention, target, length: int, seed: int = 0) -> str:
+    config = kernel_config(spec, target, length)
+    block_m, block_n = tile_shape(spec, target, config)
+    mask, kinds = tile_kinds(spec, config, length, np.random.default_rng(seed))
     frac = {k: float((kinds == k).mean()) for k in COLORS}
-    caption = (f"{spec.mask!r}  |  length {length}, tiles {block_m}x{block_n} ({target.name}): "
+    kernel = "".join(f", {w}" for w in (config.get("mma"), config.get("tile_map") and "tile map") if w)
+    caption = (f"{spec.mask!r}  |  length {length}, tiles {block_m}x{block_n} ({target.name}{kernel}): "
                f"{frac['skipped']:.0%} skipped, {frac['empty']:.0%} empty but visited, "
-               f"{frac['full']:.0%} full, {frac['partial']:.0%} partial; "
-               f"visible {mask.mean():.1%} of the matrix")
+               f"{frac['full']:.0%} full, {frac['partial']:.0%} partial"
+               + (f", {frac['static']:.0%} partial by static conjuncts" if frac["static"] else "")
+               + f"; visible {mask.mean():.1%} of the matrix")
     if spec.runtime_tensors:
         caption += "  (runtime tensors drawn at random)"
     pad, gap = 20, 30

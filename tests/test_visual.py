@@ -43,8 +43,37 @@ def test_cli_writes_an_svg(tmp_path):
 
 
 def test_tile_shape_follows_the_schedule():
+    from attngen.gallery import GALLERY
     from attngen.visual import tile_shape
 
     gqa = Attention(num_heads=8, num_kv_heads=2, head_dim=64)
     m, n = tile_shape(gqa, get("cpu"))
     assert m >= 1 and n >= 4
+    # sm_90a runs the wgmma kernel: two warpgroups of 128 rows, or one of 64 beside a tile map
+    assert tile_shape(GALLERY["causal"].spec, get("cuda-sm90a")) == (128, 128)
+    assert tile_shape(GALLERY["document"].spec, get("cuda-sm90a")) == (64, 64)
+
+
+def test_a_tile_map_visits_no_empty_tile_and_marks_the_static_partials():
+    """The tensor-core kernel loops over the map's non-empty tiles; a partial tile where the
+    causal conjunct alone decides (inside one document) is drawn as "static", and is exactly
+    that: the mask there equals the causal mask."""
+    from attngen.gallery import GALLERY
+    from attngen.tune.space import default_config
+    from attngen.visual import tile_kinds
+
+    spec, n = GALLERY["document"].spec, 600
+    config = default_config(spec, get("cuda-sm90a"))
+    mask, kinds = tile_kinds(spec, config, n, np.random.default_rng(0))
+    assert config["tile_map"] and "empty" not in kinds and (kinds == "static").any()
+    causal = np.tril(np.ones((n, n), bool))
+    bm, bn = config["warps"] * 16, config["block_n"]
+    for i, j in zip(*np.nonzero(kinds == "static")):
+        rows, keys = slice(i * bm, (i + 1) * bm), slice(j * bn, (j + 1) * bn)
+        assert (mask[rows, keys] == causal[rows, keys]).all(), (i, j)
+    for i, j in zip(*np.nonzero(kinds == "partial")):  # here the document ids matter
+        rows, keys = slice(i * bm, (i + 1) * bm), slice(j * bn, (j + 1) * bn)
+        assert (mask[rows, keys] != causal[rows, keys]).any(), (i, j)
+    # without the map (the SIMT kernel's band) the same mask has empty tiles that are visited
+    _, band = tile_kinds(spec, {**config, "tile_map": False}, n, np.random.default_rng(0))
+    assert "empty" in band and "static" not in band

@@ -7,6 +7,7 @@ Nothing here touches a device at import or construction: limits are data.
 from __future__ import annotations
 
 import functools
+import re
 import tomllib
 from dataclasses import dataclass
 from typing import Optional
@@ -81,16 +82,43 @@ def local_cuda_arch() -> Optional[str]:
     return f"sm_{major}{minor}" + ("a" if major == 9 else "")
 
 
+def local_sm_count() -> Optional[int]:
+    """Streaming multiprocessors of GPU 0, or None without a GPU."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return int(torch.cuda.get_device_properties(0).multi_processor_count)
+    except Exception:  # no torch, or a broken driver: treat as no GPU
+        return None
+
+
 def get(name: str) -> Target:
-    """``cpu``, ``cuda-sm80``, ``cuda-sm90a`` or ``cuda`` (the local arch, else sm_90a)."""
+    """``cpu``, ``cuda-sm80``, ``cuda-sm90a``, ``cuda`` (the local GPU: its arch, else sm_90a,
+    and its count of SMs), or ``cuda-smXY[-Nsm]``: an arch and a count of SMs.  The count sizes
+    persistent grids and split-KV; a target file's is one card's (132 for sm_90a, where an H100
+    PCIe has 114 and an H20 78), and a target with another count is named for it, so that
+    the build cache keys it apart and a manifest that names it reads back."""
     targets = available()
+    if name in targets:
+        return targets[name]
     if name == "cuda":
-        arch = local_cuda_arch() or "sm_90a"
-        known = {t.arch: t for t in targets.values() if t.is_cuda}
-        if arch in known:
-            return known[arch]
+        return _cuda_target(local_cuda_arch() or "sm_90a", local_sm_count())
+    m = re.fullmatch(r"cuda-sm(\d+a?)(?:-(\d+)sm)?", name)
+    if not m or (m.group(2) is not None and int(m.group(2)) < 1):
+        raise ValueError(f"unknown target {name!r}; known: {', '.join(['cuda', *targets])}, "
+                         "or cuda-smXY[-Nsm] (an arch and its count of SMs)")
+    return _cuda_target(f"sm_{m.group(1)}", m.group(2) and int(m.group(2)))
+
+
+def _cuda_target(arch: str, sms: Optional[int]) -> Target:
+    known = {t.arch: t for t in available().values() if t.is_cuda}
+    if arch in known:
+        base = known[arch]
+    else:  # another arch: the nearest target file's limits
         base = known["sm_80"] if arch.startswith("sm_8") else known["sm_90a"]
-        return Target(**{**base.__dict__, "name": f"cuda-{arch.replace('_', '')}", "arch": arch})
-    if name not in targets:
-        raise ValueError(f"unknown target {name!r}; known: {', '.join(['cuda', *targets])}")
-    return targets[name]
+        base = Target(**{**base.__dict__, "name": f"cuda-{arch.replace('_', '')}", "arch": arch})
+    if sms and sms != base.sm_count:
+        base = Target(**{**base.__dict__, "name": f"{base.name}-{sms}sm", "sm_count": sms})
+    return base

@@ -35,6 +35,30 @@ def test_key_changes_with_config_and_target():
     assert cache_key(SPEC, cpu, {}) == cache_key(SPEC, cpu, None)
 
 
+def test_the_local_target_carries_the_gpus_count_of_sms(monkeypatch):
+    """A persistent grid is sized by the target's SMs: a card with fewer than its target
+    file's (an H100 PCIe's 114 against sm_90a's 132) gets a target named for its count, so the
+    cache keys it apart, and the name reads back (tuning manifests, exports)."""
+    from attngen import targets
+    from attngen.gallery import GALLERY
+
+    monkeypatch.setattr(targets, "local_cuda_arch", lambda: "sm_90a")
+    monkeypatch.setattr(targets, "local_sm_count", lambda: 132)
+    assert get("cuda") is get("cuda-sm90a")
+    monkeypatch.setattr(targets, "local_sm_count", lambda: 114)
+    pcie = get("cuda")
+    assert (pcie.name, pcie.arch, pcie.sm_count) == ("cuda-sm90a-114sm", "sm_90a", 114)
+    assert get(pcie.name) == pcie and cache_key(SPEC, pcie, {}) != cache_key(SPEC, get("cuda-sm90a"), {})
+    window = GALLERY["sliding_window"].spec  # the persistent default: one wave of 114 CTAs
+    assert "T.min(" in lower(window, pcie).mod.script() and ", 114)" in lower(window, pcie).mod.script()
+    monkeypatch.setattr(targets, "local_cuda_arch", lambda: "sm_89")
+    monkeypatch.setattr(targets, "local_sm_count", lambda: 128)
+    assert (get("cuda").name, get("cuda").arch, get("cuda").sm_count) == ("cuda-sm89-128sm", "sm_89", 128)
+    for bad in ("cuda-x", "cuda-sm90a-0sm", "gpu"):
+        with pytest.raises(ValueError, match="unknown target"):
+            get(bad)
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 def test_cuda_entry_carries_a_verified_cubin(tmp_path):
     from attngen.builder import _write_entry

@@ -18,8 +18,8 @@ expression) picks a subset of the cases.  TFLOP/s count only unmasked work:
 4 * B * H * Nq * Nk * d times the visible fraction of the mask (counted exactly, on the GPU,
 from the same mask FlexAttention gets).  Times: CUDA events around each call after warm-up,
 median of the repetitions; each variant is timed in turn with the default, one call of each
-per round, and rated against that paired time.  The tile map is built once, outside the timing, as FlexAttention's
-BlockMask is: a mask that reads no tensor (global + local) has it kept by the driver per size
+per round, and rated against that paired time.  The tile map is built once, outside the
+timing, as FlexAttention's BlockMask is: a mask that reads no tensor (global + local) has it kept by the driver per size
 (``Call.fills``), one that reads tensors (document ids) takes a plan built once
 (``Kernel.plan``, reused across calls with the same ids); what building it costs per call is
 in the checks (``map_ms``).  Every case is also checked against FlexAttention's output (or
@@ -122,9 +122,8 @@ def variant_configs(case: "Case") -> list:
     if other == "mma_sync" or sched.wgmma_unsupported_reason(spec, target) is None:
         extra.append({"mma": other})
     out = []
-    for cfg in VARIANTS.get(case.name, []) + extra:
-        merged = {**(default if cfg.get("mma", "mma_sync") == default["mma"] else {}), **cfg}
-        if merged != default and cfg not in out:
+    for cfg in VARIANTS.get(case.name, []) + extra:  # merged over its kernel's default, as lower() does
+        if {**sched.default(spec, target, cfg.get("mma", "mma_sync")), **cfg} != default and cfg not in out:
             out.append(cfg)
     return out
 

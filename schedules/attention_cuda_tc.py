@@ -39,7 +39,7 @@ builtins.  What remains to choose is the instruction and the tile shape:
                      current tile's last P V and epilogue (short rows: windows, maps)
     head_major       (with persistent; off) the wave takes the row tiles of one (batch,
                      head) in a row instead of one rank across heads: fewer heads' K/V live
-                     in L2 at once.  Measured slower on an H200 (0.85-0.95x on the window,
+                     in L2 at once.  Measured slower on an H200 (0.89-0.99x on the window,
                      global + local and document cases, session 10)
     cluster          (wgmma with tma, not persistent; off) the CTAs of
                      two adjacent row tiles form a cluster and walk their pair's key tiles;
@@ -140,10 +140,9 @@ def wgmma_default(spec, target) -> dict:
     #   default, its GPU tests at odd lengths are still to run
     from attngen.softmax import tile_map
 
-    tma = spec.layout != "thd" and not spec.is_paged
-    uses_map = tile_map.needed(spec)
-    turns = tma and short_rows(spec) and not uses_map
-    warps, block_n = (4, 64) if short_rows(spec) and not turns else (8, 128)
+    tma, short, uses_map = spec.layout != "thd" and not spec.is_paged, short_rows(spec), tile_map.needed(spec)
+    turns = tma and short and not uses_map
+    warps, block_n = (4, 64) if short and not turns else (8, 128)
     return {"mma": "wgmma", "warps": warps, "m_tiles": 1, "block_n": block_n,
             "q_in_registers": False, "tile_map": uses_map, "overlap": True, "tma": tma,
             "pingpong": turns, "persistent": turns, "tma_store": tma}

@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     parser.add_argument("--logs", default=".", help="folder for shard<i>.txt (default .)")
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: pytest's arguments")
     args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error(f"-n takes a whole number of processes >= 1, got {args.n}")
     pytest_args = [a for a in args.pytest_args if a != "--"]
     ids = collect(pytest_args)
     if not ids:

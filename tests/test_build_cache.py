@@ -49,8 +49,8 @@ def test_the_local_target_carries_the_gpus_count_of_sms(monkeypatch):
     pcie = get("cuda")
     assert (pcie.name, pcie.arch, pcie.sm_count) == ("cuda-sm90a-114sm", "sm_90a", 114)
     assert get(pcie.name) == pcie and cache_key(SPEC, pcie, {}) != cache_key(SPEC, get("cuda-sm90a"), {})
-    window = GALLERY["sliding_window"].spec  # the persistent default: one wave of 114 CTAs
-    assert "T.min(" in lower(window, pcie).mod.script() and ", 114)" in lower(window, pcie).mod.script()
+    window = lower(GALLERY["sliding_window"].spec, pcie).mod.script()  # persistent: a wave of 114 CTAs
+    assert "T.min(" in window and ", 114)" in window
     monkeypatch.setattr(targets, "local_cuda_arch", lambda: "sm_89")
     monkeypatch.setattr(targets, "local_sm_count", lambda: 128)
     assert (get("cuda").name, get("cuda").arch, get("cuda").sm_count) == ("cuda-sm89-128sm", "sm_89", 128)

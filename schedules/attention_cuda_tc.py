@@ -135,17 +135,20 @@ def wgmma_default(spec, target) -> dict:
     #   against 380 for one warpgroup and 408 for two, both with the store;
     # - a per-tile map or packed sequences: one warpgroup and 64-key tiles, so two CTAs share
     #   an SM and one's prologue and epilogue run under the other's loop (global + local 390
-    #   against 328 for the persistent turns).  On the document, after the map's static kind,
-    #   two warpgroups persistent measured 1.10-1.16x this (one H200, two runs): not yet the
-    #   default, its GPU tests at odd lengths are still to run
+    #   against 328 for the persistent turns);
+    # - a map whose mask has static conjuncts (document ids within causal: the map's partial
+    #   tiles are mostly the static diagonal, the rows' runs of keys are whole documents): two
+    #   warpgroups persistent, not taking turns, 1.10-1.16x one warpgroup (one H200, two runs
+    #   in session 10; the same config took 0.88x on global + local, which has no static part)
     from attngen.softmax import tile_map
 
     tma, short, uses_map = spec.layout != "thd" and not spec.is_paged, short_rows(spec), tile_map.needed(spec)
     turns = tma and short and not uses_map
-    warps, block_n = (4, 64) if short and not turns else (8, 128)
+    long_map_rows = tma and uses_map and tile_map.static_part(spec) is not None
+    warps, block_n = (4, 64) if short and not (turns or long_map_rows) else (8, 128)
     return {"mma": "wgmma", "warps": warps, "m_tiles": 1, "block_n": block_n,
             "q_in_registers": False, "tile_map": uses_map, "overlap": True, "tma": tma,
-            "pingpong": turns, "persistent": turns, "tma_store": tma}
+            "pingpong": turns, "persistent": turns or long_map_rows, "tma_store": tma}
 
 
 def short_rows(spec) -> bool:

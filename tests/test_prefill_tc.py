@@ -416,6 +416,63 @@ def test_kept_and_planned_tile_maps_on_gpu(name):
     assert bool(kernel._kept) == tile_map.static(spec)
 
 
+def _expected_tile_list(spec, config, tensors, b, h, length):
+    """The map's list for row tiles of (batch b, map head h), from the mask in numpy: the band's
+    non-empty tiles in increasing kt, as kt * 4 + kind (1 full, 2 partial where the static
+    conjuncts see the same elements, 0 partial).  A tile is full only if all block_n keys of
+    every real row are visible: keys past the length are not."""
+    from attngen.visual import tile_counts, tile_shape, visited_tiles
+
+    def seen(mask):
+        env = dict(tensors, b=b, h=h, q_idx=np.arange(length)[:, None], kv_idx=np.arange(length)[None, :],
+                   q_len=length, kv_len=length)
+        grid = np.broadcast_to(np.asarray(E.evaluate(mask, env), bool), (length, length))
+        return tile_counts(grid, bm, bn)[0]
+
+    bm, bn = tile_shape(spec, None, config)
+    count = seen(spec.mask.expr)
+    static = tile_map.static_part(spec)
+    count_s = seen(static) if static is not None else None
+    band = visited_tiles(spec, length, bm, bn)
+    rows = np.minimum(bm, length - bm * np.arange(count.shape[0]))
+    out = []
+    for qt in range(count.shape[0]):
+        entries = []
+        for kt in np.flatnonzero(band[qt] & (count[qt] > 0)):
+            full = count[qt, kt] == rows[qt] * bn
+            kind = 1 if full else 2 if count_s is not None and count_s[qt, kt] == count[qt, kt] else 0
+            entries.append(int(kt) * 4 + kind)
+        out.append(entries)
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["document", "prefix_lm", "block_sparse", "d64_head_map", "document_mma_sync"])
+def test_tile_map_matches_the_mask_on_gpu(name):
+    """The map the GPU computes from fresh runtime tensors lists exactly the tiles, and the
+    kinds, that the mask gives in numpy (a wrong kind 2 would be caught by the outputs, a
+    missed one only here: it costs speed)."""
+    from attngen.check import feed
+
+    spec = EXTRA[name] if name in EXTRA else GALLERY[name.removesuffix("_mma_sync")].spec
+    given = MMA_SYNC if name.endswith("_mma_sync") else {}
+    kernel = build(spec, "cuda", given)
+    # merged over the named kernel's default, as lower() does
+    config = {**load_schedule(tensorcore.SCHEDULE).default(spec, kernel.target, given.get("mma")), **given}
+    rng = np.random.default_rng(np.random.SeedSequence())
+    for length in (65, 1000):
+        x = kernel.family.sample(spec, {"batch": 2, "heads": spec.num_heads, "q_len": length,
+                                        "kv_len": length}, rng)
+        plan = kernel.plan(feed(kernel, x))
+        tiles, counts = (plan.buffers[n].cpu().numpy() for n in ("tile_list", "tile_count"))
+        tensors = {t.name: x[t.name] for t in spec.runtime_tensors}
+        for b in range(2):
+            for h in range(counts.shape[1]):
+                want = _expected_tile_list(spec, config, tensors, b, h, length)
+                got = [list(tiles[b, h, qt, :counts[b, h, qt]]) for qt in range(counts.shape[2])]
+                assert got == want, (name, length, b, h)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", GALLERY_TC)
 def test_gallery_spec_on_gpu(name):

@@ -265,7 +265,8 @@ def test_prefill_wgmma_default_tiles_follow_the_row_length():
     """Two warpgroups and 128-key tiles where rows see long runs of keys (full, causal, score
     mods); for a window (short rows, no map) the same, persistent and taking turns; one
     warpgroup and 64-key tiles where a tile map or packed sequences keep rows short (two CTAs
-    per SM).  O leaves by a TMA store wherever K/V arrive by TMA."""
+    per SM), unless the map's mask has a static part (document: two warpgroups, persistent).
+    O leaves by a TMA store wherever K/V arrive by TMA."""
     from attngen.gallery import GALLERY
 
     sched, sm90, Attention, masks = _prefill()
@@ -275,9 +276,12 @@ def test_prefill_wgmma_default_tiles_follow_the_row_length():
         assert shape(cfg) == (8, 128, False, False) and cfg["tma_store"], name
     cfg = sched.wgmma_default(GALLERY["sliding_window"].spec, sm90)
     assert shape(cfg) == (8, 128, True, True) and cfg["tma_store"]
-    for name in ("document", "block_sparse", "prefix_lm"):
+    for name in ("block_sparse", "prefix_lm", "bigbird"):
         cfg = sched.wgmma_default(GALLERY[name].spec, sm90)
         assert shape(cfg) == (4, 64, False, False) and cfg["tma_store"], name
+    # document ids within causal: a map with a static part, rows see whole documents
+    cfg = sched.wgmma_default(GALLERY["document"].spec, sm90)
+    assert shape(cfg) == (8, 128, True, False) and cfg["tma_store"] and cfg["tile_map"]
     packed = sched.wgmma_default(Attention(num_heads=4, head_dim=64, layout="thd",
                                            mask=masks.sliding_window(256)), sm90)
     assert shape(packed) == (4, 64, False, False) and not packed["tma"] and not packed["tma_store"]

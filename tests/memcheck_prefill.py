@@ -38,6 +38,7 @@ def cases():
     out += [(n + " wgmma", GALLERY[n].spec, 3, t.WGMMA)
             for n in ("causal", "sliding_window", "document", "sinks", "softcap")]
     out += [("d64_bshd_document wgmma", t.EXTRA["d64_bshd_document"], 3, t.WGMMA),
+            ("d128_global_local_causal wgmma", t.EXTRA["d128_global_local_causal"], 3, t.WGMMA),
             ("causal wgmma plain", GALLERY["causal"].spec, 3, t.WGMMA_PLAIN),
             ("d64_thd_causal_sinks wgmma", t.PACKED["d64_thd_causal_sinks"], 4, t.WGMMA)]
     # a paged cache on tensor cores, the conditional rescale (clean on an H200, session 7)

@@ -652,3 +652,59 @@ def test_tensor_load_kind_and_repr():
     e = (ti[E.b, kv_idx] == ti[E.b, q_idx]) & (tf[E.h, kv_idx % 5] > 0.0)
     check_expr_round_trip(e)
     assert E.tensors(e) == (ti, tf)
+
+
+# ----------------------------------------------------------------------------- factoring
+
+
+def _size(e) -> int:
+    return 1 + sum(_size(a) for a in e.args if isinstance(a, E.Expr))
+
+
+def test_factor_conjuncts_takes_the_shared_conjunct_out_once():
+    causal = kv_idx <= E.q_pos
+    mask = masks.global_local(64, 1024, causal=True).expr   # (causal & window) | (global & causal)
+    out = E.factor_conjuncts(mask)
+    assert E.chain(out, "and")[0].same(causal) and len(E.chain(out, "and")) == 2
+    assert _size(out) < _size(mask)
+    # a disjunct that is the shared part alone absorbs the rest
+    assert E.factor_conjuncts((causal & (q_idx < 5)) | causal).same(causal)
+    # nothing shared: the expression as written
+    assert E.factor_conjuncts(masks.prefix_lm(64).expr).same(masks.prefix_lm(64).expr)
+
+
+def test_factor_conjuncts_keeps_every_gallery_mask():
+    from attngen.gallery import GALLERY
+
+    for name, entry in GALLERY.items():
+        mask = getattr(entry.spec, "mask", None)
+        if mask is not None:
+            assert E.factor_conjuncts(mask.expr).same(mask.expr), name
+
+
+def test_factor_conjuncts_agrees_with_evaluate_on_random_and_or_trees():
+    """Trees of ANDs, ORs and NOTs over a few shared comparisons, so that disjuncts share
+    conjuncts often; the factored tree is never larger and equal on a grid of positions."""
+    r = rng()
+    atoms = [kv_idx <= E.q_pos, E.q_pos - kv_idx < 7, kv_idx < 3, q_idx % 2 == 0, E.h < 1]
+
+    def tree(depth):
+        if depth == 0 or r.random() < 0.25:
+            return atoms[int(r.integers(0, len(atoms)))]
+        c = r.integers(0, 5)
+        if c == 4:
+            return ~tree(depth - 1)
+        return (tree(depth - 1) & tree(depth - 1)) if c < 2 else (tree(depth - 1) | tree(depth - 1))
+
+    env = {"b": 0, "h": np.arange(2)[:, None, None], "q_idx": np.arange(20)[None, :, None],
+           "kv_idx": np.arange(24)[None, None, :], "q_len": 20, "kv_len": 24}
+    changed = 0
+    for _ in range(400):
+        e = tree(int(r.integers(1, 5)))
+        out = E.factor_conjuncts(e)
+        assert _size(out) <= _size(e), (e, out)
+        shape = (2, 20, 24)
+        want = np.broadcast_to(E.evaluate(e, env), shape)
+        np.testing.assert_array_equal(np.broadcast_to(E.evaluate(out, env), shape), want, err_msg=repr(e))
+        changed += not out.same(e)
+    assert changed > 20  # the trees do share conjuncts

@@ -47,6 +47,8 @@ EXTRA = {
     "d128_bshd_gqa_causal": Attention(num_heads=8, num_kv_heads=2, head_dim=128, mask=masks.causal(),
                                       layout="bshd"),
     "d64_bshd_document": Attention(num_heads=4, head_dim=64, mask=masks.document(), layout="bshd"),
+    # a mask whose disjuncts share a conjunct (causal): the kernels evaluate it factored
+    "d128_global_local_causal": Attention(num_heads=4, head_dim=128, mask=masks.global_local(16, 100, causal=True)),
 }
 # packed variable-length batches (cu_seqlens): checked with 4 sequences, one of them empty
 PACKED = {

@@ -215,6 +215,20 @@ def test_score_mods_compose_with_masks(rng):
     check(build(spec), rng, q_len=50, kv_len=50)
 
 
+def test_a_factored_mask_matches_the_mask_as_written(rng):
+    """The kernels evaluate global + local causal as ``causal & (window | global)``; the
+    reference evaluates the mask as the user wrote it (two halves, each causal)."""
+    from attngen import expr as E
+    from attngen.softmax import predicate
+
+    mask = masks.global_local(3, 11, causal=True)
+    spec = Attention(num_heads=2, head_dim=32, mask=mask)
+    assert not predicate.mask_expr(spec).same(predicate.reference_mask(spec))
+    assert E.chain(predicate.mask_expr(spec), "and")[0].same(E.kv_idx <= E.q_pos)
+    for q_len, kv_len in ((1, 1), (40, 40), (17, 65)):
+        check(build(spec), rng, q_len=q_len, kv_len=kv_len)
+
+
 # ----------------------------------------------------------------------------- tile skipping
 
 

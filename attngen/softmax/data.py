@@ -137,7 +137,7 @@ def _reference_packed(spec: Attention, inputs) -> dict:
     H, Dv = spec.num_heads, spec.head_dim_v
     total = int(cu_q[-1])
     o, lse = np.zeros((total, H, Dv)), np.full((H, total), -np.inf)
-    mask, mod = predicate.mask_expr(spec), predicate.score_expr(spec)
+    mask, mod = predicate.reference_mask(spec), predicate.score_expr(spec)
     for b in range(len(cu_q) - 1):
         rows, keys = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
         q, k, v = (np.asarray(inputs[n])[s].transpose(1, 0, 2)[None] for n, s in

@@ -135,11 +135,12 @@ def wgmma_default(spec, target) -> dict:
     #   against 380 for one warpgroup and 408 for two, both with the store;
     # - a per-tile map or packed sequences: one warpgroup and 64-key tiles, so two CTAs share
     #   an SM and one's prologue and epilogue run under the other's loop (global + local 390
-    #   against 328 for the persistent turns);
+    #   against 328 for the persistent turns; since its mask is factored, session 11, two
+    #   warpgroups persistent run even with this, 1.00x paired);
     # - a map whose mask has static conjuncts (document ids within causal: the map's partial
     #   tiles are mostly the static diagonal, the rows' runs of keys are whole documents): two
-    #   warpgroups persistent, not taking turns, 1.10-1.16x one warpgroup (one H200, two runs
-    #   in session 10; the same config took 0.88x on global + local, which has no static part)
+    #   warpgroups persistent, not taking turns: 464-476 TFLOP/s in session 11's six runs, one
+    #   warpgroup 0.87-0.90x paired (session 10: 0.88x on global + local, no static part)
     from attngen.softmax import tile_map
 
     tma, short, uses_map = spec.layout != "thd" and not spec.is_paged, short_rows(spec), tile_map.needed(spec)

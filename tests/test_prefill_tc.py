@@ -185,7 +185,7 @@ def test_static_conjuncts_mask_tiles_where_the_tensor_conjuncts_hold():
     such kind."""
     doc = GALLERY["document"].spec
     assert tile_map.static_part(doc).same(E.kv_idx <= E.q_pos)
-    parts = tile_map.conjuncts((E.kv_idx < 3) & (E.q_idx > 1) & (E.kv_idx > 0))
+    parts = E.chain((E.kv_idx < 3) & (E.q_idx > 1) & (E.kv_idx > 0), "and")
     assert [p.same(c) for p, c in zip(parts, (E.kv_idx < 3, E.q_idx > 1, E.kv_idx > 0))] == [True] * 3
     for name in ("block_sparse", "prefix_lm", "longformer"):
         assert tile_map.static_part(GALLERY[name].spec) is None, name

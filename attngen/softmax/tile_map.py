@@ -58,16 +58,11 @@ def scratch(spec: Attention, block_m: int, block_n: int) -> tuple:
             Arg("tile_count", ("batch", hm, f"q_len/{block_m}"), "int32", "scratch"))
 
 
-def conjuncts(e: E.Expr) -> list:
-    """The operands of ``e``'s top-level chain of ANDs (``[e]`` if it is not one)."""
-    return conjuncts(e.args[0]) + conjuncts(e.args[1]) if e.op == "and" else [e]
-
-
 def static_part(spec: Attention):
     """The mask's conjuncts that read no runtime tensor, ANDed, when others do read one (else
     None).  The mask implies them, so on a tile where both count the same visible elements
     they alone decide it."""
-    parts = conjuncts(predicate.mask_expr(spec))
+    parts = E.chain(predicate.mask_expr(spec), "and")
     static = [p for p in parts if not E.tensors(p)]
     if not static or len(static) == len(parts):
         return None

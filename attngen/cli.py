@@ -80,8 +80,24 @@ def cmd_show(args) -> int:
         print(cuda_source(spec, target), end="")
         return 0
     print(f"# spec: {spec!r}\n# key: {spec.key}\n# target: {target.name}")
+    evaluated = _evaluated_mask(spec)
+    if evaluated is not None:
+        print(f"# mask as the kernels evaluate it: {evaluated!r}")
     print(lower(spec, target).mod.script())
     return 0
+
+
+def _evaluated_mask(spec):
+    """The mask the kernels evaluate where it differs from the mask as written (shared
+    conjuncts factored out: ``predicate.mask_expr``), else None."""
+    from . import expr as E
+    from .spec import Attention
+
+    mask = getattr(spec, "mask", None) if isinstance(spec, Attention) else None
+    if mask is None:
+        return None
+    factored = E.factor_conjuncts(mask.expr)
+    return None if factored.same(mask.expr) else factored
 
 
 def _write_tiles(spec, target, args) -> int:

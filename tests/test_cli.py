@@ -58,6 +58,18 @@ def test_bad_spec_file(tmp_path, source, message):
     assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
 
 
+def test_show_prints_the_mask_the_kernels_evaluate(tmp_path):
+    """Where the kernels factor the mask, `show` says so; a gallery mask, unchanged, says nothing."""
+    path = tmp_path / "spec.py"
+    path.write_text("from attngen import Attention, masks\n"
+                    "spec = Attention(num_heads=2, head_dim=32, mask=masks.global_local(4, 16, causal=True))\n")
+    out = run("show", str(path))
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("# mask as the kernels evaluate it: "))
+    assert line.count("kv_idx <= (q_idx + (kv_len - q_len))") == 1
+    assert "evaluate it" not in run("show", "causal").stdout
+
+
 def test_check_without_gpu_says_how_to_build_only():
     import torch
 

@@ -55,3 +55,19 @@ def test_paged_inputs_hold_the_contiguous_rows():
             assert torch.equal(bufs["v"][bufs["page_table"][b, p]], v[b, :, rows])
             assert torch.equal(latent["k"][latent["page_table"][b, p]], kv[b, :, rows])
     assert sorted(bufs["page_table"].flatten().tolist()) == list(range(2 * 64 // P))  # a permutation
+
+
+def test_mask_forms_lower_one_mask_two_ways():
+    """benchmarks/mask_forms.py: global + local as written repeats ``kv <= q``, factored it does
+    not; the patch that lowers the written form is undone after it."""
+    from attngen.softmax import predicate
+    from benchmarks import mask_forms
+
+    spec, cfg = mask_forms.prefill.spec_of(mask_forms.CASE), mask_forms.ONE_WG
+    with mask_forms.as_written():
+        written = predicate.mask_expr(spec)
+        written_tir = lower(spec, SM90, cfg).mod.script()
+    factored = predicate.mask_expr(spec)
+    assert not written.same(factored) and written.same(predicate.reference_mask(spec))
+    assert lower(spec, SM90, cfg).mod.script() != written_tir
+    assert len(mask_forms.forms()) == 8

@@ -90,14 +90,13 @@ def cmd_show(args) -> int:
 def _evaluated_mask(spec):
     """The mask the kernels evaluate where it differs from the mask as written (shared
     conjuncts factored out: ``predicate.mask_expr``), else None."""
-    from . import expr as E
+    from .softmax import predicate
     from .spec import Attention
 
-    mask = getattr(spec, "mask", None) if isinstance(spec, Attention) else None
-    if mask is None:
+    if not isinstance(spec, Attention):
         return None
-    factored = E.factor_conjuncts(mask.expr)
-    return None if factored.same(mask.expr) else factored
+    evaluated = predicate.mask_expr(spec)
+    return None if evaluated.same(predicate.reference_mask(spec)) else evaluated
 
 
 def _write_tiles(spec, target, args) -> int:

@@ -88,8 +88,9 @@ def classify(counts: np.ndarray, visited: np.ndarray, static_seen: np.ndarray | 
 def visited_tiles(spec: Attention, length: int, block_m: int, block_n: int) -> np.ndarray:
     """``[tiles_m, tiles_n]``: which tiles the kernel loads, from the bounds of ``kv_range``."""
     from .softmax.kv_range import Bound, visible_keys
+    from .softmax.predicate import mask_expr
 
-    interval = visible_keys(spec.mask.expr)
+    interval = visible_keys(mask_expr(spec))
     rows = np.arange(length)
     env = {"q_idx": rows, "q_len": length, "kv_len": length, "": 1}
 

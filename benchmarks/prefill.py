@@ -19,8 +19,8 @@ expression) picks a subset of the cases.  TFLOP/s count only unmasked work:
 from the same mask FlexAttention gets).  Times: CUDA events around each call after warm-up,
 median of the repetitions; each variant is timed in turn with the default, one call of each
 per round, and rated against that paired time.  The tile map is built once, outside the
-timing, as FlexAttention's BlockMask is: a mask that reads no tensor (global + local) has it kept by the driver per size
-(``Call.fills``), one that reads tensors (document ids) takes a plan built once
+timing, as FlexAttention's BlockMask is: a mask that reads no tensor (global + local) has it
+kept by the driver per size (``Call.fills``), one that reads tensors (document ids) takes a plan built once
 (``Kernel.plan``, reused across calls with the same ids); what building it costs per call is
 in the checks (``map_ms``).  Every case is also checked against FlexAttention's output (or
 SDPA's where Flex is absent) so that a fast wrong kernel cannot pass unnoticed.

@@ -95,10 +95,11 @@ FRAGMENT_REGS_BUSY = 224
 
 
 def fragment_budget(spec, target) -> int:
+    from attngen.softmax import predicate
     from attngen.softmax.tensorcore import exact_interval
 
     plain = (spec.score_mod is None and spec.head_dim == spec.head_dim_v
-             and exact_interval(spec.mask.expr))  # no runtime tensor, no predicate on full tiles
+             and exact_interval(predicate.mask_expr(spec)))  # no runtime tensor, no predicate on full tiles
     # sm_80's ptxas needs more registers around the same fragments (causal bf16 at 240 spilled
     # 60 bytes there, none on sm_90a)
     hopper = target.arch is not None and target.arch.startswith("sm_9")

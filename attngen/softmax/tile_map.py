@@ -20,6 +20,9 @@ size and device (``static``: the driver keeps it, ``attngen.kernel``).
 """
 from __future__ import annotations
 
+import functools
+import operator
+
 from .. import expr as E
 from ..family import Arg
 from ..spec import Attention
@@ -33,7 +36,7 @@ def needed(spec: Attention) -> bool:
     (packed sequences have no map: each sequence's tiles would need their own)."""
     from .tensorcore import exact_interval
 
-    return spec.layout != "thd" and not exact_interval(spec.mask.expr)
+    return spec.layout != "thd" and not exact_interval(predicate.mask_expr(spec))
 
 
 def static(spec: Attention) -> bool:
@@ -66,10 +69,7 @@ def static_part(spec: Attention):
     static = [p for p in parts if not E.tensors(p)]
     if not static or len(static) == len(parts):
         return None
-    out = static[0]
-    for p in static[1:]:
-        out = out & p
-    return out
+    return functools.reduce(operator.and_, static)
 
 
 def visible_fn(spec: Attention, mask: E.Expr | None = None):

@@ -54,12 +54,13 @@ def visible(spec: Attention, q_len: int, kv_len: int, rng: np.random.Generator) 
 
     sizes = {"batch": 1, "heads": spec.num_heads, "q_len": q_len, "kv_len": kv_len}
     env = {t.name: data.sample_tensor(t, t.shape(sizes), rng) for t in spec.runtime_tensors}
-    return _evaluate(spec.mask.expr, q_len, kv_len, env)
+    return evaluate_grid(spec.mask.expr, q_len, kv_len, env)
 
 
-def _evaluate(mask: E.Expr, q_len: int, kv_len: int, tensors: dict) -> np.ndarray:
-    """``mask`` over every (query, key) of batch 0, head 0, as a boolean ``[q_len, kv_len]``."""
-    env = dict(tensors, b=0, h=0, q_idx=np.arange(q_len)[:, None], kv_idx=np.arange(kv_len)[None, :],
+def evaluate_grid(mask: E.Expr, q_len: int, kv_len: int, tensors: dict, b: int = 0,
+                  h: int = 0) -> np.ndarray:
+    """``mask`` over every (query, key) of batch ``b``, head ``h``, as a boolean ``[q_len, kv_len]``."""
+    env = dict(tensors, b=b, h=h, q_idx=np.arange(q_len)[:, None], kv_idx=np.arange(kv_len)[None, :],
                q_len=q_len, kv_len=kv_len)
     return np.broadcast_to(np.asarray(E.evaluate(mask, env), bool), (q_len, kv_len))
 
@@ -126,7 +127,7 @@ def tile_kinds(spec: Attention, config: dict, length: int, rng: np.random.Genera
         visited &= counts[0] > 0
         static = static_part(spec)
         if static is not None:  # it reads no tensor
-            static_seen = tile_counts(_evaluate(static, length, length, {}), block_m, block_n)[0]
+            static_seen = tile_counts(evaluate_grid(static, length, length, {}), block_m, block_n)[0]
     return mask, classify(counts, visited, static_seen)
 
 

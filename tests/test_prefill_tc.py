@@ -423,13 +423,10 @@ def _expected_tile_list(spec, config, tensors, b, h, length):
     non-empty tiles in increasing kt, as kt * 4 + kind (1 full, 2 partial where the static
     conjuncts see the same elements, 0 partial).  A tile is full only if all block_n keys of
     every real row are visible: keys past the length are not."""
-    from attngen.visual import tile_counts, tile_shape, visited_tiles
+    from attngen.visual import evaluate_grid, tile_counts, tile_shape, visited_tiles
 
     def seen(mask):
-        env = dict(tensors, b=b, h=h, q_idx=np.arange(length)[:, None], kv_idx=np.arange(length)[None, :],
-                   q_len=length, kv_len=length)
-        grid = np.broadcast_to(np.asarray(E.evaluate(mask, env), bool), (length, length))
-        return tile_counts(grid, bm, bn)[0]
+        return tile_counts(evaluate_grid(mask, length, length, tensors, b, h), bm, bn)[0]
 
     bm, bn = tile_shape(spec, None, config)
     count = seen(spec.mask.expr)
